@@ -1,0 +1,275 @@
+"""Command line: ``battery-gateway SUBCOMMAND`` (also ``python -m gateway``). Logging setup, exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. User mistakes print one line on
+stderr naming the culprit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from . import __version__
+from .errors import CaptureError, ConfigError, EnvelopeError, GatewayError, TransportError
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway")
+
+EPILOG = """\
+examples:
+  battery-gateway keygen --key /var/lib/battery-gateway/device-key.pem
+  battery-gateway check-config --config /etc/battery-gateway/gateway.toml
+  battery-gateway run --config /etc/battery-gateway/gateway.toml
+  battery-gateway replay drive.log --profile leaf-ze1 --json > messages.jsonl
+  battery-gateway verify --pubkey device.pub certificate.cose
+  battery-gateway demo
+
+Docs: docs/cli.md (commands), docs/config.md (every key), docs/mqtt.md (topics and envelope).
+"""
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>`` syslog priority prefixes, which journald reads from stderr; no timestamps (journald adds them)."""
+
+    _PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIO.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(name)s: %(message)s"
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(_JournalFormatter(fmt) if journal else logging.Formatter(f"%(levelname)s {fmt}"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="battery-gateway", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Reads an EV battery ECU over CAN, signs every reading (COSE ES256) and publishes "
+                    "battery-passport updates over MQTT 5.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="the daemon (SIGTERM/SIGINT: flush, close, exit 0)")
+    s.add_argument("--config", required=True, metavar="PATH", help="the TOML config (docs/config.md)")
+
+    s = sub.add_parser("check-config", help="validate a config and print the effective values; exit 2 if bad")
+    s.add_argument("--config", required=True, metavar="PATH")
+
+    s = sub.add_parser("keygen", help="create the P-256 device key (PKCS#8 PEM, mode 0600)")
+    s.add_argument("--key", required=True, metavar="PATH", help="where to write it; never overwritten")
+
+    s = sub.add_parser("replay", help="decode a recorded capture offline; print what would be published",
+                       description="Formats: candump -l, ASC, BLF, TRC, CSV, MF4 (python-can), OVMS CRTD, "
+                                   "SavvyCAN/GVRET CSV and text, candump text, ParserFlags tab export.")
+    s.add_argument("capture", metavar="CAPTURE")
+    s.add_argument("--profile", metavar="NAME", help="vehicle profile (default: the config's, else leaf-ze1)")
+    s.add_argument("--config", metavar="PATH", help="a config; only [vehicle] and [publish] are needed")
+    s.add_argument("--json", action="store_true", help="one JSON payload per line (byte strings as hex)")
+    s.add_argument("--bus", type=int, metavar="N", help="only frames from bus/channel N (CRTD bus 1 = 1)")
+
+    s = sub.add_parser("inspect", help="one-shot inspection-bay read with a signed certificate")
+    s.add_argument("--config", required=True, metavar="PATH")
+    s.add_argument("--out", default=".", metavar="DIR")
+
+    s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails")
+    s.add_argument("files", nargs="+", metavar="FILE", help="files holding one COSE_Sign1 envelope each")
+    s.add_argument("--pubkey", metavar="PEM", help="the device's public key (printed by keygen)")
+
+    s = sub.add_parser("demo", help="simulated Leaf -> daemon -> local broker -> verifying subscriber")
+    s.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to run (default 20)")
+
+    s = sub.add_parser("simulate", help="a simulated Leaf battery ECU on a CAN bus (for tests and demos)")
+    s.add_argument("--interface", default="udp_multicast")
+    s.add_argument("--channel", default="ff11:7079:7468:6f6e:6465:6d6f:6d63:6173",
+                   help="bus channel (default: an interface-local IPv6 multicast group, never leaves this host)")
+    s.add_argument("--port", type=int, default=43113, help="udp_multicast port")
+    s.add_argument("--generation", choices=("ze0", "aze0", "ze1"), default="aze0")
+    s.add_argument("--soh", type=int, default=85, metavar="PCT")
+    s.add_argument("--soc", type=float, default=70.0, metavar="PCT")
+    s.add_argument("--duration", type=float, default=60.0, metavar="S")
+    return p
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    """A payload as one JSON line, byte strings as hex."""
+    return json.dumps(payload, default=_to_json, separators=(",", ":"), ensure_ascii=False)
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from .config import load_config, render_toml
+    from .profile import load_profile
+
+    config = load_config(args.config)
+    load_profile(config.vehicle.profile)
+    print(render_toml(config), end="")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from .adapters.keystore import generate_key, public_pem
+    from .signing import key_id
+
+    key = generate_key(args.key)
+    kid = key_id(key.public_key())
+    print(f"device id: gw-{kid[:4].hex()}")
+    print(f"key id: {kid.hex()}")
+    print(public_pem(key), end="")
+    return 0
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    from .app import run_daemon
+    from .config import load_config
+
+    config = load_config(args.config)
+    _setup_logging("DEBUG" if args.verbose else config.logging.level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return run_daemon(config, stop=stop)
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from .adapters.keystore import load_public_key
+    from .signing import verify_envelope
+
+    if not args.pubkey:
+        raise ConfigError("verify: --pubkey is required (the device's public key PEM, printed by keygen)")
+    key = load_public_key(args.pubkey)
+    failed = 0
+    for name in args.files:
+        try:
+            payload = verify_envelope(Path(name).read_bytes(), key)
+        except OSError as exc:
+            print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
+            failed += 1
+            continue
+        except EnvelopeError as exc:
+            print(f"{name}: REJECTED: {exc}", file=sys.stderr)
+            failed += 1
+            continue
+        print(dumps(payload))
+        print(f"{name}: signature verified ({payload.get('kind')} dev {payload.get('dev')} "
+              f"ep {payload.get('ep')} seq {payload.get('seq')})", file=sys.stderr)
+    return 1 if failed else 0
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    print("inspect: not available in this release (battery ECU polling is not implemented yet)", file=sys.stderr)
+    return 1
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    from .demo import run_demo
+
+    return run_demo(duration_s=args.duration)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    from .demo import simulate
+
+    return simulate(interface=args.interface, channel=args.channel, port=args.port, generation=args.generation,
+                    soh_pct=args.soh, soc_pct=args.soc, duration_s=args.duration)
+
+
+def _describe(body: dict[str, Any]) -> str:
+    from .passport import rfc3339
+
+    head = f"{body['kind']:8} seq {body['seq']:<5} {rfc3339(body['ts'] / 1000)}"
+    if body["kind"] == "reading":
+        return head + "  " + "  ".join(f"{k} {v:g}" for k, v in body["m"].items())
+    ext, doc = body["ext"], body["doc"]
+    return (f"{head}  ({ext['reason']})  BMS SOH {ext['bms_soh_pct']:g} %  "
+            f"SoC {doc['StateOfCharge']['StateOfChargeValue']:g} %  "
+            f"cycles {doc['NumberOfFullCycles']['NumberOfFullCyclesValue']:g}  "
+            f"rated {ext['rated_energy_kwh']:g} kWh ({ext['rated_source']})")
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from .adapters.capture_files import CaptureStats
+    from .app import replay_capture
+    from .config import load_config, parse_config
+
+    sections = ("vehicle", "publish")
+    config = load_config(args.config, sections=sections) if args.config else parse_config({}, sections=sections)
+    stats = CaptureStats()
+    progress = None
+    path = Path(args.capture)
+    if sys.stderr.isatty() and path.is_file() and path.stat().st_size > 2_000_000:
+        total = max(1, path.read_bytes().count(b"\n"))
+
+        def progress(n: int) -> None:
+            print(f"\rreplay: {n:,} frames ({min(100, n * 100 // total)} %)", end="", file=sys.stderr)
+
+    pipeline, messages = replay_capture(args.capture, config=config, profile=args.profile, bus=args.bus,
+                                        stats=stats, progress=progress)
+    for message in messages:
+        print(dumps(message.body) if args.json else _describe(message.body), flush=False)
+    if progress is not None:
+        print("\r", end="", file=sys.stderr)
+    counts = pipeline.counts + pipeline.decoder.counts
+    print(f"replay: {stats.path} ({stats.format}): {stats.lines:,} lines, {stats.frames:,} battery frames, "
+          f"{stats.bad_lines} unreadable lines; " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    if pipeline.tracker.missing():
+        print(f"replay: no passport: battery state incomplete (never seen: {', '.join(pipeline.tracker.missing())})",
+              file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
+             "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    _setup_logging("DEBUG" if args.verbose else "INFO" if args.command in ("run", "demo") else "WARNING")
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except CaptureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TransportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130
+
+
+if __name__ == "__main__":
+    sys.exit(main())

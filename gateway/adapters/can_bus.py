@@ -1,0 +1,57 @@
+"""python-can bus -> ``FrameSource``. The only module that opens a CAN interface.
+
+The profile's frame ids are installed as bus filters (in the kernel on socketcan), so unrelated
+traffic never reaches Python. python-can's config-file lookup is off: the TOML file is the only source.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Iterable
+
+import can
+
+from ..errors import BusError
+from ..model import Frame
+
+__all__ = ["PythonCanSource"]
+
+log = logging.getLogger(__name__)
+
+
+class PythonCanSource:
+    """Implements ``FrameSource`` on any python-can interface."""
+
+    def __init__(self, *, interface: str, channel: str, bitrate: int, frame_ids: Iterable[int]) -> None:
+        """Open the bus with one exact-match filter per frame id.
+
+        Raises:
+            BusError: the interface or channel cannot be opened.
+        """
+        filters: list[can.typechecking.CanFilter] = [
+            {"can_id": i, "can_mask": 0x7FF, "extended": False} for i in sorted(frame_ids)]
+        try:
+            # socketcan ignores bitrate (systemd-networkd sets it on the interface); slcan, pcan... use it.
+            self._bus = can.Bus(interface=interface, channel=channel, bitrate=bitrate, can_filters=filters,
+                                ignore_config=True)
+        except (can.CanError, OSError, ValueError, ImportError) as exc:
+            raise BusError(f"can: cannot open {interface} channel {channel!r}: {exc}") from exc
+        log.info("CAN %s %s open, %d filters", interface, channel, len(filters))
+
+    def recv(self, timeout_s: float) -> Frame | None:
+        """One frame, or None after ``timeout_s``.
+
+        Raises:
+            BusError: the interface went away.
+        """
+        try:
+            msg = self._bus.recv(timeout_s)
+        except (can.CanError, OSError) as exc:
+            raise BusError(f"can: read failed: {exc}") from exc
+        if msg is None or msg.is_error_frame or msg.is_remote_frame:
+            return None
+        return Frame(msg.timestamp, msg.arbitration_id, bytes(msg.data), 0, msg.is_extended_id)
+
+    def close(self) -> None:
+        """Shut the bus down; safe to call twice."""
+        self._bus.shutdown()

@@ -1,0 +1,94 @@
+"""The device signing key on disk: create it (mode 0600), load it, refuse one others can read."""
+
+from __future__ import annotations
+
+import os
+import stat
+from pathlib import Path
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..errors import ConfigError
+
+__all__ = ["generate_key", "load_private_key", "load_public_key", "public_pem"]
+
+
+def generate_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
+    """Create a P-256 key as PKCS#8 PEM with mode 0600, atomically; never overwrite one.
+
+    Raises:
+        ConfigError: the file exists or cannot be written.
+    """
+    p = Path(path)
+    if p.exists():
+        raise ConfigError(f"{p}: a key already exists; remove it first if you really want a new device identity")
+    key = ec.generate_private_key(ec.SECP256R1())
+    pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
+                            serialization.NoEncryption())
+    tmp = p.with_name(f".{p.name}.tmp")
+    try:
+        p.parent.mkdir(parents=True, exist_ok=True)
+        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
+        with os.fdopen(fd, "wb") as f:
+            f.write(pem)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, p)
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot write key: {exc.strerror}") from exc
+    return key
+
+
+def load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
+    """Load the device key, refusing a file that group or others can read.
+
+    Raises:
+        ConfigError: missing, unreadable, too open, not a P-256 private key.
+    """
+    p = Path(path)
+    try:
+        mode = p.stat().st_mode
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"device.key_file: {p}: {exc.strerror} (create one with "
+                          f"'battery-gateway keygen --key {p}')") from exc
+    if mode & (stat.S_IRWXG | stat.S_IRWXO):
+        raise ConfigError(f"device.key_file: {p} is readable by others (mode {stat.S_IMODE(mode):04o}); "
+                          f"run 'chmod 600 {p}'")
+    try:
+        key = serialization.load_pem_private_key(data, password=None)
+    except (ValueError, TypeError) as exc:
+        raise ConfigError(f"device.key_file: {p}: not an unencrypted PEM private key") from exc
+    if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigError(f"device.key_file: {p}: not a P-256 (ES256) key")
+    return key
+
+
+def load_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
+    """Load a P-256 public key (SubjectPublicKeyInfo PEM), or take the public half of a private key.
+
+    Raises:
+        ConfigError: missing, unreadable, or not P-256.
+    """
+    p = Path(path)
+    try:
+        data = p.read_bytes()
+    except OSError as exc:
+        raise ConfigError(f"{p}: {exc.strerror}") from exc
+    try:
+        key: object = serialization.load_pem_public_key(data)
+    except ValueError:
+        try:
+            key = serialization.load_pem_private_key(data, password=None).public_key()
+        except (ValueError, TypeError) as exc:
+            raise ConfigError(f"{p}: not a PEM public key") from exc
+    if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
+        raise ConfigError(f"{p}: not a P-256 (ES256) public key")
+    return key
+
+
+def public_pem(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> str:
+    """SubjectPublicKeyInfo PEM of the key's public half."""
+    pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
+    return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()

@@ -1,0 +1,213 @@
+"""The canonical battery state and the counters the gateway keeps on the device.
+
+Owns: latest value and measurement time per canonical field, completeness, the pack variant (rated
+capacity), and the lifetime counters of PASSPORT.md (Ah/energy throughput, full equivalent cycles,
+deep-discharge/overcharge events, minutes in extreme temperatures, SoC/temperature histograms).
+Invariants: time only moves forward (``ts`` older than the last current sample integrates nothing);
+a gap longer than ``max_gap_s`` integrates nothing (a dropped bus is not a 10-minute 400 A pulse).
+Pure: values and times in, values out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, field
+from typing import Any
+
+from .profile import PackVariant, Profile
+
+__all__ = ["BatteryTracker", "Counters", "SOC_BINS_PCT", "TEMP_BINS_C"]
+
+SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
+TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC
+_CHARGING_A = 1.0  # pack_a above this counts as charging
+_MAX_EVENTS = 20
+
+
+def _bin(value: float, edges: tuple[int, ...]) -> int:
+    for i, edge in enumerate(edges):
+        if value < edge:
+            return i
+    return len(edges)
+
+
+@dataclass
+class Counters:
+    """Lifetime counters, persisted in ``state_dir`` and carried in every passport."""
+
+    ah_charged: float = 0.0
+    ah_discharged: float = 0.0
+    kwh_charged: float = 0.0
+    kwh_discharged: float = 0.0
+    deep_discharge_events: int = 0
+    overcharge_events: int = 0
+    min_high_temp_idle: float = 0.0
+    min_low_temp_idle: float = 0.0
+    min_high_temp_charging: float = 0.0
+    min_low_temp_charging: float = 0.0
+    soc_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(SOC_BINS_PCT) + 1))
+    temp_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(TEMP_BINS_C) + 1))
+    events: list[dict[str, Any]] = field(default_factory=list)  # last negative events: kind, ts
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counters:
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ValueError: a key is missing or has the wrong type (the stored state is corrupt).
+        """
+        try:
+            c = cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"counters: {exc}") from exc
+        numbers = [v for k, v in asdict(c).items() if k not in ("soc_hist_min", "temp_hist_min", "events")]
+        if not all(isinstance(v, int | float) and v >= 0 for v in numbers):
+            raise ValueError("counters: negative or non-numeric value")
+        if len(c.soc_hist_min) != len(SOC_BINS_PCT) + 1 or len(c.temp_hist_min) != len(TEMP_BINS_C) + 1:
+            raise ValueError("counters: histogram has the wrong number of bins")
+        return c
+
+
+class BatteryTracker:
+    """Latest values of the canonical fields plus the counters, updated from decoded values."""
+
+    def __init__(self, profile: Profile, *, counters: Counters | None = None,
+                 rated_capacity_ah: float | None = None, stale_after_s: float = 10.0,
+                 max_gap_s: float = 2.0) -> None:
+        self.profile = profile
+        self.counters = counters or Counters()
+        self._configured_ah = rated_capacity_ah
+        self.stale_after_s = stale_after_s
+        self.max_gap_s = max_gap_s
+        self.values: dict[str, float] = {}
+        self.times: dict[str, float] = {}
+        self.last_ts: float | None = None
+        self._last_current: tuple[float, float] | None = None  # (ts, amps)
+        self._deep = self._over = False
+
+    # -- updates ---------------------------------------------------------------------------------
+    def update(self, ts: float, values: list[tuple[str, float]]) -> None:
+        """Record decoded values measured at ``ts`` and advance the counters."""
+        if self.last_ts is None or ts > self.last_ts:
+            self.last_ts = ts
+        for name, value in values:
+            self.values[name] = value
+            self.times[name] = ts
+            if name == "pack_a":
+                self._integrate(ts, value)
+            elif name in ("pack_v",):
+                self._check_voltage_events(ts, value)
+
+    def _integrate(self, ts: float, amps: float) -> None:
+        prev = self._last_current
+        self._last_current = (ts, amps)
+        if prev is None:
+            return
+        dt = ts - prev[0]
+        if not 0 < dt <= self.max_gap_s:
+            return
+        c = self.counters
+        ah = prev[1] * dt / 3600.0
+        volts = self.values.get("pack_v")
+        if ah >= 0:
+            c.ah_charged += ah
+        else:
+            c.ah_discharged -= ah
+        if volts is not None:
+            kwh = ah * volts / 1000.0
+            if kwh >= 0:
+                c.kwh_charged += kwh
+            else:
+                c.kwh_discharged -= kwh
+        minutes = dt / 60.0
+        charging = prev[1] > _CHARGING_A
+        soc = self.fresh("soc_pct", ts)
+        if soc is not None:
+            c.soc_hist_min[_bin(soc, SOC_BINS_PCT)] += minutes
+        temps = [t for t in (self.fresh(k, ts) for k in ("temp_c_max", "temp_c_avg", "temp_c_min"))
+                 if t is not None]
+        if temps:
+            c.temp_hist_min[_bin(sum(temps) / len(temps), TEMP_BINS_C)] += minutes
+            if max(temps) >= self.profile.temp_high_c:
+                if charging:
+                    c.min_high_temp_charging += minutes
+                else:
+                    c.min_high_temp_idle += minutes
+            if min(temps) <= self.profile.temp_low_c:
+                if charging:
+                    c.min_low_temp_charging += minutes
+                else:
+                    c.min_low_temp_idle += minutes
+
+    def _check_voltage_events(self, ts: float, volts: float) -> None:
+        p = self.profile
+        low, high = p.cell_v_min * p.cells_series, p.cell_v_max * p.cells_series
+        hysteresis = 0.05 * p.cells_series  # 50 mV per cell before an event can fire again
+        if volts < low and not self._deep:
+            self._deep = True
+            self.counters.deep_discharge_events += 1
+            self._event("deep-discharge", ts)
+        elif volts > low + hysteresis:
+            self._deep = False
+        if volts > high and not self._over:
+            self._over = True
+            self.counters.overcharge_events += 1
+            self._event("overcharge", ts)
+        elif volts < high - hysteresis:
+            self._over = False
+
+    def _event(self, kind: str, ts: float) -> None:
+        self.counters.events = [*self.counters.events, {"kind": kind, "ts": ts}][-_MAX_EVENTS:]
+
+    # -- queries ---------------------------------------------------------------------------------
+    def fresh(self, name: str, now: float) -> float | None:
+        """The latest value of ``name`` if it was measured within ``stale_after_s`` of ``now``."""
+        ts = self.times.get(name)
+        if ts is None or now - ts > self.stale_after_s:
+            return None
+        return self.values[name]
+
+    def snapshot(self, now: float) -> dict[str, float]:
+        """Every fresh value at ``now``."""
+        return {k: v for k in self.values if (v := self.fresh(k, now)) is not None}
+
+    def missing(self) -> list[str]:
+        """The profile's ``complete`` fields not seen yet (``temperature`` = any pack temperature)."""
+        out = []
+        for name in self.profile.complete:
+            if name == "temperature":
+                if not any(k in self.values for k in ("temp_c_min", "temp_c_max", "temp_c_avg")):
+                    out.append(name)
+            elif name not in self.values:
+                out.append(name)
+        return out
+
+    @property
+    def charging(self) -> bool:
+        """True while the latest current is a charging current."""
+        return self.values.get("pack_a", 0.0) > _CHARGING_A
+
+    def pack(self) -> tuple[PackVariant, str]:
+        """The pack variant and how it was chosen: ``config``, ``detected`` or ``profile-default``."""
+        packs = self.profile.packs
+        if self._configured_ah is not None:
+            nearest = min(packs, key=lambda p: abs(p.capacity_ah - self._configured_ah))  # type: ignore[operator]
+            return PackVariant(nearest.energy_kwh, self._configured_ah), "config"
+        if len(packs) == 1:
+            return packs[0], "profile-default"
+        full = self.values.get("full_energy_kwh")
+        if full is None and "gids_full" in self.values:
+            full = self.values["gids_full"] * self.profile.wh_per_gid / 1000.0
+        soh = self.values.get("bms_soh_pct")
+        if full is None or soh is None:
+            return packs[0], "profile-default"
+        new_kwh = full / (soh / 100.0)
+        return min(packs, key=lambda p: abs(p.energy_kwh - new_kwh)), "detected"
+
+    def full_cycles(self) -> float:
+        """Full equivalent cycles: Ah throughput (charge + discharge) / 2 / rated capacity."""
+        c = self.counters
+        return (c.ah_charged + c.ah_discharged) / 2.0 / self.pack()[0].capacity_ah

@@ -1,0 +1,234 @@
+"""The one TOML configuration file -> frozen dataclasses, with every problem reported at once.
+
+Owns: key names, types, units, defaults and ranges (``SCHEMA``; docs/config.md documents the same
+table and a test keeps the two in step). No environment variables, no implicit files.
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import tomllib
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, fields
+from pathlib import Path
+from typing import Any
+
+from .errors import ConfigError
+
+__all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "PublishConfig", "VehicleConfig",
+           "load_config", "parse_config", "render_toml"]
+
+
+@dataclass(frozen=True, slots=True)
+class DeviceConfig:
+    id: str
+    key_file: str
+    state_dir: str
+
+
+@dataclass(frozen=True, slots=True)
+class CanConfig:
+    interface: str
+    channel: str
+    bitrate: int
+    receive_timeout_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class VehicleConfig:
+    profile: str
+    rated_capacity_ah: float | None
+
+
+@dataclass(frozen=True, slots=True)
+class MqttConfig:
+    host: str
+    port: int
+    tls: bool
+    ca_file: str
+    cert_file: str
+    key_file: str
+    topic_prefix: str
+    keepalive_s: int
+    max_queued: int
+
+
+@dataclass(frozen=True, slots=True)
+class PublishConfig:
+    reading_interval_s: float
+    passport_interval_s: float
+    soh_change_pct: float
+    silence_s: float
+    stale_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class LoggingConfig:
+    level: str
+
+
+@dataclass(frozen=True, slots=True)
+class Config:
+    device: DeviceConfig
+    can: CanConfig
+    vehicle: VehicleConfig
+    mqtt: MqttConfig
+    publish: PublishConfig
+    logging: LoggingConfig
+
+
+_Check = Callable[[Any], str | None]  # returns a problem, or None
+
+
+def _str(nonempty: bool = True) -> _Check:
+    return lambda v: None if isinstance(v, str) and (v or not nonempty) else "expected a non-empty string"
+
+
+def _num(lo: float, hi: float, *, integer: bool = False) -> _Check:
+    def check(v: Any) -> str | None:
+        kind = int if integer else (int, float)
+        if isinstance(v, bool) or not isinstance(v, kind) or (isinstance(v, float) and not math.isfinite(v)):
+            return f"expected {'an integer' if integer else 'a number'}, got {v!r}"
+        return None if lo <= v <= hi else f"{v} is out of range {lo:g}..{hi:g}"
+    return check
+
+
+def _bool(v: Any) -> str | None:
+    return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
+
+
+def _choice(*options: str) -> _Check:
+    return lambda v: None if v in options else f"expected one of {', '.join(options)}, got {v!r}"
+
+
+# section -> key -> (default, check, unit, description). A default of None means "required".
+SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
+    "device": {
+        "id": (None, _str(), "", "device id; also the MQTT client id and username"),
+        "key_file": ("/var/lib/battery-gateway/device-key.pem", _str(), "path",
+                     "P-256 private key (PKCS#8 PEM, mode 0600; create with keygen)"),
+        "state_dir": ("/var/lib/battery-gateway", _str(), "path",
+                      "chain position, counters; created if missing"),
+    },
+    "can": {
+        "interface": ("socketcan", _str(), "", "python-can interface name"),
+        "channel": ("can0", _str(), "", "python-can channel (can0, a multicast group, ...)"),
+        "bitrate": (500000, _num(10_000, 8_000_000, integer=True), "bit/s",
+                    "bus bitrate (socketcan takes it from the interface)"),
+        "receive_timeout_s": (0.2, _num(0.01, 5.0), "s", "how long one bus read waits before timers run"),
+    },
+    "vehicle": {
+        "profile": ("leaf-ze1", _str(), "", "built-in profile name or path to a profile TOML"),
+        "rated_capacity_ah": (0.0, _num(0.0, 2000.0), "Ah",
+                              "pack capacity when new; 0 = detect, else the profile's default"),
+    },
+    "mqtt": {
+        "host": ("127.0.0.1", _str(), "", "broker host"),
+        "port": (1883, _num(1, 65535, integer=True), "", "broker port"),
+        "tls": (False, _bool, "", "mutual TLS with ca_file, cert_file, key_file"),
+        "ca_file": ("", _str(False), "path", "CA bundle that signed the broker certificate (tls)"),
+        "cert_file": ("", _str(False), "path", "device certificate (tls)"),
+        "key_file": ("", _str(False), "path", "device TLS key (tls)"),
+        "topic_prefix": ("bp/v1", _str(), "", "topics are {topic_prefix}/{device.id}/..."),
+        "keepalive_s": (60, _num(5, 3600, integer=True), "s", "MQTT keep-alive"),
+        "max_queued": (1000, _num(1, 1_000_000, integer=True), "messages",
+                       "messages held in memory while the broker is unreachable"),
+    },
+    "publish": {
+        "reading_interval_s": (60.0, _num(0.1, 86400.0), "s", "one signed reading this often"),
+        "passport_interval_s": (86400.0, _num(1.0, 30 * 86400.0), "s",
+                                "a passport at least this often while the car is active"),
+        "soh_change_pct": (1.0, _num(0.1, 100.0), "pp", "a passport when the BMS SOH moves this much"),
+        "silence_s": (5.0, _num(0.5, 3600.0), "s", "no battery frames this long = car off (key-off passport)"),
+        "stale_after_s": (10.0, _num(0.1, 3600.0), "s", "values older than this are left out of readings"),
+    },
+    "logging": {
+        "level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "", "log level (stderr, for journald)"),
+    },
+}
+
+_CLASSES = {"device": DeviceConfig, "can": CanConfig, "vehicle": VehicleConfig, "mqtt": MqttConfig,
+            "publish": PublishConfig, "logging": LoggingConfig}
+
+
+def parse_config(data: Mapping[str, Any], *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:
+    """Validate a parsed TOML mapping and fill in defaults.
+
+    Args:
+        data: the TOML document.
+        sections: the sections that must be valid; for ``replay`` only ``vehicle`` and ``publish`` matter,
+            and a missing ``device.id`` is then no problem.
+
+    Raises:
+        ConfigError: naming every bad key as ``section.key: problem``.
+    """
+    problems = [f"{s}: unknown section" for s in data if s not in SCHEMA]
+    built: dict[str, Any] = {}
+    for section, keys in SCHEMA.items():
+        raw = data.get(section, {})
+        if not isinstance(raw, Mapping):
+            problems.append(f"{section}: expected a table")
+            raw = {}
+        problems.extend(f"{section}.{k}: unknown key" for k in raw if k not in keys)
+        values: dict[str, Any] = {}
+        for key, (default, check, _, _) in keys.items():
+            if key not in raw:
+                if default is None and section in sections:
+                    problems.append(f"{section}.{key}: required")
+                values[key] = default if default is not None else ""
+                continue
+            problem = check(raw[key])
+            if problem and (section in sections or key in raw):
+                problems.append(f"{section}.{key}: {problem}")
+            values[key] = raw[key]
+        if section == "vehicle":
+            values["rated_capacity_ah"] = float(values["rated_capacity_ah"] or 0) or None
+        if section == "mqtt" and values["tls"] is True and section in sections:
+            problems.extend(f"mqtt.{k}: required when tls = true" for k in ("ca_file", "cert_file", "key_file")
+                            if not values[k])
+        built[section] = values
+    if problems:
+        raise ConfigError(problems)
+    return Config(**{s: _CLASSES[s](**v) for s, v in built.items()})
+
+
+def load_config(path: str | Path, *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:
+    """Read and validate the TOML file at ``path``.
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, or bad keys.
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text") from exc
+    try:
+        data = tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
+    try:
+        return parse_config(data, sections=sections)
+    except ConfigError as exc:
+        raise ConfigError([f"{p}: {problem}" for problem in exc.problems]) from None
+
+
+def render_toml(config: Config) -> str:
+    """The effective configuration as TOML, every key with its value (defaults filled in)."""
+    lines: list[str] = []
+    for section in SCHEMA:
+        obj = getattr(config, section)
+        lines.append(f"[{section}]")
+        for f in fields(obj):
+            value = getattr(obj, f.name)
+            unit = SCHEMA[section][f.name][2]
+            if value is None:
+                value = 0.0
+            text = ("true" if value else "false") if isinstance(value, bool) else \
+                json.dumps(value) if isinstance(value, str) else repr(value)
+            lines.append(f"{f.name} = {text}" + (f"  # {unit}" if unit and unit != "path" else ""))
+        lines.append("")
+    return "\n".join(lines)

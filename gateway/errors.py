@@ -1,0 +1,91 @@
+"""Exception tree of the gateway, split by whose fault a failure is.
+
+::
+
+    GatewayError
+    ├── DataError                 the input was wrong; skip it, count it, carry on
+    │   ├── ConfigError           a config or profile key is missing, mistyped or out of range
+    │   ├── DecodeError           a CAN frame failed its CRC, length or invalid-marker check
+    │   ├── CaptureError          a capture file line cannot be read (names file and line)
+    │   └── EnvelopeError         a COSE envelope is malformed, forged, or breaks its chain
+    └── TransportError            a device or peer failed; retry, or exit so systemd restarts us
+        ├── BusError              the CAN interface cannot be opened or went away
+        ├── PublishError          the MQTT broker refused or is unreachable
+        └── StateError            the state directory cannot be read or written (disk full, read-only)
+
+Scenarios: a ``1DB`` frame with a bad CRC raises ``DecodeError`` (frame_id=0x1DB) and is dropped;
+``[mqtt] port = "x"`` raises ``ConfigError`` naming ``mqtt.port``; ``can0`` missing raises ``BusError``;
+a tampered envelope raises ``EnvelopeError`` in ``verify``; a full disk raises ``StateError``.
+
+Programmer misuse raises the built-in ``ValueError``/``RuntimeError`` instead.
+"""
+
+from __future__ import annotations
+
+__all__ = [
+    "BusError",
+    "CaptureError",
+    "ConfigError",
+    "DataError",
+    "DecodeError",
+    "EnvelopeError",
+    "GatewayError",
+    "PublishError",
+    "StateError",
+    "TransportError",
+]
+
+
+class GatewayError(Exception):
+    """Root of every error the gateway raises on purpose."""
+
+
+class DataError(GatewayError):
+    """Bad input: the data, not the device, is at fault."""
+
+
+class ConfigError(DataError):
+    """One or more configuration or profile problems; ``problems`` lists each one as a line."""
+
+    def __init__(self, problems: list[str] | str) -> None:
+        self.problems = [problems] if isinstance(problems, str) else list(problems)
+        super().__init__("; ".join(self.problems))
+
+
+class DecodeError(DataError):
+    """A CAN frame could not be decoded; ``frame_id`` names it and ``kind`` says why (for counting)."""
+
+    def __init__(self, message: str, *, frame_id: int, kind: str) -> None:
+        super().__init__(message)
+        self.frame_id = frame_id
+        self.kind = kind
+
+
+class CaptureError(DataError):
+    """A capture file cannot be read; ``path`` and ``line`` (1-based, 0 if unknown) name the culprit."""
+
+    def __init__(self, message: str, *, path: str, line: int = 0) -> None:
+        where = f"{path}:{line}" if line else path
+        super().__init__(f"{where}: {message}")
+        self.path = path
+        self.line = line
+
+
+class EnvelopeError(DataError):
+    """A signed envelope failed verification; the message says why."""
+
+
+class TransportError(GatewayError):
+    """A device, peer or the disk failed."""
+
+
+class BusError(TransportError):
+    """The CAN interface could not be opened or stopped working."""
+
+
+class PublishError(TransportError):
+    """The MQTT broker could not be reached or refused the device."""
+
+
+class StateError(TransportError):
+    """The state directory could not be read or written."""

@@ -1,0 +1,68 @@
+"""Plain value types shared by every layer. Frozen dataclasses, no behaviour beyond small helpers.
+
+Invariants: times are float seconds since the Unix epoch (measurement time, from the frame), CAN ids
+are ints, payload maps use the canonical field names of ``FIELDS``.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+
+__all__ = ["FIELDS", "FieldSpec", "Frame", "OutgoingMessage"]
+
+
+@dataclass(frozen=True, slots=True)
+class Frame:
+    """One classic CAN frame as read from a bus or a capture."""
+
+    ts: float
+    can_id: int
+    data: bytes
+    bus: int = 0
+    is_extended: bool = False
+    is_tx: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class FieldSpec:
+    """A canonical battery-state field: its unit and the range outside which a value is rejected."""
+
+    unit: str
+    lo: float
+    hi: float
+    description: str
+
+
+# The canonical battery state. Every vehicle profile maps its signals onto these names; readings
+# carry them under the same names (CONTRACT §5). Ranges are physical plausibility, not pack limits.
+FIELDS: dict[str, FieldSpec] = {
+    "soc_pct": FieldSpec("%", 0.0, 100.0, "state of charge as the BMS reports it"),
+    "pack_v": FieldSpec("V", 0.0, 1000.0, "pack voltage"),
+    "pack_a": FieldSpec("A", -1000.0, 1000.0, "pack current, positive = charging"),
+    "bms_soh_pct": FieldSpec("%", 1.0, 100.0, "the BMS's own state of health (not SOCE)"),
+    "gids": FieldSpec("gids", 0.0, 1022.0, "remaining energy in GIDs (Leaf)"),
+    "gids_full": FieldSpec("gids", 1.0, 1022.0, "full-capacity GIDs (Leaf 30 kWh and later)"),
+    "full_energy_kwh": FieldSpec("kWh", 0.1, 200.0, "full usable energy as the BMS reports it"),
+    "capacity_bars": FieldSpec("bars", 0.0, 12.0, "capacity bars on the dash (Leaf)"),
+    "temp_c_min": FieldSpec("degC", -40.0, 100.0, "lowest pack temperature"),
+    "temp_c_max": FieldSpec("degC", -40.0, 100.0, "highest pack temperature"),
+    "temp_c_avg": FieldSpec("degC", -40.0, 100.0, "average pack temperature"),
+    "dis_limit_kw": FieldSpec("kW", 0.0, 500.0, "discharge power limit"),
+    "chg_limit_kw": FieldSpec("kW", 0.0, 500.0, "charge power limit"),
+    "dash_soc_pct": FieldSpec("%", 0.0, 100.0, "state of charge shown on the dash"),
+    "main_relay": FieldSpec("", 0.0, 1.0, "main contactor closed (1) or open (0)"),
+    "full_charge": FieldSpec("", 0.0, 1.0, "the BMS flags the pack as fully charged"),
+}
+
+
+@dataclass(frozen=True, slots=True)
+class OutgoingMessage:
+    """A signed envelope ready to publish: ``topic`` is relative to ``{prefix}/{dev}/``."""
+
+    topic: str
+    payload: bytes
+    retain: bool
+    kind: str
+    seq: int
+    ep: int
+    body: dict[str, object] = field(default_factory=dict, compare=False)

@@ -1,0 +1,153 @@
+"""Payloads of the signed messages: ``reading`` and ``passport`` (CONTRACT §5, PASSPORT.md).
+
+Owns: the field names and units on the wire, the IDTA ProductCondition 1.0.1 document (exact key
+names, every block with its own RFC 3339 ``LastUpdate``), and the provenance of every value.
+Invariants: only semantically matching quantities go into model fields (no SOCE unless it is SOCE; the
+BMS SOH goes to ``ext`` with provenance); a value never seen is left out, never guessed.
+Pure: the tracker and times in, plain maps out.
+"""
+
+from __future__ import annotations
+
+from datetime import UTC, datetime
+from typing import Any
+
+from .battery import SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
+
+__all__ = ["PAYLOAD_VERSION", "READING_FIELDS", "build_passport", "build_reading", "rfc3339", "ts_ms"]
+
+PAYLOAD_VERSION = 1
+
+# Canonical fields that readings carry in ``m`` (CONTRACT §5 names; the rest are documented in docs/mqtt.md).
+READING_FIELDS = ("soc_pct", "pack_v", "pack_a", "cell_v_min", "cell_v_max", "temp_c_min", "temp_c_max",
+                  "temp_c_avg", "bms_soh_pct", "capacity_ah", "hx_pct", "full_energy_kwh", "capacity_bars",
+                  "dash_soc_pct", "chg_limit_kw", "dis_limit_kw")
+
+
+def ts_ms(ts: float) -> int:
+    """Seconds since the epoch -> integer milliseconds."""
+    return round(ts * 1000)
+
+
+def rfc3339(ts: float) -> str:
+    """Seconds since the epoch -> RFC 3339 UTC with ``T`` and ``Z`` (whole seconds)."""
+    return datetime.fromtimestamp(ts, tz=UTC).strftime("%Y-%m-%dT%H:%M:%SZ")
+
+
+def _header(kind: str, *, device_id: str, chain: dict[str, Any], ts: float, sw: str) -> dict[str, Any]:
+    return {"v": PAYLOAD_VERSION, "kind": kind, "dev": device_id, **chain, "ts": ts_ms(ts), "sw": sw}
+
+
+def _measurements(tracker: BatteryTracker, now: float) -> dict[str, float]:
+    snap = tracker.snapshot(now)
+    m = {k: snap[k] for k in READING_FIELDS if k in snap}
+    if "gids" in snap:
+        m["energy_kwh"] = round(snap["gids"] * tracker.profile.wh_per_gid / 1000.0, 3)
+    return m
+
+
+def build_reading(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
+                  bat: str | None = None) -> dict[str, Any] | None:
+    """The ``reading`` payload at ``now``, or None when nothing fresh was measured."""
+    m = _measurements(tracker, now)
+    if not m:
+        return None
+    return {**_header("reading", device_id=device_id, chain=chain, ts=now, sw=sw), "bat": bat, "m": m}
+
+
+def _src(signal: str, method: str, unit: str, *, src: str = "bms-reported", **extra: Any) -> dict[str, Any]:
+    return {"src": src, "method": method, "signal": signal, "unit": unit, **extra}
+
+
+def _temperature(tracker: BatteryTracker) -> tuple[float | None, str]:
+    v = tracker.values
+    if "temp_c_avg" in v:
+        return v["temp_c_avg"], "temp_c_avg"
+    known = [v[k] for k in ("temp_c_min", "temp_c_max") if k in v]
+    if known:
+        return round(sum(known) / len(known), 2), "mean(temp_c_min, temp_c_max)"
+    return None, ""
+
+
+def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
+                   signals: dict[str, str], bat: str | None = None, reason: str = "") -> dict[str, Any]:
+    """The ``passport`` payload: IDTA ProductCondition 1.0.1 ``doc``, ``prov`` per value, and ``ext``.
+
+    Args:
+        tracker: the battery state; must be complete (``tracker.missing()`` empty).
+        now: measurement time of the update.
+        signals: canonical field -> "0xID SIGNAL" it was decoded from, for provenance.
+        reason: why this update was published (first, key-off, end-of-charge, daily, soh-change, request).
+
+    Raises:
+        ValueError: the state is not complete (a schema-required value is missing).
+    """
+    if tracker.missing():
+        raise ValueError(f"battery state incomplete: {', '.join(tracker.missing())}")
+    v, t, c = tracker.values, tracker.times, tracker.counters
+    stamp = rfc3339(now)
+    temp, temp_from = _temperature(tracker)
+    pack, pack_source = tracker.pack()
+    limits = f"low {tracker.profile.temp_low_c} degC, high {tracker.profile.temp_high_c} degC"
+    doc: dict[str, Any] = {
+        "NumberOfFullCycles": {"NumberOfFullCyclesValue": round(tracker.full_cycles(), 3), "LastUpdate": stamp},
+        "StateOfCharge": {"StateOfChargeValue": v["soc_pct"], "LastUpdate": rfc3339(t["soc_pct"])},
+        "TemperatureInformation": {
+            "MeasuredTemp": temp,
+            "TimeExtremeHighTemp": round(c.min_high_temp_idle, 2),
+            "TimeExtremeLowTemp": round(c.min_low_temp_idle, 2),
+            "TimeExtremeHighTempCharging": round(c.min_high_temp_charging, 2),
+            "TimeExtremeLowTempCharging": round(c.min_low_temp_charging, 2),
+            "LastUpdate": stamp,
+        },
+        "InformationOnAccidents": [],
+        "EnergyThroughput": {"EnergyThroughputValue": round(c.kwh_charged + c.kwh_discharged, 3),
+                             "LastUpdate": stamp},
+        "CapacityThroughput": {"CapacityThroughputValue": round(c.ah_charged + c.ah_discharged, 3),
+                               "LastUpdate": stamp},
+    }
+    counted = _src("", "gateway-counter/1", "", src="calculated",
+                   basis=f"integrated from pack_a ({signals.get('pack_a', '')}) and pack_v, on this device only")
+    prov: dict[str, Any] = {
+        "NumberOfFullCycles": {**counted, "unit": "1", "method": "gateway-fec/1",
+                               "basis": f"(Ah charged + Ah discharged) / 2 / {pack.capacity_ah} Ah "
+                                        f"(rated capacity, {pack_source}); counted on this device only"},
+        "StateOfCharge": _src(signals.get("soc_pct", ""), "bms-soc", "%"),
+        "TemperatureInformation": _src(signals.get(temp_from, temp_from), "bms-temperature", "degC",
+                                       extremes=limits, time_unit="min", derived=temp_from),
+        "EnergyThroughput": {**counted, "unit": "kWh"},
+        "CapacityThroughput": {**counted, "unit": "Ah"},
+    }
+    if "full_energy_kwh" in v:
+        doc["RemainingEnergy"] = {"RemainingEnergyValue": v["full_energy_kwh"],
+                                  "LastUpdate": rfc3339(t["full_energy_kwh"])}
+        prov["RemainingEnergy"] = _src(signals.get("full_energy_kwh", ""), "bms-full-capacity", "kWh",
+                                       note="the BMS's full usable energy, not measured by the UN GTR 22 "
+                                            "certification procedure")
+    events = [{"NegativeEventValue": e["kind"], "LastUpdate": rfc3339(e["ts"])} for e in c.events]
+    if events:
+        doc["NegativeEvents"] = events
+        prov["NegativeEvents"] = {**counted, "unit": "",
+                                  "basis": f"pack voltage outside {tracker.profile.cell_v_min}-"
+                                           f"{tracker.profile.cell_v_max} V per cell"}
+    ext: dict[str, Any] = {
+        "reason": reason,
+        "bms_soh_pct": v["bms_soh_pct"],
+        "rated_energy_kwh": pack.energy_kwh,
+        "rated_capacity_ah": pack.capacity_ah,
+        "rated_source": pack_source,
+        "kwh_charged": round(c.kwh_charged, 3), "kwh_discharged": round(c.kwh_discharged, 3),
+        "ah_charged": round(c.ah_charged, 3), "ah_discharged": round(c.ah_discharged, 3),
+        "deep_discharge_events": c.deep_discharge_events, "overcharge_events": c.overcharge_events,
+        "soc_hist_min": [round(x, 2) for x in c.soc_hist_min], "soc_hist_edges_pct": list(SOC_BINS_PCT),
+        "temp_hist_min": [round(x, 2) for x in c.temp_hist_min], "temp_hist_edges_c": list(TEMP_BINS_C),
+    }
+    prov["ext.bms_soh_pct"] = _src(signals.get("bms_soh_pct", ""), "bms-soh", "%",
+                                   note="the BMS's own SOH; not SOCE (EU 2023/1542 Annex VII), so it has "
+                                        "no slot in ProductCondition")
+    if "capacity_bars" in v:
+        ext["capacity_bars"] = v["capacity_bars"]
+    for p in prov.values():
+        p["sw"] = sw
+    return {**_header("passport", device_id=device_id, chain=chain, ts=now, sw=sw), "bat": bat, "doc": doc,
+            "prov": prov, "ext": ext}

@@ -1,0 +1,174 @@
+"""Service: frames -> decoded values -> battery state -> signed reading/passport messages.
+
+Owns: when a message is due (reading interval, passport triggers of PASSPORT.md) and the order
+"sign, advance the chain, persist, hand out". Time is measurement time: the frame timestamps, or the
+``now`` given to ``tick`` (wall clock in the daemon, capture time in replay), so the same code serves
+both. Invariant: a message leaves only after its chain position and the counters were saved.
+"""
+
+from __future__ import annotations
+
+import logging
+from collections import Counter
+from dataclasses import dataclass
+from typing import Any
+
+from .battery import BatteryTracker
+from .decoding import Decoder
+from .errors import DecodeError
+from .model import Frame, OutgoingMessage
+from .passport import build_passport, build_reading
+from .ports import StateStore
+from .signing import Chain, Signer
+
+__all__ = ["Pipeline", "PublishPolicy"]
+
+log = logging.getLogger(__name__)
+
+
+@dataclass(frozen=True, slots=True)
+class PublishPolicy:
+    """When messages are due (config ``[publish]``)."""
+
+    reading_interval_s: float = 60.0
+    passport_interval_s: float = 86400.0
+    soh_change_pct: float = 1.0
+    first_reading_after_s: float = 1.0  # publish the first reading this soon even if state is partial
+    silence_s: float = 5.0  # no frames this long = car off (key-off passport)
+    charge_settle_s: float = 10.0  # charging / idle must last this long to count as a change
+
+
+class Pipeline:
+    """Turns frames into signed messages. Single-threaded: call from one thread only."""
+
+    def __init__(self, decoder: Decoder, tracker: BatteryTracker, signer: Signer, chain: Chain, *,
+                 device_id: str, sw: str, policy: PublishPolicy, store: StateStore | None = None) -> None:
+        self.decoder, self.tracker, self.signer, self.chain = decoder, tracker, signer, chain
+        self.device_id, self.sw, self.policy, self.store = device_id, sw, policy, store
+        self.counts: Counter[str] = Counter()
+        self._ids = decoder.frame_ids
+        self._signals = {}
+        for sm in decoder.profile.signals:
+            self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
+        self._first_ts: float | None = None
+        self._last_frame_ts: float | None = None
+        self._next_reading: float | None = None
+        self._last_passport_ts: float | None = None
+        self._passport_soh: float | None = None
+        self._pending: str | None = None  # reason of a passport that is due
+        self._asleep = False
+        self._charging = False
+        self._charge_flip_ts: float | None = None
+
+    # -- input -----------------------------------------------------------------------------------
+    def on_frame(self, frame: Frame) -> list[OutgoingMessage]:
+        """Decode one frame, update the state, and return the messages that became due."""
+        if frame.can_id not in self._ids:
+            self.counts["ignored"] += 1
+            return []
+        try:
+            values = self.decoder.decode(frame)
+        except DecodeError as exc:
+            self.counts[exc.kind] += 1
+            if self.counts[exc.kind] == 1:
+                log.warning("%s (dropped; further %s errors are counted, not logged)", exc, exc.kind)
+            else:
+                log.debug("%s", exc)
+            return []
+        self.counts["decoded"] += 1
+        ts = frame.ts
+        if self._first_ts is None:
+            self._first_ts = ts
+        self._last_frame_ts = ts
+        if self._asleep:
+            self._asleep = False
+            log.info("battery ECU is talking again")
+        previous_relay = self.tracker.values.get("main_relay")
+        self.tracker.update(ts, values)
+        for name, value in values:
+            if name == "main_relay" and previous_relay == 1.0 and value == 0.0:
+                self._want_passport("key-off")
+            elif name == "bms_soh_pct" and self._passport_soh is not None \
+                    and abs(value - self._passport_soh) >= self.policy.soh_change_pct:
+                self._want_passport("soh-change")
+            elif name == "pack_a":
+                self._watch_charging(ts)
+        return self.tick(ts)
+
+    def _watch_charging(self, ts: float) -> None:
+        if self.tracker.charging == self._charging:
+            self._charge_flip_ts = None
+            return
+        if self._charge_flip_ts is None:
+            self._charge_flip_ts = ts
+        elif ts - self._charge_flip_ts >= self.policy.charge_settle_s:
+            self._charging = not self._charging
+            self._charge_flip_ts = None
+            log.info("charging %s", "started" if self._charging else "ended")
+            if not self._charging:
+                self._want_passport("end-of-charge")
+
+    def _want_passport(self, reason: str) -> None:
+        self._pending = self._pending or reason
+
+    def request_passport(self, reason: str = "request") -> None:
+        """Ask for a passport update as soon as the state is complete (on-demand trigger)."""
+        self._want_passport(reason)
+
+    # -- time ------------------------------------------------------------------------------------
+    def tick(self, now: float) -> list[OutgoingMessage]:
+        """Return the messages due at ``now``. Cheap when nothing is due; call it often."""
+        if self._first_ts is None:
+            return []
+        out: list[OutgoingMessage] = []
+        p = self.policy
+        if self._next_reading is None:
+            if not self.tracker.missing() or now - self._first_ts >= p.first_reading_after_s:
+                self._next_reading = now
+        if self._next_reading is not None and now >= self._next_reading:
+            out.extend(self._reading(now))
+            self._next_reading = max(self._next_reading + p.reading_interval_s, now)
+        if self._last_frame_ts is not None and not self._asleep and now - self._last_frame_ts >= p.silence_s:
+            self._asleep = True
+            log.info("no battery frames for %.0f s: car off or asleep", now - self._last_frame_ts)
+            self._want_passport("key-off")
+        if self._last_passport_ts is None:
+            self._want_passport("first")
+        elif now - self._last_passport_ts >= p.passport_interval_s:
+            self._want_passport("daily")
+        if self._pending and not self.tracker.missing():
+            out.append(self._passport(min(now, self.tracker.last_ts or now), self._pending))
+        return out
+
+    def finish(self, now: float) -> list[OutgoingMessage]:
+        """A final reading and passport (end of a replay, or shutdown)."""
+        out = self._reading(now)
+        if not self.tracker.missing():
+            out.append(self._passport(now, self._pending or "final"))
+        else:
+            log.info("no passport: battery state incomplete (missing %s)", ", ".join(self.tracker.missing()))
+        return out
+
+    # -- output ----------------------------------------------------------------------------------
+    def _reading(self, now: float) -> list[OutgoingMessage]:
+        payload = build_reading(self.tracker, now=now, device_id=self.device_id, chain=self.chain.header(),
+                                sw=self.sw)
+        return [] if payload is None else [self._sign("reading", payload)]
+
+    def _passport(self, now: float, reason: str) -> OutgoingMessage:
+        payload = build_passport(self.tracker, now=now, device_id=self.device_id, chain=self.chain.header(),
+                                 sw=self.sw, signals=self._signals, reason=reason)
+        self._pending = None
+        self._last_passport_ts = now
+        self._passport_soh = self.tracker.values.get("bms_soh_pct")
+        log.info("passport update (%s)", reason)
+        return self._sign("passport", payload)
+
+    def _sign(self, kind: str, payload: dict[str, Any]) -> OutgoingMessage:
+        envelope = self.signer.sign(payload)
+        self.chain.advance(envelope)
+        if self.store is not None:
+            self.store.save(self.chain, self.tracker.counters)
+        self.counts[kind] += 1
+        return OutgoingMessage(topic=kind, payload=envelope, retain=kind == "passport", kind=kind,
+                               seq=payload["seq"], ep=payload["ep"], body=payload)

@@ -1,0 +1,215 @@
+"""Vehicle profiles: which DBC files to load, which signals feed the canonical battery state, and which
+frame checks apply. A new car is a new TOML file, not new code (docs/profiles.md lists every key).
+
+``parse_profile`` is pure (mapping in, ``Profile`` out, every problem reported at once);
+``load_profile`` resolves a built-in name or a path and loads the DBC files with ``strict=True``.
+"""
+
+from __future__ import annotations
+
+import tomllib
+from collections.abc import Mapping
+from dataclasses import dataclass
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cantools
+
+from .errors import ConfigError
+from .model import FIELDS
+
+__all__ = ["BUILTIN_PROFILES", "PackVariant", "Profile", "SignalMap", "load_profile", "parse_profile"]
+
+BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1")
+_COMPLETE_GROUPS = {"temperature"}  # "complete" may name a field or a group of fields
+
+
+@dataclass(frozen=True, slots=True)
+class SignalMap:
+    """One DBC signal feeding one canonical field."""
+
+    frame_id: int
+    signal: str
+    field: str
+    invalid_raw: frozenset[int] = frozenset()
+    when: tuple[tuple[str, int], ...] = ()
+    lookup: tuple[tuple[int, float], ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class PackVariant:
+    """A pack the vehicle was sold with: its energy and capacity when new."""
+
+    energy_kwh: float
+    capacity_ah: float
+
+
+@dataclass(frozen=True, slots=True)
+class Profile:
+    """A parsed vehicle profile. ``dbc_files`` are resolved paths."""
+
+    name: str
+    title: str
+    dbc_files: tuple[Path, ...]
+    signals: tuple[SignalMap, ...]
+    packs: tuple[PackVariant, ...]
+    complete: tuple[str, ...]
+    crc8_frames: frozenset[int] = frozenset()
+    crc8_poly: int = 0x85
+    crc8_init: int = 0x00
+    wh_per_gid: float = 80.0
+    cells_series: int = 96
+    cell_v_min: float = 2.5
+    cell_v_max: float = 4.2
+    temp_low_c: float = -10.0
+    temp_high_c: float = 40.0
+
+    @property
+    def frame_ids(self) -> frozenset[int]:
+        """Every CAN id the profile needs: these become the bus filters."""
+        return frozenset(s.frame_id for s in self.signals)
+
+
+def _builtin_dir() -> Path:
+    return Path(str(resources.files("gateway.profiles")))
+
+
+def builtin_dbc_dir() -> Path:
+    """Where the project's own DBC files live: ``gateway/dbc`` in a wheel, ``dbc/`` in a source tree."""
+    installed = Path(__file__).parent / "dbc"
+    return installed if installed.is_dir() else Path(__file__).parent.parent / "dbc"
+
+
+def _int(value: Any, key: str, problems: list[str]) -> int | None:
+    if isinstance(value, bool) or not isinstance(value, int):
+        problems.append(f"{key}: expected an integer, got {value!r}")
+        return None
+    return value
+
+
+def _parse_signal(i: int, raw: Any, problems: list[str]) -> SignalMap | None:
+    key = f"signal[{i}]"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{key}: expected a table")
+        return None
+    unknown = set(raw) - {"frame", "signal", "field", "invalid_raw", "when", "lookup"}
+    problems.extend(f"{key}.{k}: unknown key" for k in sorted(unknown))
+    frame_id = _int(raw.get("frame"), f"{key}.frame", problems)
+    name, fld = raw.get("signal"), raw.get("field")
+    if not isinstance(name, str):
+        problems.append(f"{key}.signal: expected a DBC signal name")
+    if fld not in FIELDS:
+        problems.append(f"{key}.field: {fld!r} is not a canonical field ({', '.join(FIELDS)})")
+    invalid = raw.get("invalid_raw", [])
+    when = raw.get("when", {})
+    lookup = raw.get("lookup", {})
+    if not (isinstance(invalid, list) and all(isinstance(v, int) for v in invalid)):
+        problems.append(f"{key}.invalid_raw: expected a list of integers")
+        invalid = []
+    if not (isinstance(when, Mapping) and all(isinstance(v, int) for v in when.values())):
+        problems.append(f"{key}.when: expected a table of signal = raw integer")
+        when = {}
+    try:
+        table = tuple(sorted((int(k), float(v)) for k, v in dict(lookup).items()))
+    except (TypeError, ValueError):
+        problems.append(f"{key}.lookup: expected a table of raw integer = value")
+        table = ()
+    if frame_id is None or not isinstance(name, str) or fld not in FIELDS:
+        return None
+    return SignalMap(frame_id, name, str(fld), frozenset(invalid), tuple(sorted(when.items())), table)
+
+
+def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Profile:
+    """Build a ``Profile`` from a parsed TOML mapping.
+
+    Args:
+        data: the profile document.
+        dbc_dirs: directories searched, in order, for the DBC file names it lists.
+
+    Returns:
+        The profile, with DBC names resolved to existing files.
+
+    Raises:
+        ConfigError: listing every problem found.
+    """
+    problems: list[str] = []
+    known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "cells_series",
+             "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c"}
+    problems.extend(f"{k}: unknown key" for k in sorted(set(data) - known))
+    name = data.get("name")
+    if not isinstance(name, str) or not name:
+        problems.append("name: expected a non-empty string")
+    dbc_files: list[Path] = []
+    dbc_names = data.get("dbc", [])
+    if not dbc_names:
+        problems.append("dbc: list at least one DBC file")
+    for dbc in dbc_names:
+        found = next((d / dbc for d in dbc_dirs if (d / dbc).is_file()), None)
+        if found is None:
+            problems.append(f"dbc: {dbc!r} not found in {', '.join(map(str, dbc_dirs))}")
+        else:
+            dbc_files.append(found)
+    signals = [_parse_signal(i, s, problems) for i, s in enumerate(data.get("signal", []))]
+    if not signals:
+        problems.append("signal: map at least one signal")
+    packs: list[PackVariant] = []
+    for i, p in enumerate(data.get("pack", [])):
+        try:
+            packs.append(PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"])))
+        except (KeyError, TypeError, ValueError):
+            problems.append(f"pack[{i}]: needs energy_kwh and capacity_ah numbers")
+    if not packs:
+        problems.append("pack: list at least one pack (energy_kwh, capacity_ah)")
+    complete = tuple(data.get("complete", []))
+    bad = [c for c in complete if c not in FIELDS and c not in _COMPLETE_GROUPS]
+    problems.extend(f"complete: {c!r} is not a canonical field" for c in bad)
+    crc = data.get("crc8", {})
+    numbers: dict[str, float] = {}
+    for key, default in (("wh_per_gid", 80.0), ("cell_v_min", 2.5), ("cell_v_max", 4.2),
+                         ("temp_low_c", -10.0), ("temp_high_c", 40.0), ("cells_series", 96)):
+        value = data.get(key, default)
+        if isinstance(value, bool) or not isinstance(value, int | float):
+            problems.append(f"{key}: expected a number, got {value!r}")
+            value = default
+        numbers[key] = value
+    if problems:
+        raise ConfigError([f"profile {name or '?'}: {p}" for p in problems])
+    return Profile(
+        name=str(name), title=str(data.get("title", name)), dbc_files=tuple(dbc_files),
+        signals=tuple(s for s in signals if s is not None), packs=tuple(packs), complete=complete,
+        crc8_frames=frozenset(crc.get("frames", [])), crc8_poly=int(crc.get("poly", 0x85)),
+        crc8_init=int(crc.get("init", 0)), wh_per_gid=float(numbers["wh_per_gid"]),
+        cells_series=int(numbers["cells_series"]), cell_v_min=float(numbers["cell_v_min"]),
+        cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
+        temp_high_c=float(numbers["temp_high_c"]),
+    )
+
+
+def load_profile(name_or_path: str) -> tuple[Profile, list[cantools.database.Database]]:
+    """Load a built-in profile by name, or a profile TOML file by path, and its DBC databases.
+
+    Raises:
+        ConfigError: unknown profile, unreadable file, or a DBC that does not load strictly.
+    """
+    if name_or_path in BUILTIN_PROFILES:
+        path = _builtin_dir() / f"{name_or_path}.toml"
+    else:
+        path = Path(name_or_path)
+        if not path.suffix:
+            raise ConfigError(f"vehicle.profile: unknown profile {name_or_path!r} "
+                              f"(built-in: {', '.join(BUILTIN_PROFILES)}; or a path to a .toml file)")
+    try:
+        data = tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"vehicle.profile: cannot read {path}: {exc.strerror}") from exc
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"vehicle.profile: {path}: {exc}") from exc
+    profile = parse_profile(data, dbc_dirs=(path.parent, builtin_dbc_dir()))
+    dbs = []
+    for dbc in profile.dbc_files:
+        try:
+            dbs.append(cantools.database.load_file(str(dbc), strict=True))
+        except Exception as exc:  # cantools raises many types (ParseError, UnsupportedDatabaseFormatError)
+            raise ConfigError(f"profile {profile.name}: DBC {dbc}: {exc}") from exc
+    return profile, dbs

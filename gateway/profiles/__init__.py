@@ -1,0 +1,1 @@
+"""Built-in vehicle profiles (data files, one TOML each). See ``gateway.profile`` for the loader."""
