@@ -125,13 +125,13 @@ class Pipeline:
         if self._next_reading is None:
             if not self.tracker.missing() or now - self._first_ts >= p.first_reading_after_s:
                 self._next_reading = now
-        if self._next_reading is not None and now >= self._next_reading:
-            out.extend(self._reading(now))
-            self._next_reading = max(self._next_reading + p.reading_interval_s, now)
         if self._last_frame_ts is not None and not self._asleep and now - self._last_frame_ts >= p.silence_s:
             self._asleep = True
             log.info("no battery frames for %.0f s: car off or asleep", now - self._last_frame_ts)
             self._want_passport("key-off")
+        if self._next_reading is not None and now >= self._next_reading and not self._asleep:
+            out.extend(self._reading(now))
+            self._next_reading = max(self._next_reading + p.reading_interval_s, now)
         if self._last_passport_ts is None:
             self._want_passport("first")
         elif now - self._last_passport_ts >= p.passport_interval_s:

@@ -11,6 +11,7 @@ The key object is passed in; this module never touches files.
 from __future__ import annotations
 
 import hashlib
+from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
@@ -95,8 +96,9 @@ def open_envelope(envelope: bytes) -> tuple[bytes, dict[str, Any], dict[str, Any
     if not isinstance(obj, cbor2.CBORTag) or obj.tag != COSE_SIGN1_TAG:
         raise EnvelopeError("not a tagged COSE_Sign1 (CBOR tag 18)")
     parts = obj.value
-    if not (isinstance(parts, list) and len(parts) == 4 and isinstance(parts[0], bytes)
-            and isinstance(parts[1], dict) and isinstance(parts[2], bytes) and isinstance(parts[3], bytes)):
+    # cbor2 may decode a tag's content as an immutable tuple/frozendict: accept any sequence/mapping.
+    if not (isinstance(parts, list | tuple) and len(parts) == 4 and isinstance(parts[0], bytes)
+            and isinstance(parts[1], Mapping) and isinstance(parts[2], bytes) and isinstance(parts[3], bytes)):
         raise EnvelopeError("COSE_Sign1 must be [protected bstr, unprotected map, payload bstr, signature bstr]")
     protected_bytes, _, body, signature = parts
     try:
@@ -104,7 +106,7 @@ def open_envelope(envelope: bytes) -> tuple[bytes, dict[str, Any], dict[str, Any
         payload = cbor2.loads(body)
     except Exception as exc:
         raise EnvelopeError(f"protected header or payload is not CBOR: {exc}") from exc
-    if not isinstance(protected, dict) or not isinstance(payload, dict):
+    if not isinstance(protected, Mapping) or not isinstance(payload, dict):
         raise EnvelopeError("protected header and payload must be CBOR maps")
     if not all(isinstance(k, str) for k in payload):
         raise EnvelopeError("payload keys must be text")

@@ -58,6 +58,7 @@ class PahoPublisher:
         self._unacked: set[int] = set()
         self._early: set[int] = set()
         self._refused = 0
+        self._closing = False
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
         c.username_pw_set(device_id)
         c.max_queued_messages_set(max_queued)
@@ -98,7 +99,7 @@ class PahoPublisher:
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected.is_set():
+        if self.connected.is_set() and not self._closing:
             log.warning("MQTT disconnected (%s); reconnecting", reason)
         self.connected.clear()
 
@@ -152,6 +153,7 @@ class PahoPublisher:
             info = self._client.publish(f"{self.base}/status", self._status("offline", "shutdown"), qos=1,
                                         retain=True, properties=_props(JSON_CONTENT_TYPE))
             info.wait_for_publish(timeout=min(timeout_s, 2.0))
+        self._closing = True
         left = self.pending
         if left:
             log.error("MQTT: %d messages not acknowledged at shutdown", left)

@@ -1,0 +1,183 @@
+"""``battery-gateway demo``: simulated Leaf battery ECU on a CAN bus -> the daemon (a real subprocess)
+-> a local MQTT broker -> a subscriber that verifies every envelope and prints it.
+
+The bus is python-can's ``udp_multicast`` on an interface-local IPv6 group (ff11::/16): frames never
+leave this host. The run ends by itself after ``duration_s`` (or on Ctrl-C): the simulated car
+drives, then switches off, which triggers the key-off passport.
+"""
+
+from __future__ import annotations
+
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+from typing import Any
+
+import can
+import paho.mqtt.client as mqtt
+
+from .adapters.keystore import generate_key
+from .errors import EnvelopeError, PublishError
+from .localbroker import LocalBroker, port_open
+from .signing import verify_envelope
+from .sim import LeafBattery, run_on_bus
+
+__all__ = ["DEMO_GROUP", "run_demo", "simulate"]
+
+DEMO_GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local scope: stays on this host
+
+
+def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pct: int, soc_pct: float,
+             duration_s: float) -> int:
+    """Run the simulated battery ECU on a bus until ``duration_s`` or SIGTERM/SIGINT."""
+    stop = threading.Event()
+    signal.signal(signal.SIGTERM, lambda *_: stop.set())
+    kwargs: dict[str, Any] = {"port": port} if interface == "udp_multicast" else {}
+    rated = {"ze0": (24.0, 66.0), "aze0": (30.0, 79.0), "ze1": (62.0, 176.0)}[generation]
+    battery = LeafBattery(generation=generation, rated_kwh=rated[0], rated_ah=rated[1], soh_pct=soh_pct,
+                          soc_pct=soc_pct)
+    with can.Bus(interface=interface, channel=channel, ignore_config=True, **kwargs) as bus:
+        try:
+            sent = run_on_bus(battery, bus, duration_s=duration_s, stop=stop.is_set)
+        except KeyboardInterrupt:
+            sent = 0
+    print(f"simulate: sent {sent} frames", file=sys.stderr)
+    return 0
+
+
+def _describe(payload: dict[str, Any]) -> str:
+    if payload["kind"] == "reading":
+        m = payload["m"]
+        parts = [f"SoC {m['soc_pct']:.1f} %" if "soc_pct" in m else "",
+                 f"{m['pack_v']:.1f} V" if "pack_v" in m else "", f"{m['pack_a']:+.1f} A" if "pack_a" in m else "",
+                 f"BMS SOH {m['bms_soh_pct']:g} %" if "bms_soh_pct" in m else "",
+                 f"{m['temp_c_min']:g}..{m['temp_c_max']:g} degC" if "temp_c_max" in m else ""]
+        return "  ".join(p for p in parts if p)
+    doc, ext = payload["doc"], payload["ext"]
+    return (f"({ext['reason']})  BMS SOH {ext['bms_soh_pct']:g} %  "
+            f"SoC {doc['StateOfCharge']['StateOfChargeValue']:g} %  "
+            f"{doc['EnergyThroughput']['EnergyThroughputValue']:.3f} kWh throughput  "
+            f"pack {ext['rated_energy_kwh']:g} kWh ({ext['rated_source']})")
+
+
+def _config(tmp: Path, *, mqtt_port: int) -> Path:
+    path = tmp / "gateway.toml"
+    path.write_text(f"""# written by battery-gateway demo
+[device]
+id = "demo-leaf"
+key_file = "{tmp / 'device-key.pem'}"
+state_dir = "{tmp / 'state'}"
+
+[can]
+interface = "udp_multicast"
+channel = "{DEMO_GROUP}"
+
+[vehicle]
+profile = "leaf-aze0"
+
+[mqtt]
+host = "127.0.0.1"
+port = {mqtt_port}
+
+[publish]
+reading_interval_s = 2
+silence_s = 2
+""")
+    return path
+
+
+def run_demo(*, duration_s: float = 20.0) -> int:
+    """The whole chain on this machine; prints every verified message. Returns 0 when all verified."""
+    out = sys.stdout
+    with tempfile.TemporaryDirectory(prefix="bgw-demo-") as tmpdir:
+        tmp = Path(tmpdir)
+        key = generate_key(tmp / "device-key.pem")
+        broker: LocalBroker | None = None
+        if port_open("127.0.0.1", 1883):
+            mqtt_port = 1883
+            print("demo: using the MQTT broker already listening on 127.0.0.1:1883", file=out)
+        else:
+            try:
+                broker = LocalBroker().start()
+            except PublishError as exc:
+                print(f"error: demo needs a broker: {exc}", file=sys.stderr)
+                return 1
+            mqtt_port = broker.port
+            print(f"demo: started mosquitto on 127.0.0.1:{mqtt_port}", file=out)
+        config = _config(tmp, mqtt_port=mqtt_port)
+        try:
+            return _run(tmp, config, key.public_key(), mqtt_port, duration_s)
+        finally:
+            if broker is not None:
+                broker.stop()
+
+
+def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, duration_s: float) -> int:
+    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-backend", protocol=mqtt.MQTTv5)
+    sub.on_message = lambda c, u, msg: received.put((msg.topic, msg.payload))
+    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("bp/v1/demo-leaf/#", qos=1)
+    sub.connect("127.0.0.1", mqtt_port)
+    sub.loop_start()
+    log_path = tmp / "daemon.log"
+    env = {**os.environ, "PYTHONUNBUFFERED": "1"}
+    with open(log_path, "wb") as log_file:
+        daemon = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                                  stderr=log_file, stdout=log_file, env=env)
+    drive_s = max(2.0, duration_s * 0.6)
+    battery = LeafBattery(generation="aze0", rated_kwh=30.0, rated_ah=79.0, soh_pct=85, soc_pct=72.0)
+    print(f"demo: simulated Leaf AZE0 30 kWh (BMS SOH 85 %, SoC 72 %) drives for {drive_s:.0f} s, then switches "
+          f"off; the daemon (pid {daemon.pid}) publishes a reading every 2 s", file=sys.stdout)
+    stop = threading.Event()
+    bus = can.Bus(interface="udp_multicast", channel=DEMO_GROUP, ignore_config=True)
+    sim = threading.Thread(target=run_on_bus, args=(battery, bus), kwargs={"duration_s": drive_s,
+                                                                           "stop": stop.is_set}, daemon=True)
+    start = time.monotonic()
+    counts = {"reading": 0, "passport": 0, "rejected": 0}
+    sim.start()
+    try:
+        while time.monotonic() - start < duration_s and daemon.poll() is None:
+            try:
+                topic, payload = received.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            kind = topic.rsplit("/", 1)[-1]
+            stamp = f"[{time.monotonic() - start:5.1f}s]"
+            if kind == "status":
+                print(f"{stamp} status    {payload.decode(errors='replace')}")
+                continue
+            try:
+                body = verify_envelope(payload, public_key)
+            except EnvelopeError as exc:
+                counts["rejected"] += 1
+                print(f"{stamp} {kind:9} REJECTED: {exc}")
+                continue
+            counts[body["kind"]] = counts.get(body["kind"], 0) + 1
+            print(f"{stamp} {kind:9} seq {body['seq']:<3} signature verified  {_describe(body)}")
+    except KeyboardInterrupt:
+        print("demo: interrupted")
+    finally:
+        stop.set()
+        sim.join(5)
+        bus.shutdown()
+        daemon.send_signal(signal.SIGTERM)
+        try:
+            code = daemon.wait(15)
+        except subprocess.TimeoutExpired:
+            daemon.kill()
+            code = -9
+        time.sleep(0.3)
+        sub.loop_stop()
+        sub.disconnect()
+    print(f"demo: {counts['reading']} readings and {counts['passport']} passports verified, "
+          f"{counts['rejected']} rejected; daemon exited with {code}")
+    if code != 0 or counts["rejected"] or not counts["passport"]:
+        print(f"demo: FAILED; daemon log:\n{log_path.read_text()[-3000:]}", file=sys.stderr)
+        return 1
+    return 0

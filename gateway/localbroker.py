@@ -1,0 +1,97 @@
+"""A throw-away mosquitto on 127.0.0.1 and a free port, for ``demo`` and the tests.
+
+Not used by the daemon. Needs Debian's ``mosquitto`` package (``make setup`` installs it).
+"""
+
+from __future__ import annotations
+
+import shutil
+import socket
+import subprocess
+import tempfile
+import time
+from pathlib import Path
+
+from .errors import PublishError
+
+__all__ = ["LocalBroker", "find_mosquitto", "free_port", "port_open"]
+
+
+def find_mosquitto() -> str | None:
+    """Path of the mosquitto binary (Debian puts it in /usr/sbin, often not on a user's PATH)."""
+    return shutil.which("mosquitto") or next(
+        (p for p in ("/usr/sbin/mosquitto", "/usr/local/sbin/mosquitto") if Path(p).is_file()), None)
+
+
+def free_port() -> int:
+    """A TCP port on 127.0.0.1 that nothing listens on right now."""
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return int(s.getsockname()[1])
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:
+    """True when something accepts TCP connections at host:port."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
+
+
+class LocalBroker:
+    """mosquitto in a temporary directory; extra config lines (TLS, ACL) may be added."""
+
+    def __init__(self, *, port: int | None = None, extra_conf: str = "", anonymous: bool = True) -> None:
+        binary = find_mosquitto()
+        if binary is None:
+            raise PublishError("mosquitto not found: install Debian's mosquitto package (make setup does)")
+        self.binary = binary
+        self.host = "127.0.0.1"
+        self.port = port or free_port()
+        self._dir = tempfile.TemporaryDirectory(prefix="bgw-broker-")
+        self.dir = Path(self._dir.name)
+        self.log_path = self.dir / "mosquitto.log"
+        listener = f"listener {self.port} {self.host}\n"
+        body = f"allow_anonymous {'true' if anonymous else 'false'}\n" if "allow_anonymous" not in extra_conf else ""
+        (self.dir / "mosquitto.conf").write_text(
+            f"{listener}{body}persistence false\nlog_dest file {self.log_path}\nlog_type all\n{extra_conf}")
+        self.proc: subprocess.Popen[bytes] | None = None
+
+    def start(self, timeout_s: float = 10.0) -> LocalBroker:
+        """Start mosquitto and wait until it accepts connections.
+
+        Raises:
+            PublishError: it exited or did not listen in time (its log is in the message).
+        """
+        self.proc = subprocess.Popen([self.binary, "-c", str(self.dir / "mosquitto.conf")],
+                                     stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.proc.poll() is not None:
+                err = self.proc.stderr.read().decode(errors="replace") if self.proc.stderr else ""
+                raise PublishError(f"mosquitto exited with {self.proc.returncode}: {err.strip()[:500]}")
+            if port_open(self.host, self.port):
+                return self
+            time.sleep(0.05)
+        self.stop()
+        raise PublishError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s} s")
+
+    def stop(self) -> None:
+        """Terminate mosquitto (kill after 5 s) and remove its directory."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            try:
+                self.proc.wait(5)
+            except subprocess.TimeoutExpired:
+                self.proc.kill()
+                self.proc.wait()
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
+        self._dir.cleanup()
+
+    def __enter__(self) -> LocalBroker:
+        return self.start()
+
+    def __exit__(self, *exc: object) -> None:
+        self.stop()

@@ -1,0 +1,53 @@
+"""Shared fixtures: paths to ../shared, keys, a real mosquitto, and a guard against leaked threads."""
+
+from __future__ import annotations
+
+import threading
+import time
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.localbroker import LocalBroker
+
+REPO = Path(__file__).resolve().parents[1]
+SHARED = REPO.parent / "shared"
+CAN_DATA = SHARED / "can-data"
+SCHEMA = (SHARED / "passport-models" / "admin-shell-io-smt-semantic-models"
+          / "io.admin-shell.idta.batterypass.product_condition" / "1.0.1" / "gen"
+          / "ProductConditionBattery-schema.json")
+
+
+def capture_path(relative: str) -> Path:
+    """A real capture from ../shared/can-data, or skip (with the reason) where ../shared is absent."""
+    path = CAN_DATA / relative
+    if not path.is_file():
+        pytest.skip(f"{path} not present (../shared/can-data is needed for the real-capture tests)")
+    return path
+
+
+@pytest.fixture
+def key() -> ec.EllipticCurvePrivateKey:
+    return ec.generate_private_key(ec.SECP256R1())
+
+
+@pytest.fixture
+def broker() -> Iterator[LocalBroker]:
+    with LocalBroker() as b:
+        yield b
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_threads() -> Iterator[None]:
+    """Fail a test that leaves threads behind (paho loops, python-can notifiers, simulators)."""
+    before = set(threading.enumerate())
+    yield
+    deadline = time.monotonic() + 3.0
+    while time.monotonic() < deadline:
+        leaked = [t for t in threading.enumerate() if t not in before and t.is_alive()]
+        if not leaked:
+            return
+        time.sleep(0.05)
+    pytest.fail(f"test leaked threads: {[t.name for t in leaked]}")

@@ -1,0 +1,152 @@
+"""When readings and passports are published, and that each leaves only after its state was saved."""
+
+from __future__ import annotations
+
+import hashlib
+import json
+
+import jsonschema
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.battery import BatteryTracker
+from gateway.decoding import Decoder
+from gateway.model import Frame, OutgoingMessage
+from gateway.pipeline import Pipeline, PublishPolicy
+from gateway.profile import load_profile
+from gateway.signing import Chain, Signer, verify_envelope
+from gateway.sim import LeafBattery
+from tests.conftest import SCHEMA
+from tests.fakes import MemoryStateStore
+
+
+def make(profile: str = "leaf-aze0", **policy: float) -> tuple[Pipeline, MemoryStateStore]:
+    p, dbs = load_profile(profile)
+    store = MemoryStateStore()
+    key = ec.generate_private_key(ec.SECP256R1())
+    pipe = Pipeline(Decoder(p, dbs), BatteryTracker(p), Signer(key), Chain(), device_id="gw-t", sw="t",
+                    policy=PublishPolicy(**policy), store=store)
+    return pipe, store
+
+
+def run(pipe: Pipeline, battery: LeafBattery, seconds: float, start: float = 1e9) -> list[OutgoingMessage]:
+    out: list[OutgoingMessage] = []
+    for frame in battery.frames(seconds, start_ts=start):
+        out.extend(pipe.on_frame(frame))
+    return out
+
+
+def kinds(msgs: list[OutgoingMessage]) -> list[str]:
+    return [m.kind for m in msgs]
+
+
+def test_first_reading_and_passport_as_soon_as_state_is_complete() -> None:
+    pipe, _ = make(reading_interval_s=60)
+    msgs = run(pipe, LeafBattery(generation="aze0", soh_pct=80), 1.0)
+    assert kinds(msgs)[:2] == ["reading", "passport"]
+    assert msgs[1].retain and not msgs[0].retain
+    assert msgs[1].body["ext"]["reason"] == "first"
+    assert msgs[0].body["ts"] - 1e12 < 1000  # within the first second of data
+
+
+def test_readings_follow_the_interval_in_measurement_time() -> None:
+    pipe, _ = make(reading_interval_s=2)
+    msgs = run(pipe, LeafBattery(generation="aze0"), 10.0)
+    times = [m.body["ts"] for m in msgs if m.kind == "reading"]
+    assert len(times) == 5
+    assert all(b - a == pytest.approx(2000, abs=10) for a, b in zip(times, times[1:], strict=False))
+
+
+def test_reading_carries_contract_measurements() -> None:
+    pipe, _ = make(reading_interval_s=1)
+    battery = LeafBattery(generation="aze0", soh_pct=83, soc_pct=64.0, temp_c=25.0)
+    reading = [m for m in run(pipe, battery, 2.5) if m.kind == "reading"][-1]  # after a full 0x5C0 cycle
+    m = reading.body["m"]
+    assert m["bms_soh_pct"] == 83.0
+    assert m["soc_pct"] == pytest.approx(64.0, abs=0.2)
+    assert m["pack_a"] < 0  # the simulated car is driving: discharge is negative
+    assert {"pack_v", "temp_c_min", "temp_c_max"} <= set(m)
+    assert reading.body["kind"] == "reading" and reading.body["dev"] == "gw-t" and reading.body["v"] == 1
+
+
+def test_passport_validates_against_idta_product_condition_schema() -> None:
+    if not SCHEMA.is_file():
+        pytest.skip(f"{SCHEMA} not present")
+    schema = json.loads(SCHEMA.read_text())
+    pipe, _ = make()
+    passports = [m for m in run(pipe, LeafBattery(generation="aze0"), 3.0) if m.kind == "passport"]
+    doc = passports[0].body["doc"]
+    jsonschema.validate(doc, schema)
+    assert doc["InformationOnAccidents"] == []
+    assert "StateOfCertifiedEnergy" not in doc  # the BMS SOH is not SOCE
+    assert passports[0].body["ext"]["bms_soh_pct"] == 85.0
+    prov = passports[0].body["prov"]
+    assert prov["StateOfCharge"]["signal"] == "0x55B LB_SOC"
+    assert prov["ext.bms_soh_pct"]["src"] == "bms-reported"
+
+
+def test_key_off_by_main_relay_publishes_a_passport() -> None:
+    pipe, _ = make()
+    battery = LeafBattery(generation="aze0")
+    run(pipe, battery, 1.0)
+    from gateway.sim import encode_1db
+
+    off = Frame(1e9 + 1.5, 0x1DB, encode_1db(0.0, 370.0, counter=0, main_relay=False))
+    msgs = pipe.on_frame(off)
+    assert kinds(msgs) == ["passport"] and msgs[0].body["ext"]["reason"] == "key-off"
+
+
+def test_bus_silence_publishes_key_off_passport_and_stops_readings() -> None:
+    pipe, _ = make(reading_interval_s=1, silence_s=3)
+    run(pipe, LeafBattery(generation="aze0"), 2.0)
+    later = pipe.tick(1e9 + 6.0)
+    assert kinds(later) == ["passport"] and later[0].body["ext"]["reason"] == "key-off"
+    assert pipe.tick(1e9 + 20.0) == []  # asleep: no readings of stale values
+
+
+def test_end_of_charge_passport() -> None:
+    pipe, _ = make(charge_settle_s=2)
+    charging = LeafBattery(generation="aze0", current=lambda t: 20.0 if t < 6 else 0.0)
+    msgs = run(pipe, charging, 10.0)
+    reasons = [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"]
+    assert reasons == ["first", "end-of-charge"]
+
+
+def test_soh_change_and_daily_and_requested_passports() -> None:
+    pipe, _ = make(passport_interval_s=5, soh_change_pct=1)
+    battery = LeafBattery(generation="aze0", soh_pct=85)
+    run(pipe, battery, 1.0)
+    battery.soh_pct = 83
+    msgs = run(pipe, battery, 1.0, start=1e9 + 1)
+    assert [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"] == ["soh-change"]
+    msgs = run(pipe, battery, 5.0, start=1e9 + 2)
+    assert "daily" in [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"]
+    pipe.request_passport()
+    msgs = run(pipe, battery, 0.1, start=1e9 + 7.1)
+    assert [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"] == ["request"]
+
+
+def test_state_is_saved_before_each_message_and_chain_is_continuous() -> None:
+    pipe, store = make(reading_interval_s=1)
+    key_pub = pipe.signer._key.public_key()
+    msgs = run(pipe, LeafBattery(generation="aze0"), 5.0)
+    assert [s[1] for s in store.saves] == [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
+    prev = bytes(32)
+    for m in msgs:
+        body = verify_envelope(m.payload, key_pub)
+        assert body["prev"] == prev
+        prev = hashlib.sha256(m.payload).digest()
+
+
+def test_bad_frames_are_counted_not_fatal() -> None:
+    pipe, _ = make()
+    pipe.on_frame(Frame(1.0, 0x1DB, bytes(8)[:7] + b"\x01"))  # CRC wrong
+    pipe.on_frame(Frame(1.0, 0x1DB, b"\x00"))  # short
+    pipe.on_frame(Frame(1.0, 0x7FF, bytes(8)))  # not ours
+    assert pipe.counts["crc"] == 1 and pipe.counts["length"] == 1 and pipe.counts["ignored"] == 1
+
+
+def test_finish_without_complete_state_gives_reading_only() -> None:
+    pipe, _ = make("leaf-ze1")  # ZE1 broadcasts no pack temperature
+    run(pipe, LeafBattery(generation="ze1"), 0.5)
+    assert kinds(pipe.finish(1e9 + 0.5)) == ["reading"]
