@@ -92,7 +92,8 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
     code = 0
     try:
         source = PythonCanSource(interface=config.can.interface, channel=config.can.channel,
-                                 bitrate=config.can.bitrate, frame_ids=pipeline.decoder.frame_ids)
+                                 bitrate=config.can.bitrate, frame_ids=pipeline.decoder.frame_ids,
+                                 udp_multicast_port=config.can.udp_multicast_port)
         notifier.notify("READY=1")
         log.info("running: profile %s, device %s, epoch %d seq %d", pipeline.decoder.profile.name,
                  config.device.id, chain.ep, chain.seq)

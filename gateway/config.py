@@ -33,6 +33,7 @@ class CanConfig:
     channel: str
     bitrate: int
     receive_timeout_s: float
+    udp_multicast_port: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,6 +118,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "bitrate": (500000, _num(10_000, 8_000_000, integer=True), "bit/s",
                     "bus bitrate (socketcan takes it from the interface)"),
         "receive_timeout_s": (0.2, _num(0.01, 5.0), "s", "how long one bus read waits before timers run"),
+        "udp_multicast_port": (43113, _num(1024, 65535, integer=True), "",
+                               "UDP port of the udp_multicast interface (simulators, tests); ignored otherwise"),
     },
     "vehicle": {
         "profile": ("leaf-ze1", _str(), "", "built-in profile name or path to a profile TOML"),

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import os
 import queue
+import random
 import signal
 import subprocess
 import sys
@@ -66,7 +67,7 @@ def _describe(payload: dict[str, Any]) -> str:
             f"pack {ext['rated_energy_kwh']:g} kWh ({ext['rated_source']})")
 
 
-def _config(tmp: Path, *, mqtt_port: int) -> Path:
+def _config(tmp: Path, *, mqtt_port: int, can_port: int) -> Path:
     path = tmp / "gateway.toml"
     path.write_text(f"""# written by battery-gateway demo
 [device]
@@ -77,6 +78,7 @@ state_dir = "{tmp / 'state'}"
 [can]
 interface = "udp_multicast"
 channel = "{DEMO_GROUP}"
+udp_multicast_port = {can_port}
 
 [vehicle]
 profile = "leaf-aze0"
@@ -110,15 +112,16 @@ def run_demo(*, duration_s: float = 20.0) -> int:
                 return 1
             mqtt_port = broker.port
             print(f"demo: started mosquitto on 127.0.0.1:{mqtt_port}", file=out)
-        config = _config(tmp, mqtt_port=mqtt_port)
+        can_port = random.randint(40000, 49999)  # two demos at once do not hear each other's car
+        config = _config(tmp, mqtt_port=mqtt_port, can_port=can_port)
         try:
-            return _run(tmp, config, key.public_key(), mqtt_port, duration_s)
+            return _run(tmp, config, key.public_key(), mqtt_port, can_port, duration_s)
         finally:
             if broker is not None:
                 broker.stop()
 
 
-def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, duration_s: float) -> int:
+def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int, duration_s: float) -> int:
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-backend", protocol=mqtt.MQTTv5)
     sub.on_message = lambda c, u, msg: received.put((msg.topic, msg.payload))
@@ -135,7 +138,7 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, duration_s: f
     print(f"demo: simulated Leaf AZE0 30 kWh (BMS SOH 85 %, SoC 72 %) drives for {drive_s:.0f} s, then switches "
           f"off; the daemon (pid {daemon.pid}) publishes a reading every 2 s", file=sys.stdout)
     stop = threading.Event()
-    bus = can.Bus(interface="udp_multicast", channel=DEMO_GROUP, ignore_config=True)
+    bus = can.Bus(interface="udp_multicast", channel=DEMO_GROUP, port=can_port, ignore_config=True)
     sim = threading.Thread(target=run_on_bus, args=(battery, bus), kwargs={"duration_s": drive_s,
                                                                            "stop": stop.is_set}, daemon=True)
     start = time.monotonic()

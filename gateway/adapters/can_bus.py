@@ -22,7 +22,8 @@ log = logging.getLogger(__name__)
 class PythonCanSource:
     """Implements ``FrameSource`` on any python-can interface."""
 
-    def __init__(self, *, interface: str, channel: str, bitrate: int, frame_ids: Iterable[int]) -> None:
+    def __init__(self, *, interface: str, channel: str, bitrate: int, frame_ids: Iterable[int],
+                 udp_multicast_port: int = 43113) -> None:
         """Open the bus with one exact-match filter per frame id.
 
         Raises:
@@ -30,10 +31,11 @@ class PythonCanSource:
         """
         filters: list[can.typechecking.CanFilter] = [
             {"can_id": i, "can_mask": 0x7FF, "extended": False} for i in sorted(frame_ids)]
+        options: dict[str, int] = {"port": udp_multicast_port} if interface == "udp_multicast" else {}
         try:
             # socketcan ignores bitrate (systemd-networkd sets it on the interface); slcan, pcan... use it.
             self._bus = can.Bus(interface=interface, channel=channel, bitrate=bitrate, can_filters=filters,
-                                ignore_config=True)
+                                ignore_config=True, **options)
         except (can.CanError, OSError, ValueError, ImportError) as exc:
             raise BusError(f"can: cannot open {interface} channel {channel!r}: {exc}") from exc
         log.info("CAN %s %s open, %d filters", interface, channel, len(filters))

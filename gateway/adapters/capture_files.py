@@ -204,7 +204,11 @@ def _parse_gvret_csv(line: str, ctx: dict[str, list[str]]) -> Frame | None:
     # "Time Stamp,ID,Extended,Dir,Bus,LEN,D1,...": Dir is missing in some exports.
     cells = [c.strip() for c in line.rstrip("\r\n").split(",")]
     if cells[0].replace(" ", "").lower() == "timestamp":
-        ctx["cols"] = [c.lower() for c in cells]
+        cols = [c.lower() for c in cells]
+        missing = {"time stamp", "id", "extended", "bus", "len"} - set(cols)
+        if missing:
+            raise ValueError(f"header without {', '.join(sorted(missing))}")
+        ctx["cols"] = cols
         return None
     cols = ctx.get("cols", ["time stamp", "id", "extended", "dir", "bus", "len"])
     col = {name: i for i, name in enumerate(cols)}

@@ -1,0 +1,266 @@
+"""The daemon as a real process: simulated Leaf on udp_multicast -> daemon -> real mosquitto -> subscriber.
+
+Checks decoded values end to end through the broker, signatures, the hash chain across restarts,
+a new epoch after lost state, graceful SIGTERM, and a broker that comes up late.
+"""
+
+from __future__ import annotations
+
+import hashlib
+import json
+import os
+import queue
+import random
+import signal
+import subprocess
+import sys
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import can
+import jsonschema
+import paho.mqtt.client as mqtt
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.adapters.keystore import load_public_key
+from gateway.localbroker import LocalBroker, free_port
+from gateway.signing import verify_envelope
+from gateway.sim import LeafBattery, run_on_bus
+from tests.conftest import SCHEMA
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local: never leaves this host
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    config: Path
+    device: str
+    can_port: int
+    public_key: ec.EllipticCurvePublicKey
+
+
+def write_config(tmp: Path, *, device: str, mqtt_port: int, can_port: int) -> Path:
+    path = tmp / "gateway.toml"
+    path.write_text(f"""
+[device]
+id = "{device}"
+key_file = "{tmp / 'key.pem'}"
+state_dir = "{tmp / 'state'}"
+[can]
+interface = "udp_multicast"
+channel = "{GROUP}"
+udp_multicast_port = {can_port}
+[vehicle]
+profile = "leaf-aze0"
+[mqtt]
+port = {mqtt_port}
+[publish]
+reading_interval_s = 1
+silence_s = 2
+""")
+    return path
+
+
+@pytest.fixture
+def rig(tmp_path: Path, broker: LocalBroker) -> Rig:
+    out = subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp_path / "key.pem")],
+                         capture_output=True, text=True, check=True)
+    assert "BEGIN PUBLIC KEY" in out.stdout and "device id:" in out.stdout
+    device = f"gw-test-{random.randint(0, 99999)}"
+    can_port = random.randint(40000, 49999)
+    config = write_config(tmp_path, device=device, mqtt_port=broker.port, can_port=can_port)
+    return Rig(tmp_path, config, device, can_port, load_public_key(tmp_path / "key.pem"))
+
+
+class Subscriber:
+    def __init__(self, port: int, device: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, Any]] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{device}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic.rsplit("/", 1)[-1], m.payload,
+                                                                    m.properties))
+        ready = threading.Event()
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"bp/v1/{device}/#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert ready.wait(5)
+
+    def collect(self, predicate: Any, timeout_s: float) -> list[tuple[str, bytes, Any]]:
+        got: list[tuple[str, bytes, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not predicate(got):
+            try:
+                got.append(self.messages.get(timeout=0.1))
+            except queue.Empty:
+                pass
+        return got
+
+    def drain(self, settle_s: float = 1.0) -> list[tuple[str, bytes, Any]]:
+        """Everything that arrives until nothing came for ``settle_s``."""
+        got: list[tuple[str, bytes, Any]] = []
+        while True:
+            try:
+                got.append(self.messages.get(timeout=settle_s))
+            except queue.Empty:
+                return got
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+@pytest.fixture
+def sub(rig: Rig, broker: LocalBroker) -> Iterator[Subscriber]:
+    s = Subscriber(broker.port, rig.device)
+    yield s
+    s.close()
+
+
+class Car:
+    """The simulated battery ECU on udp_multicast, in a thread."""
+
+    def __init__(self, rig: Rig, battery: LeafBattery, duration_s: float = 30.0) -> None:
+        self.stop = threading.Event()
+        self.bus = can.Bus(interface="udp_multicast", channel=GROUP, port=rig.can_port, ignore_config=True)
+        self.thread = threading.Thread(target=run_on_bus, args=(battery, self.bus),
+                                       kwargs={"duration_s": duration_s, "stop": self.stop.is_set})
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.bus.shutdown()
+
+
+def start_daemon(rig: Rig) -> subprocess.Popen[bytes]:
+    log = open(rig.tmp / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
+                            stdout=log, stderr=log)
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(15)
+
+
+def signed(rig: Rig, got: list[tuple[str, bytes, Any]]) -> list[tuple[dict[str, Any], bytes]]:
+    return [(verify_envelope(payload, rig.public_key), payload) for topic, payload, _ in got
+            if topic in ("reading", "passport")]
+
+
+def count(kind: str, n: int) -> Any:
+    return lambda got: sum(1 for t, *_ in got if t == kind) >= n
+
+
+def test_values_travel_end_to_end_signed_and_schema_valid(rig: Rig, sub: Subscriber) -> None:
+    soh, soc = random.randint(60, 99), round(random.uniform(30, 90), 1)
+    car = Car(rig, LeafBattery(generation="aze0", soh_pct=soh, soc_pct=soc, temp_c=18.0))
+    daemon = start_daemon(rig)
+    try:
+        got = sub.collect(count("reading", 3), 20)
+    finally:
+        code = stop_daemon(daemon)
+        car.close()
+    assert code == 0, (rig.tmp / "daemon.log").read_text()
+    status = [json.loads(p) for t, p, _ in got if t == "status"]
+    assert status[0]["state"] == "online"
+    messages = signed(rig, got)
+    readings = [b for b, _ in messages if b["kind"] == "reading"]
+    passports = [b for b, _ in messages if b["kind"] == "passport"]
+    assert len(readings) >= 3 and passports
+    m = readings[-1]["m"]
+    assert m["bms_soh_pct"] == soh
+    assert m["soc_pct"] == pytest.approx(soc, abs=0.5)
+    assert m["pack_a"] < 0 and 300 < m["pack_v"] < 420
+    assert m["temp_c_min"] < m["temp_c_max"]
+    ctype = [p.ContentType for t, _, p in got if t == "reading"][0]
+    assert ctype == 'application/cose; cose-type="cose-sign1"'
+    if SCHEMA.is_file():
+        jsonschema.validate(passports[0]["doc"], json.loads(SCHEMA.read_text()))
+    assert [b["seq"] for b, _ in messages] == list(range(1, len(messages) + 1))
+    for (body, _), (_, prev_env) in zip(messages[1:], messages, strict=False):
+        assert body["prev"] == hashlib.sha256(prev_env).digest()
+
+
+def test_sigterm_says_offline_and_restart_continues_the_chain(rig: Rig, sub: Subscriber) -> None:
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
+    try:
+        daemon = start_daemon(rig)
+        got = sub.collect(count("reading", 2), 20)
+        assert stop_daemon(daemon) == 0
+        got += sub.drain()
+        first = signed(rig, got)
+        assert json.loads([p for t, p, _ in got if t == "status"][-1])["reason"] == "shutdown"
+        daemon = start_daemon(rig)
+        second = signed(rig, sub.collect(count("reading", 1), 20))
+        assert stop_daemon(daemon) == 0
+    finally:
+        car.close()
+    last_body, last_env = first[-1]
+    next_body = second[0][0]
+    assert next_body["ep"] == last_body["ep"] == 1
+    assert next_body["seq"] == last_body["seq"] + 1
+    assert next_body["prev"] == hashlib.sha256(last_env).digest()
+
+
+def test_corrupt_state_starts_a_new_epoch(rig: Rig, sub: Subscriber) -> None:
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
+    try:
+        daemon = start_daemon(rig)
+        sub.collect(count("reading", 1), 20)
+        assert stop_daemon(daemon) == 0
+        sub.drain()
+        (rig.tmp / "state" / "state.json").write_bytes(os.urandom(40))
+        daemon = start_daemon(rig)
+        after = signed(rig, sub.collect(count("reading", 1), 20))
+        assert stop_daemon(daemon) == 0
+    finally:
+        car.close()
+    body = after[0][0]
+    assert (body["ep"], body["seq"], body["prev"]) == (2, 1, bytes(32))
+    assert "state lost" in (rig.tmp / "daemon.log").read_text()
+
+
+def test_broker_that_starts_late_still_gets_every_message(tmp_path: Path) -> None:
+    port = free_port()
+    subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp_path / "key.pem")],
+                   capture_output=True, check=True)
+    can_port = random.randint(40000, 49999)
+    rig = Rig(tmp_path, write_config(tmp_path, device="gw-late", mqtt_port=port, can_port=can_port), "gw-late",
+              can_port, load_public_key(tmp_path / "key.pem"))
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
+    daemon = start_daemon(rig)
+    try:
+        time.sleep(3)  # readings signed while no broker listens
+        with LocalBroker(port=port) as broker:
+            s = Subscriber(broker.port, rig.device)
+            try:
+                got = signed(rig, s.collect(lambda g: sum(1 for t, *_ in g if t == "reading") >= 5, 20))
+            finally:
+                s.close()
+            assert stop_daemon(daemon) == 0
+    finally:
+        if daemon.poll() is None:
+            daemon.kill()
+        car.close()
+    seqs = [b["seq"] for b, _ in got]
+    assert seqs[:3] == [1, 2, 3]  # the ones from before the broker came were kept and delivered
+
+
+def test_unopenable_can_interface_exits_1_naming_it(rig: Rig) -> None:
+    rig.config.write_text(rig.config.read_text().replace('interface = "udp_multicast"',
+                                                         'interface = "socketcan"').replace(GROUP, "can9"))
+    out = subprocess.run([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
+                         capture_output=True, text=True, timeout=30)
+    assert out.returncode == 1
+    assert "can: cannot open socketcan channel 'can9'" in out.stderr
+    assert "Traceback" not in out.stderr
