@@ -128,14 +128,12 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
-    from .adapters.keystore import generate_key, public_pem
-    from .signing import key_id
+    from .app import create_device_key
 
-    key = generate_key(args.key)
-    kid = key_id(key.public_key())
+    kid, pem = create_device_key(args.key)
     print(f"device id: gw-{kid[:4].hex()}")
     print(f"key id: {kid.hex()}")
-    print(public_pem(key), end="")
+    print(pem, end="")
     return 0
 
 
@@ -157,7 +155,7 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .adapters.keystore import load_public_key
+    from .app import load_public_key
     from .signing import verify_envelope
 
     if not args.pubkey:
@@ -213,8 +211,7 @@ def _describe(body: dict[str, Any]) -> str:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
-    from .adapters.capture_files import CaptureStats
-    from .app import replay_capture
+    from .app import CaptureStats, replay_capture
     from .config import load_config, parse_config
 
     sections = ("vehicle", "publish")

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import __version__
 from .adapters.can_bus import PythonCanSource
 from .adapters.capture_files import CaptureStats, read_capture
-from .adapters.keystore import load_private_key
+from .adapters.keystore import generate_key, load_private_key, load_public_key, public_pem
 from .adapters.mqtt import PahoPublisher
 from .adapters.state_store import JsonStateStore
 from .adapters.systemd import SystemdNotifier
@@ -30,13 +30,20 @@ from .pipeline import Pipeline, PublishPolicy
 from .ports import StateStore
 from .profile import load_profile
 from .replay import replay_frames
-from .signing import Chain, Signer
+from .signing import Chain, Signer, key_id
 
-__all__ = ["build_pipeline", "policy_from", "replay_capture", "run_daemon"]
+__all__ = ["CaptureStats", "build_pipeline", "create_device_key", "load_public_key", "policy_from",
+           "replay_capture", "run_daemon"]
 
 log = logging.getLogger(__name__)
 
 SW = f"battery-gateway/{__version__}"
+
+
+def create_device_key(path: str) -> tuple[bytes, str]:
+    """Create the device key file; return its key id and public key PEM (for ``keygen``)."""
+    key = generate_key(path)
+    return key_id(key.public_key()), public_pem(key)
 
 
 def policy_from(config: Config) -> PublishPolicy:

@@ -1,0 +1,127 @@
+"""The command line: one clear line per user mistake, exit codes 0/1/2, keygen and verify."""
+
+from __future__ import annotations
+
+import stat
+import subprocess
+import sys
+from pathlib import Path
+
+import cbor2
+import pytest
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.adapters.keystore import generate_key, public_pem
+from gateway.signing import Signer
+
+
+def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:
+    return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=timeout)
+
+
+def test_help_teaches_the_commands() -> None:
+    out = cli("--help")
+    assert out.returncode == 0
+    for command in ("run", "check-config", "keygen", "replay", "inspect", "verify", "demo"):
+        assert command in out.stdout
+    assert "examples:" in out.stdout
+
+
+def test_check_config_prints_effective_config(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[device]\nid = "gw-0001"\n[vehicle]\nprofile = "leaf-aze0"\n')
+    out = cli("check-config", "--config", str(path))
+    assert out.returncode == 0, out.stderr
+    assert 'profile = "leaf-aze0"' in out.stdout and "reading_interval_s = 60.0" in out.stdout
+
+
+def test_check_config_names_every_bad_key_and_exits_2(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[device]\n[mqtt]\nport = "1883"\nhots = "x"\n')
+    out = cli("check-config", "--config", str(path))
+    assert out.returncode == 2
+    lines = out.stderr.strip().splitlines()
+    assert any("device.id: required" in line for line in lines)
+    assert any("mqtt.port: expected an integer" in line for line in lines)
+    assert any("mqtt.hots: unknown key" in line for line in lines)
+    assert "Traceback" not in out.stderr
+
+
+def test_unknown_profile_is_a_one_line_error(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text('[device]\nid = "gw"\n[vehicle]\nprofile = "tesla-s"\n')
+    out = cli("check-config", "--config", str(path))
+    assert out.returncode == 2
+    assert out.stderr.strip().count("\n") == 0
+    assert "unknown profile 'tesla-s'" in out.stderr
+
+
+def test_keygen_writes_0600_and_never_overwrites(tmp_path: Path) -> None:
+    key = tmp_path / "k" / "device-key.pem"
+    out = cli("keygen", "--key", str(key))
+    assert out.returncode == 0
+    assert stat.S_IMODE(key.stat().st_mode) == 0o600
+    assert out.stdout.startswith("device id: gw-") and "-----BEGIN PUBLIC KEY-----" in out.stdout
+    again = cli("keygen", "--key", str(key))
+    assert again.returncode == 2 and "already exists" in again.stderr
+
+
+def test_run_refuses_a_key_others_can_read(tmp_path: Path) -> None:
+    key = tmp_path / "key.pem"
+    generate_key(key)
+    key.chmod(0o644)
+    path = tmp_path / "g.toml"
+    path.write_text(f'[device]\nid = "gw"\nkey_file = "{key}"\nstate_dir = "{tmp_path / "s"}"\n')
+    out = cli("run", "--config", str(path))
+    assert out.returncode == 2
+    assert "readable by others" in out.stderr and "chmod 600" in out.stderr
+
+
+def test_run_without_a_key_says_how_to_make_one(tmp_path: Path) -> None:
+    path = tmp_path / "g.toml"
+    path.write_text(f'[device]\nid = "gw"\nkey_file = "{tmp_path / "none.pem"}"\n')
+    out = cli("run", "--config", str(path))
+    assert out.returncode == 2 and "battery-gateway keygen --key" in out.stderr
+
+
+def test_verify_accepts_good_and_rejects_tampered(tmp_path: Path) -> None:
+    key = ec.generate_private_key(ec.SECP256R1())
+    pub = tmp_path / "device.pub"
+    pub.write_text(public_pem(key))
+    env = Signer(key).sign({"v": 1, "kind": "reading", "dev": "gw", "ep": 1, "seq": 1, "prev": bytes(32),
+                            "ts": 1, "sw": "t", "bat": None, "m": {"soc_pct": 50.0}})
+    good = tmp_path / "good.cose"
+    good.write_bytes(env)
+    out = cli("verify", "--pubkey", str(pub), str(good))
+    assert out.returncode == 0 and '"soc_pct":50.0' in out.stdout and '"prev":"' + "00" * 32 in out.stdout
+    assert "signature verified" in out.stderr
+    protected, _, body, sig = cbor2.loads(env).value
+    payload = cbor2.loads(body)
+    payload["m"]["soc_pct"] = 99.0
+    bad = tmp_path / "bad.cose"
+    bad.write_bytes(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, cbor2.dumps(payload, canonical=True), sig])))
+    out = cli("verify", "--pubkey", str(pub), str(good), str(bad))
+    assert out.returncode == 1
+    assert f"{bad}: REJECTED: signature does not verify" in out.stderr
+
+
+def test_verify_without_a_key_is_a_usage_error(tmp_path: Path) -> None:
+    out = cli("verify", str(tmp_path / "x.cose"))
+    assert out.returncode == 2 and "--pubkey" in out.stderr
+
+
+@pytest.mark.parametrize("args,needle", [
+    (["replay", "/nonexistent/capture.log"], "cannot read"),
+    (["replay", "{tmp}/junk.txt"], "unknown capture format"),
+    (["replay", "{tmp}/junk.txt", "--profile", "nope"], "unknown profile 'nope'"),
+])
+def test_replay_mistakes_exit_2_with_one_line(tmp_path: Path, args: list[str], needle: str) -> None:
+    (tmp_path / "junk.txt").write_text("not a capture\n")
+    out = cli(*[a.format(tmp=tmp_path) for a in args])
+    assert out.returncode == 2
+    assert needle in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+
+
+def test_inspect_is_not_a_silent_stub(tmp_path: Path) -> None:
+    out = cli("inspect", "--config", str(tmp_path / "g.toml"))
+    assert out.returncode == 1 and "not available" in out.stderr
