@@ -1,0 +1,191 @@
+"""Benchmarks of issue "The gateway, end to end". Prints figures; compares with named baselines in the same run.
+
+    make bench                    # all
+    .venv/bin/python bench/run.py replay
+    .venv/bin/python bench/run.py daemon --seconds 60
+
+replay: frames/s of ``battery-gateway replay`` (reader + decode + state + signing) on a ~500k-frame
+        candump -l file (EV-CANeplus2 repeated 20 times), against
+        baseline "logreader+cantools": python-can LogReader + cantools decode_message of every frame the
+        DBC files define, and ceiling "logreader": python-can LogReader alone.
+daemon: resident memory after N seconds, first signed reading after start (wall clock, local broker),
+        bytes per reading (envelope, and the whole MQTT PUBLISH packet).
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import queue
+import signal
+import subprocess
+import sys
+import tempfile
+import threading
+import time
+from pathlib import Path
+
+REPO = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(REPO))
+
+EPLUS2 = REPO.parent / "shared" / "can-data" / "derived-candump" / "EV-CANeplus2.log.candump.log"
+OUT = REPO / "bench" / "out"
+
+
+def _big_capture(copies: int = 20) -> Path:
+    OUT.mkdir(parents=True, exist_ok=True)
+    path = OUT / f"eplus2x{copies}.log"
+    if path.exists():
+        return path
+    lines = EPLUS2.read_text().splitlines()
+    span = float(lines[-1][1:lines[-1].index(")")]) - float(lines[0][1:lines[0].index(")")]) + 0.01
+    with path.open("w") as f:
+        for c in range(copies):
+            for line in lines:
+                close = line.index(")")
+                f.write(f"({float(line[1:close]) + c * span:.6f}){line[close + 1:]}\n")
+    return path
+
+
+def _time(fn: object, repeat: int = 3) -> tuple[float, int]:
+    best, n = float("inf"), 0
+    for _ in range(repeat):
+        t = time.perf_counter()
+        n = fn()  # type: ignore[operator]
+        best = min(best, time.perf_counter() - t)
+    return best, n
+
+
+def bench_replay() -> None:
+    import can
+    import cantools
+
+    from gateway.adapters.capture_files import CaptureStats
+    from gateway.app import replay_capture
+    from gateway.config import parse_config
+    from gateway.profile import load_profile
+
+    if not EPLUS2.is_file():
+        print(f"replay: skipped, {EPLUS2} is absent")
+        return
+    path = _big_capture()
+    profile, dbs = load_profile("leaf-ze1")
+    db = cantools.database.Database()
+    for dbc in profile.dbc_files:
+        db.add_dbc_file(str(dbc))
+    ids = {m.frame_id for m in db.messages}
+
+    def logreader() -> int:
+        return sum(1 for _ in can.LogReader(str(path)))
+
+    def baseline() -> int:
+        n = 0
+        for msg in can.LogReader(str(path)):
+            n += 1
+            if msg.arbitration_id in ids:
+                try:
+                    db.decode_message(msg.arbitration_id, msg.data)
+                except Exception:
+                    pass
+        return n
+
+    config = parse_config({}, sections=("vehicle", "publish"))
+
+    def gateway() -> int:
+        stats = CaptureStats()
+        _, messages = replay_capture(str(path), config=config, profile="leaf-ze1", bus=None, stats=stats)
+        for _ in messages:
+            pass
+        return stats.frames + stats.skipped
+
+    print(f"replay: {path.name}, {path.stat().st_size / 1e6:.1f} MB")
+    results = {}
+    for name, fn in (("logreader (ceiling)", logreader), ("logreader+cantools (baseline)", baseline),
+                     ("battery-gateway replay", gateway)):
+        seconds, frames = _time(fn)
+        results[name] = frames / seconds
+        print(f"  {name:32} {frames:>9,} frames in {seconds:6.2f} s = {frames / seconds:>10,.0f} frames/s")
+    ratio = results["battery-gateway replay"] / results["logreader+cantools (baseline)"]
+    print(f"  gateway / baseline = {ratio:.2f}x (must be >= 1.0, goal 1.5)")
+
+
+def bench_daemon(seconds: float) -> None:
+    import can
+    import paho.mqtt.client as mqtt
+
+    from gateway.adapters.keystore import generate_key
+    from gateway.adapters.mqtt import COSE_CONTENT_TYPE
+    from gateway.localbroker import LocalBroker
+    from gateway.sim import LeafBattery, run_on_bus
+
+    group, can_port = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173", 43911
+    with tempfile.TemporaryDirectory() as tmpdir, LocalBroker() as broker:
+        tmp = Path(tmpdir)
+        generate_key(tmp / "key.pem")
+        config = tmp / "g.toml"
+        config.write_text(f'[device]\nid = "gw-bench"\nkey_file = "{tmp / "key.pem"}"\nstate_dir = "{tmp / "s"}"\n'
+                          f'[can]\ninterface = "udp_multicast"\nchannel = "{group}"\nudp_multicast_port = {can_port}\n'
+                          f'[vehicle]\nprofile = "leaf-aze0"\n[mqtt]\nport = {broker.port}\n'
+                          f'[publish]\nreading_interval_s = 1\n')
+        got: queue.Queue[tuple[float, str, bytes]] = queue.Queue()
+        sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
+        sub.on_message = lambda c, u, m: got.put((time.monotonic(), m.topic, m.payload))
+        sub.connect("127.0.0.1", broker.port)
+        sub.subscribe("bp/v1/gw-bench/#", qos=1)
+        sub.loop_start()
+        stop = threading.Event()
+        bus = can.Bus(interface="udp_multicast", channel=group, port=can_port, ignore_config=True)
+        car = threading.Thread(target=run_on_bus, args=(LeafBattery(generation="aze0"), bus),
+                               kwargs={"duration_s": seconds + 30, "stop": stop.is_set})
+        car.start()
+        time.sleep(1.0)
+        start = time.monotonic()
+        daemon = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
+                                  stderr=subprocess.DEVNULL)
+        first = None
+        readings: list[bytes] = []
+        deadline = start + seconds
+        while time.monotonic() < deadline:
+            try:
+                t, topic, payload = got.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if topic.endswith("/reading"):
+                first = first or t - start
+                readings.append(payload)
+        rss_kb = int(next(line.split()[1] for line in Path(f"/proc/{daemon.pid}/status").read_text().splitlines()
+                          if line.startswith("VmRSS:")))
+        daemon.send_signal(signal.SIGTERM)
+        daemon.wait(15)
+        stop.set()
+        car.join(5)
+        bus.shutdown()
+        sub.loop_stop()
+        sub.disconnect()
+    envelope = sum(map(len, readings)) / max(1, len(readings))
+    topic_len = len("bp/v1/gw-bench/reading")
+    props = 1 + 1 + 2 + len(COSE_CONTENT_TYPE)  # property length, id, string length, content type
+    remaining = 2 + topic_len + 2 + props + envelope
+    packet = 1 + (1 if remaining < 128 else 2) + remaining
+    print(f"daemon: {len(readings)} readings in {seconds:.0f} s")
+    print(f"  resident memory after {seconds:.0f} s: {rss_kb / 1024:.1f} MB (target <= 60 MB)")
+    print(f"  first signed reading after start: {first if first is not None else float('nan'):.2f} s "
+          f"(target <= 2 s; includes Python start-up)")
+    print(f"  bytes per reading: envelope {envelope:.0f} B, MQTT 5 PUBLISH packet {packet:.0f} B "
+          f"(topic {topic_len} B, content type {len(COSE_CONTENT_TYPE)} B)")
+
+
+def main() -> None:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("which", nargs="*", default=["replay", "daemon"], choices=["replay", "daemon"])
+    p.add_argument("--seconds", type=float, default=60.0, help="daemon run time before measuring memory")
+    args = p.parse_args()
+    if "replay" in args.which:
+        bench_replay()
+    if "daemon" in args.which:
+        bench_daemon(args.seconds)
+
+
+if __name__ == "__main__":
+    os.environ.setdefault("PYTHONHASHSEED", "0")
+    main()
