@@ -27,8 +27,12 @@ mosquitto:
 demo: setup
 	$(BIN)/battery-gateway demo
 
-test: setup
+test: setup lint
 	$(BIN)/python -m pytest -q
+
+lint: $(STAMP)
+	$(BIN)/ruff check gateway tests bench
+	$(BIN)/mypy
 
 bench: setup
 	$(BIN)/python bench/run.py

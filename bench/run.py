@@ -15,6 +15,7 @@ daemon: resident memory after N seconds, first signed reading after start (wall 
 from __future__ import annotations
 
 import argparse
+import contextlib
 import os
 import queue
 import signal
@@ -69,7 +70,7 @@ def bench_replay() -> None:
         print(f"replay: skipped, {EPLUS2} is absent")
         return
     path = _big_capture()
-    profile, dbs = load_profile("leaf-ze1")
+    profile, _ = load_profile("leaf-ze1")
     db = cantools.database.Database()
     for dbc in profile.dbc_files:
         db.add_dbc_file(str(dbc))
@@ -83,10 +84,8 @@ def bench_replay() -> None:
         for msg in can.LogReader(str(path)):
             n += 1
             if msg.arbitration_id in ids:
-                try:
+                with contextlib.suppress(Exception):  # cantools raises on frames it cannot unpack
                     db.decode_message(msg.arbitration_id, msg.data)
-                except Exception:
-                    pass
         return n
 
     config = parse_config({}, sections=("vehicle", "publish"))

@@ -15,7 +15,7 @@ import sys
 import threading
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 from . import __version__
 from .errors import CaptureError, ConfigError, EnvelopeError, GatewayError, TransportError
@@ -40,7 +40,8 @@ Docs: docs/cli.md (commands), docs/config.md (every key), docs/mqtt.md (topics a
 class _JournalFormatter(logging.Formatter):
     """``<N>`` syslog priority prefixes, which journald reads from stderr; no timestamps (journald adds them)."""
 
-    _PRIO = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3, logging.CRITICAL: 2}
+    _PRIO: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                                       logging.CRITICAL: 2}
 
     def format(self, record: logging.LogRecord) -> str:
         return f"<{self._PRIO.get(record.levelno, 6)}>{super().format(record)}"

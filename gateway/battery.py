@@ -15,7 +15,7 @@ from typing import Any
 
 from .profile import PackVariant, Profile
 
-__all__ = ["BatteryTracker", "Counters", "SOC_BINS_PCT", "TEMP_BINS_C"]
+__all__ = ["SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
 
 SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
 TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC

@@ -123,8 +123,8 @@ def run_demo(*, duration_s: float = 20.0) -> int:
 
 def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int, duration_s: float) -> int:
     received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-backend", protocol=mqtt.MQTTv5)
-    sub.on_message = lambda c, u, msg: received.put((msg.topic, msg.payload))
+    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-backend", protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it without __all__
+    sub.on_message = lambda c, u, msg: received.put((msg.topic, bytes(msg.payload)))
     sub.on_connect = lambda c, u, f, rc, p: c.subscribe("bp/v1/demo-leaf/#", qos=1)
     sub.connect("127.0.0.1", mqtt_port)
     sub.loop_start()

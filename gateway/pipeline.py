@@ -47,7 +47,7 @@ class Pipeline:
         self.device_id, self.sw, self.policy, self.store = device_id, sw, policy, store
         self.counts: Counter[str] = Counter()
         self._ids = decoder.frame_ids
-        self._signals = {}
+        self._signals: dict[str, str] = {}
         for sm in decoder.profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
         self._first_ts: float | None = None
@@ -122,9 +122,9 @@ class Pipeline:
             return []
         out: list[OutgoingMessage] = []
         p = self.policy
-        if self._next_reading is None:
-            if not self.tracker.missing() or now - self._first_ts >= p.first_reading_after_s:
-                self._next_reading = now
+        if self._next_reading is None and (not self.tracker.missing()
+                                           or now - self._first_ts >= p.first_reading_after_s):
+            self._next_reading = now
         if self._last_frame_ts is not None and not self._asleep and now - self._last_frame_ts >= p.silence_s:
             self._asleep = True
             log.info("no battery frames for %.0f s: car off or asleep", now - self._last_frame_ts)

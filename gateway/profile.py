@@ -186,7 +186,7 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
     )
 
 
-def load_profile(name_or_path: str) -> tuple[Profile, list[cantools.database.Database]]:
+def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
     """Load a built-in profile by name, or a profile TOML file by path, and its DBC databases.
 
     Raises:

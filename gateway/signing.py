@@ -83,7 +83,7 @@ class Chain:
         self.ep, self.seq, self.prev = self.ep + 1, 0, ZERO_HASH
 
 
-def open_envelope(envelope: bytes) -> tuple[bytes, dict[str, Any], dict[str, Any], bytes]:
+def open_envelope(envelope: bytes) -> tuple[bytes, Mapping[Any, Any], dict[str, Any], bytes]:
     """Parse a COSE_Sign1 without checking the signature: (protected bytes, protected map, payload, sig).
 
     Raises:

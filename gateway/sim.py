@@ -16,7 +16,7 @@ from dataclasses import dataclass, field
 from .decoding import crc8
 from .model import Frame
 
-__all__ = ["LeafBattery", "encode_1db", "encode_1dc", "encode_55b", "encode_59e", "encode_5bc", "encode_5c0"]
+__all__ = ["LeafBattery", "encode_1db", "encode_1dc", "encode_5bc", "encode_5c0", "encode_55b", "encode_59e"]
 
 _BARS_TO_CODE = {12: 15, 11: 13, 10: 12, 9: 11, 8: 10, 7: 8, 6: 7, 5: 6, 4: 5, 3: 3, 2: 2, 1: 1, 0: 0}
 

@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Iterable
+from typing import Any
 
 import can
 
@@ -31,7 +32,7 @@ class PythonCanSource:
         """
         filters: list[can.typechecking.CanFilter] = [
             {"can_id": i, "can_mask": 0x7FF, "extended": False} for i in sorted(frame_ids)]
-        options: dict[str, int] = {"port": udp_multicast_port} if interface == "udp_multicast" else {}
+        options: dict[str, Any] = {"port": udp_multicast_port} if interface == "udp_multicast" else {}
         try:
             # socketcan ignores bitrate (systemd-networkd sets it on the interface); slcan, pcan... use it.
             self._bus = can.Bus(interface=interface, channel=channel, bitrate=bitrate, can_filters=filters,

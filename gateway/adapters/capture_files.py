@@ -19,6 +19,7 @@ import re
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass
 from pathlib import Path
+from typing import TextIO
 
 import can
 
@@ -142,11 +143,11 @@ def _frame(ts: float, can_id: int, data: bytes, bus: int = 0, *, extended: bool 
     return Frame(ts, can_id, data, bus, extended, tx)
 
 
-def _candump_l(f: object, want: frozenset[int] | None, st: CaptureStats) -> Iterator[Frame]:
+def _candump_l(f: TextIO, want: frozenset[int] | None, st: CaptureStats) -> Iterator[Frame]:
     # Hot path of replay: keep it flat. Ids are compared as strings before anything is converted.
     want_ids = None if want is None else {f"{i:03X}" for i in want} | {f"{i:08X}" for i in want}
     lineno = 0
-    for lineno, line in enumerate(f, 1):  # type: ignore[call-overload]
+    for lineno, line in enumerate(f, 1):
         try:
             close = line.index(")")
             iface, body = line[close + 1:].split()[:2]

@@ -8,6 +8,7 @@ keeps up to ``max_queued`` messages in memory and sends them after reconnecting.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import queue
@@ -31,7 +32,7 @@ JSON_CONTENT_TYPE = "application/json"
 
 
 def _props(content_type: str) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)
+    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho ships no annotation here
     props.ContentType = content_type
     return props
 
@@ -59,7 +60,7 @@ class PahoPublisher:
         self._early: set[int] = set()
         self._refused = 0
         self._closing = False
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it without __all__
         c.username_pw_set(device_id)
         c.max_queued_messages_set(max_queued)
         c.reconnect_delay_set(min_delay=1, max_delay=60)
@@ -113,10 +114,8 @@ class PahoPublisher:
                 self._refused += 1
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        try:
-            self.commands.put_nowait((msg.topic.removeprefix(f"{self.base}/cmd/"), msg.payload))
-        except queue.Full:
-            pass  # a flood of commands: drop, the main loop is behind anyway
+        with contextlib.suppress(queue.Full):  # a flood of commands: drop, the main loop is behind anyway
+            self.commands.put_nowait((msg.topic.removeprefix(f"{self.base}/cmd/"), bytes(msg.payload)))
 
     # -- main thread -----------------------------------------------------------------------------
     def publish(self, message: OutgoingMessage) -> None:

@@ -7,6 +7,7 @@ a corrupt or missing file after the device has published before means counters w
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -65,10 +66,8 @@ class JsonStateStore:
         except (OSError, ValueError, KeyError, TypeError, AttributeError) as exc:
             last = self._last_epoch() or 1
             self.new_epoch_reason = f"{self.path} is unreadable ({exc})"
-            try:
+            with contextlib.suppress(OSError):  # keep the corrupt file for inspection when we can
                 os.replace(self.path, self.path.with_suffix(".corrupt"))
-            except OSError:
-                pass
         chain = Chain(ep=(last or 1) + 1)
         log.error("state lost: %s; starting epoch %d, counters restart from zero", self.new_epoch_reason, chain.ep)
         self._save_epoch(chain.ep)

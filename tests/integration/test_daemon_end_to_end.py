@@ -6,6 +6,7 @@ a new epoch after lost state, graceful SIGTERM, and a broker that comes up late.
 
 from __future__ import annotations
 
+import contextlib
 import hashlib
 import json
 import os
@@ -98,10 +99,8 @@ class Subscriber:
         got: list[tuple[str, bytes, Any]] = []
         deadline = time.monotonic() + timeout_s
         while time.monotonic() < deadline and not predicate(got):
-            try:
+            with contextlib.suppress(queue.Empty):
                 got.append(self.messages.get(timeout=0.1))
-            except queue.Empty:
-                pass
         return got
 
     def drain(self, settle_s: float = 1.0) -> list[tuple[str, bytes, Any]]:
@@ -182,7 +181,7 @@ def test_values_travel_end_to_end_signed_and_schema_valid(rig: Rig, sub: Subscri
     assert m["soc_pct"] == pytest.approx(soc, abs=0.5)
     assert m["pack_a"] < 0 and 300 < m["pack_v"] < 420
     assert m["temp_c_min"] < m["temp_c_max"]
-    ctype = [p.ContentType for t, _, p in got if t == "reading"][0]
+    ctype = next(p.ContentType for t, _, p in got if t == "reading")
     assert ctype == 'application/cose; cose-type="cose-sign1"'
     if SCHEMA.is_file():
         jsonschema.validate(passports[0]["doc"], json.loads(SCHEMA.read_text()))

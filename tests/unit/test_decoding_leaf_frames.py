@@ -10,7 +10,7 @@ from gateway.decoding import Decoder, crc8
 from gateway.errors import DecodeError
 from gateway.model import FIELDS, Frame
 from gateway.profile import BUILTIN_PROFILES, load_profile
-from gateway.sim import LeafBattery, encode_1db, encode_55b, encode_59e, encode_5bc, encode_5c0
+from gateway.sim import LeafBattery, encode_1db, encode_5bc, encode_5c0, encode_55b, encode_59e
 
 # Frames quoted in leaf_formulas.md / the capture README (facts, a few bytes each).
 E_PLUS_1DB = bytes.fromhex("EEC0C3EA00F7619B")

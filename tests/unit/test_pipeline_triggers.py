@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+from itertools import pairwise
 
 import jsonschema
 import pytest
@@ -54,7 +55,7 @@ def test_readings_follow_the_interval_in_measurement_time() -> None:
     msgs = run(pipe, LeafBattery(generation="aze0"), 10.0)
     times = [m.body["ts"] for m in msgs if m.kind == "reading"]
     assert len(times) == 5
-    assert all(b - a == pytest.approx(2000, abs=10) for a, b in zip(times, times[1:], strict=False))
+    assert all(b - a == pytest.approx(2000, abs=10) for a, b in pairwise(times))
 
 
 def test_reading_carries_contract_measurements() -> None:

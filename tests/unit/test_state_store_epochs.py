@@ -51,7 +51,7 @@ def test_read_only_state_dir_is_a_state_error(tmp_path: Path) -> None:
     store = JsonStateStore(tmp_path)
     tmp_path.chmod(0o500)
     try:
-        with pytest.raises(StateError, match="state.json"):
+        with pytest.raises(StateError, match=r"state\.json"):
             store.save(Chain(), Counters())
     finally:
         tmp_path.chmod(0o700)
@@ -60,5 +60,5 @@ def test_read_only_state_dir_is_a_state_error(tmp_path: Path) -> None:
 def test_unusable_state_dir_is_a_state_error_naming_it(tmp_path: Path) -> None:
     blocker = tmp_path / "file"
     blocker.write_text("not a directory")
-    with pytest.raises(StateError, match="device.state_dir"):
+    with pytest.raises(StateError, match=r"device\.state_dir"):
         JsonStateStore(blocker / "state")
