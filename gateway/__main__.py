@@ -223,15 +223,16 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     if sys.stderr.isatty() and path.is_file() and path.stat().st_size > 2_000_000:
         total = max(1, path.read_bytes().count(b"\n"))
 
-        def progress(n: int) -> None:
-            print(f"\rreplay: {n:,} frames ({min(100, n * 100 // total)} %)", end="", file=sys.stderr)
+        def progress() -> None:
+            n = stats.frames + stats.skipped + stats.events + stats.bad_lines
+            print(f"\rreplay: {n:,} of {total:,} lines ({min(100, n * 100 // total)} %)", end="", file=sys.stderr)
 
     pipeline, messages = replay_capture(args.capture, config=config, profile=args.profile, bus=args.bus,
                                         stats=stats, progress=progress)
     for message in messages:
         print(dumps(message.body) if args.json else _describe(message.body), flush=False)
     if progress is not None:
-        print("\r", end="", file=sys.stderr)
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
     counts = pipeline.counts + pipeline.decoder.counts
     print(f"replay: {stats.path} ({stats.format}): {stats.lines:,} lines, {stats.frames:,} battery frames, "
           f"{stats.bad_lines} unreadable lines; " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())),

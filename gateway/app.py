@@ -129,7 +129,7 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
 
 
 def replay_capture(capture: str, *, config: Config, profile: str | None, bus: int | None,
-                   stats: CaptureStats, progress: Callable[[int], None] | None = None,
+                   stats: CaptureStats, progress: Callable[[], None] | None = None,
                    ) -> tuple[Pipeline, Iterator[OutgoingMessage]]:
     """Build a pipeline for offline replay and the iterator of what it would publish.
 

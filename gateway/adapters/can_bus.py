@@ -37,7 +37,8 @@ class PythonCanSource:
             # socketcan ignores bitrate (systemd-networkd sets it on the interface); slcan, pcan... use it.
             self._bus = can.Bus(interface=interface, channel=channel, bitrate=bitrate, can_filters=filters,
                                 ignore_config=True, **options)
-        except (can.CanError, OSError, ValueError, ImportError) as exc:
+        except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as exc:
+            # NotImplementedError: python-can's "interface ... not supported"
             raise BusError(f"can: cannot open {interface} channel {channel!r}: {exc}") from exc
         log.info("CAN %s %s open, %d filters", interface, channel, len(filters))
 

@@ -250,7 +250,8 @@ def _python_can(path: Path, want: frozenset[int] | None, st: CaptureStats) -> It
     try:
         reader = can.LogReader(str(path))
     except Exception as exc:  # python-can raises ValueError (suffix), OSError, and format-specific errors
-        raise CaptureError(f"python-can cannot read it: {exc}", path=str(path)) from exc
+        hint = " (MF4 needs asammdf: pip install 'battery-gateway[mf4]')" if "asammdf" in str(exc) else ""
+        raise CaptureError(f"python-can cannot read it: {exc}{hint}", path=str(path)) from exc
     try:
         for msg in reader:
             st.lines += 1

@@ -199,6 +199,8 @@ def test_sigterm_says_offline_and_restart_continues_the_chain(rig: Rig, sub: Sub
         got += sub.drain()
         first = signed(rig, got)
         assert json.loads([p for t, p, _ in got if t == "status"][-1])["reason"] == "shutdown"
+        saved = json.loads((rig.tmp / "state" / "state.json").read_text())
+        assert saved["counters"]["ah_discharged"] > 0  # the simulated car drove
         daemon = start_daemon(rig)
         second = signed(rig, sub.collect(count("reading", 1), 20))
         assert stop_daemon(daemon) == 0
@@ -209,6 +211,8 @@ def test_sigterm_says_offline_and_restart_continues_the_chain(rig: Rig, sub: Sub
     assert next_body["ep"] == last_body["ep"] == 1
     assert next_body["seq"] == last_body["seq"] + 1
     assert next_body["prev"] == hashlib.sha256(last_env).digest()
+    restarted = json.loads((rig.tmp / "state" / "state.json").read_text())
+    assert restarted["counters"]["ah_discharged"] > saved["counters"]["ah_discharged"]  # counting went on
 
 
 def test_corrupt_state_starts_a_new_epoch(rig: Rig, sub: Subscriber) -> None:

@@ -71,12 +71,20 @@ def test_want_filters_ids_before_anything_else(tmp_path: Path) -> None:
     assert stats.skipped == 1
 
 
-def test_python_can_formats_are_read_through_logreader(tmp_path: Path) -> None:
-    path = tmp_path / "x.asc"
+@pytest.mark.parametrize("suffix", ["asc", "blf", "trc", "csv", "mf4", "log"])
+def test_python_can_formats_round_trip(tmp_path: Path, suffix: str) -> None:
+    # GIVEN a file written by python-can's own writer for that format
+    path = tmp_path / f"x.{suffix}"
     with can.Logger(str(path)) as logger:
-        logger(can.Message(timestamp=1.0, arbitration_id=0x1DB, data=bytes.fromhex(FRAME), is_extended_id=False))
-    assert detect_format(path) == "python-can"
-    assert [f.data for f in read_capture(path)] == [bytes.fromhex(FRAME)]
+        for i, can_id in enumerate((0x1DB, 0x7FF, 0x55B)):
+            logger(can.Message(timestamp=1700000000.0 + i, arbitration_id=can_id, data=bytes.fromhex(FRAME),
+                               is_extended_id=False, channel=0))
+    # WHEN the gateway reads it, keeping two ids THEN the frames come back in order, the third filtered
+    stats = CaptureStats()
+    frames = list(read_capture(path, want=frozenset({0x1DB, 0x55B}), stats=stats))
+    assert detect_format(path) == ("candump-l" if suffix == "log" else "python-can")
+    assert [(f.can_id, f.data) for f in frames] == [(0x1DB, bytes.fromhex(FRAME)), (0x55B, bytes.fromhex(FRAME))]
+    assert stats.skipped == 1
 
 
 def test_bad_lines_are_counted_and_named(tmp_path: Path) -> None:
