@@ -51,7 +51,7 @@ def test_read_only_state_dir_is_a_state_error(tmp_path: Path) -> None:
     store = JsonStateStore(tmp_path)
     tmp_path.chmod(0o500)
     try:
-        with pytest.raises(StateError, match=r"state\.json"):
+        with pytest.raises(StateError, match=r"device\.state_dir: cannot write"):
             store.save(Chain(), Counters())
     finally:
         tmp_path.chmod(0o700)
