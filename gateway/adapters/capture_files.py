@@ -8,8 +8,8 @@ path of its own: ids outside ``want`` are skipped before the line is parsed furt
 
 Invariants: a line that cannot be parsed is counted in ``stats.bad_lines`` and skipped (the first
 few are logged with file and line number); only an unreadable or unrecognisable file raises
-``CaptureError``. Timestamps are passed through as the file has them (see ``gateway.replay`` for
-how backward steps are handled); GVRET's negative microsecond stamps are negated Unix times.
+``CaptureError``. Timestamps are passed through as the file has them, negative ones too (some
+SavvyCAN exports count up from a negative origin); ``gateway.replay`` handles backward steps.
 """
 
 from __future__ import annotations
@@ -218,7 +218,7 @@ def _parse_gvret_csv(line: str, ctx: dict[str, list[str]]) -> Frame | None:
     data = bytes(int(c, 16) for c in cells[first:first + n])
     if len(data) != n:
         raise ValueError(f"LEN {n}, {len(data)} data bytes")
-    ts = abs(int(cells[col["time stamp"]])) / 1e6  # negative stamps are negated Unix microseconds
+    ts = int(cells[col["time stamp"]]) / 1e6  # microseconds; some exports count up from a negative origin
     tx = "dir" in col and cells[col["dir"]].lower() == "tx"
     return _frame(ts, int(cells[col["id"]], 16), data, int(cells[col["bus"]] or 0),
                   extended=cells[col["extended"]].lower() == "true", tx=tx)

@@ -24,7 +24,7 @@ SAMPLES = {
                   f"511.794004 R11 000001DB {SPACED} \n511.80 R11 0000055B E9 C0 00 00 E1 40 12 14 \n",
     "gvret-csv": "Time Stamp,ID,Extended,Dir,Bus,LEN,D1,D2,D3,D4,D5,D6,D7,D8\r\n"
                  f"-1725172529967471,000001DB,false,Rx,0,8,{SPACED.replace(' ', ',')},\r\n"
-                 "-1725172529977471,0000055B,false,Rx,0,8,E9,C0,00,00,E1,40,12,14,\r\n",
+                 "-1725172529957471,0000055B,false,Rx,0,8,E9,C0,00,00,E1,40,12,14,\r\n",
     "gvret-csv-nodir": "Time Stamp,ID,Extended,Bus,LEN,D1,D2,D3,D4,D5,D6,D7,D8\r\n"
                        f"7254438300,000001DB,false,1,8,{SPACED.replace(' ', ',')}\r\n"
                        "7254444400,0000055B,false,1,8,E9,C0,00,00,E1,40,12,14\r\n",
@@ -55,11 +55,12 @@ def test_crtd_keeps_bus_numbers_and_skips_event_lines(tmp_path: Path) -> None:
     assert stats.events == 3
 
 
-def test_gvret_negative_timestamps_are_negated_unix_microseconds(tmp_path: Path) -> None:
+def test_gvret_negative_timestamps_count_up(tmp_path: Path) -> None:
+    # SavvyCAN exports in ../shared count up from a large negative origin: keep the sign
     path = tmp_path / "x.csv"
     path.write_text(SAMPLES["gvret-csv"])
     frames = list(read_capture(path))
-    assert frames[0].ts == pytest.approx(1725172529.967471)
+    assert frames[0].ts == pytest.approx(-1725172529.967471)
     assert frames[1].ts - frames[0].ts == pytest.approx(0.01, abs=1e-6)
 
 
