@@ -7,6 +7,7 @@ the state, flush the publisher (bounded wait), say offline, close.
 from __future__ import annotations
 
 import logging
+import os
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -54,7 +55,8 @@ def policy_from(config: Config) -> PublishPolicy:
 
 
 def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Chain, counters: Counters,
-                   store: StateStore | None, device_id: str) -> Pipeline:
+                   store: StateStore | None, device_id: str, passive_diag: bool = False,
+                   vin_salt: bytes = b"") -> Pipeline:
     """Profile + decoder + tracker + signer -> pipeline.
 
     Raises:
@@ -65,7 +67,7 @@ def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Ch
     tracker = BatteryTracker(profile, counters=counters, rated_capacity_ah=config.vehicle.rated_capacity_ah,
                              stale_after_s=config.publish.stale_after_s)
     return Pipeline(decoder, tracker, Signer(key), chain, device_id=device_id, sw=SW,
-                    policy=policy_from(config), store=store)
+                    policy=policy_from(config), store=store, passive_diag=passive_diag, vin_salt=vin_salt)
 
 
 def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline) -> None:
@@ -147,6 +149,6 @@ def replay_capture(capture: str, *, config: Config, profile: str | None, bus: in
     except ConfigError:
         key = ec.generate_private_key(ec.SECP256R1())
     pipeline = build_pipeline(config, key, chain=Chain(), counters=Counters(), store=None,
-                              device_id=config.device.id or "replay")
-    frames = read_capture(capture, want=pipeline.decoder.frame_ids, stats=stats)
+                              device_id=config.device.id or "replay", passive_diag=True, vin_salt=os.urandom(16))
+    frames = read_capture(capture, want=pipeline.decoder.profile.frame_ids, stats=stats)
     return pipeline, replay_frames(pipeline, frames, bus=bus, progress=progress)

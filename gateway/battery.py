@@ -13,6 +13,7 @@ from __future__ import annotations
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
 
 __all__ = ["SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
@@ -76,14 +77,22 @@ class BatteryTracker:
 
     def __init__(self, profile: Profile, *, counters: Counters | None = None,
                  rated_capacity_ah: float | None = None, stale_after_s: float = 10.0,
-                 max_gap_s: float = 2.0) -> None:
+                 polled_stale_after_s: float = 1800.0, max_gap_s: float = 2.0) -> None:
         self.profile = profile
         self.counters = counters or Counters()
         self._configured_ah = rated_capacity_ah
         self.stale_after_s = stale_after_s
+        self.polled_stale_after_s = polled_stale_after_s
+        # Values only polls give are refreshed every few minutes, not every 100 ms.
+        polled = {f.name for p in profile.polls for lay in p.layouts for f in lay.fields}
+        polled |= {derived for name in polled & set(ARRAY_FIELDS) for derived in ARRAY_FIELDS[name]}
+        self._polled_only = polled - {s.field for s in profile.signals}
         self.max_gap_s = max_gap_s
         self.values: dict[str, float] = {}
         self.times: dict[str, float] = {}
+        self.arrays: dict[str, list[float]] = {}  # polled: cells_v, temps_c
+        self.texts: dict[str, str] = {}  # polled: bat (pack serial), part_number, vin_hash
+        self.generation = ""  # the pack generation a poll reply identified (ze0, aze0, ze1)
         self.last_ts: float | None = None
         self._last_current: tuple[float, float] | None = None  # (ts, amps)
         self._deep = self._over = False
@@ -166,7 +175,8 @@ class BatteryTracker:
     def fresh(self, name: str, now: float) -> float | None:
         """The latest value of ``name`` if it was measured within ``stale_after_s`` of ``now``."""
         ts = self.times.get(name)
-        if ts is None or now - ts > self.stale_after_s:
+        window = self.polled_stale_after_s if name in self._polled_only else self.stale_after_s
+        if ts is None or now - ts > window:
             return None
         return self.values[name]
 

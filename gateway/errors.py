@@ -6,6 +6,7 @@
     ├── DataError                 the input was wrong; skip it, count it, carry on
     │   ├── ConfigError           a config or profile key is missing, mistyped or out of range
     │   ├── DecodeError           a CAN frame failed its CRC, length or invalid-marker check
+    │   │   └── UdsNegativeResponse   the ECU answered 7F <service> <NRC> (``nrc`` attribute)
     │   ├── CaptureError          a capture file line cannot be read (names file and line)
     │   └── EnvelopeError         a COSE envelope is malformed, forged, or breaks its chain
     └── TransportError            a device or peer failed; retry, or exit so systemd restarts us
@@ -33,6 +34,7 @@ __all__ = [
     "PublishError",
     "StateError",
     "TransportError",
+    "UdsNegativeResponse",
 ]
 
 
@@ -69,6 +71,14 @@ class CaptureError(DataError):
         super().__init__(f"{where}: {message}")
         self.path = path
         self.line = line
+
+
+class UdsNegativeResponse(DecodeError):
+    """The ECU answered a diagnostic request with ``7F <service> <nrc>``."""
+
+    def __init__(self, message: str, *, frame_id: int, nrc: int) -> None:
+        super().__init__(message, frame_id=frame_id, kind="nrc")
+        self.nrc = nrc
 
 
 class EnvelopeError(DataError):

@@ -50,6 +50,12 @@ FIELDS: dict[str, FieldSpec] = {
     "dis_limit_kw": FieldSpec("kW", 0.0, 500.0, "discharge power limit"),
     "chg_limit_kw": FieldSpec("kW", 0.0, 500.0, "charge power limit"),
     "dash_soc_pct": FieldSpec("%", 0.0, 100.0, "state of charge shown on the dash"),
+    "hx_pct": FieldSpec("%", 0.0, 150.0, "Leaf Hx (a battery ECU health figure; not SOH)"),
+    "capacity_ah": FieldSpec("Ah", 1.0, 1000.0, "capacity the BMS reports (Leaf AHr)"),
+    "cell_v_min": FieldSpec("V", 0.5, 5.0, "lowest cell voltage"),
+    "cell_v_max": FieldSpec("V", 0.5, 5.0, "highest cell voltage"),
+    "lbc_soh_pct": FieldSpec("%", 1.0, 100.0, "SOH the ZE1 battery ECU reports in group 0x61"),
+    "balancing_cells": FieldSpec("cells", 0.0, 512.0, "cells with the balancing shunt on"),
     "main_relay": FieldSpec("", 0.0, 1.0, "main contactor closed (1) or open (0)"),
     "full_charge": FieldSpec("", 0.0, 1.0, "the BMS flags the pack as fully charged"),
 }

@@ -20,8 +20,8 @@ PAYLOAD_VERSION = 1
 
 # Canonical fields that readings carry in ``m`` (CONTRACT §5 names; the rest are documented in docs/mqtt.md).
 READING_FIELDS = ("soc_pct", "pack_v", "pack_a", "cell_v_min", "cell_v_max", "temp_c_min", "temp_c_max",
-                  "temp_c_avg", "bms_soh_pct", "capacity_ah", "hx_pct", "full_energy_kwh", "capacity_bars",
-                  "dash_soc_pct", "chg_limit_kw", "dis_limit_kw")
+                  "temp_c_avg", "bms_soh_pct", "lbc_soh_pct", "capacity_ah", "hx_pct", "full_energy_kwh",
+                  "capacity_bars", "dash_soc_pct", "chg_limit_kw", "dis_limit_kw", "balancing_cells")
 
 
 def ts_ms(ts: float) -> int:
@@ -113,7 +113,7 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
                                "basis": f"(Ah charged + Ah discharged) / 2 / {pack.capacity_ah} Ah "
                                         f"(rated capacity, {pack_source}); counted on this device only"},
         "StateOfCharge": _src(signals.get("soc_pct", ""), "bms-soc", "%"),
-        "TemperatureInformation": _src(signals.get(temp_from, temp_from), "bms-temperature", "degC",
+        "TemperatureInformation": _src(signals.get(temp_from, signals.get("temp_c_min", "")), "bms-temperature", "degC",
                                        extremes=limits, time_unit="min", derived=temp_from),
         "EnergyThroughput": {**counted, "unit": "kWh"},
         "CapacityThroughput": {**counted, "unit": "Ah"},

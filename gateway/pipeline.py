@@ -8,6 +8,7 @@ both. Invariant: a message leaves only after its chain position and the counters
 
 from __future__ import annotations
 
+import hashlib
 import logging
 from collections import Counter
 from dataclasses import dataclass
@@ -16,8 +17,10 @@ from typing import Any
 from .battery import BatteryTracker
 from .decoding import Decoder
 from .errors import DecodeError
+from .isotp_passive import PassiveIsoTp
 from .model import Frame, OutgoingMessage
 from .passport import build_passport, build_reading
+from .polls import ARRAY_FIELDS, PollSpec, decode_reply
 from .ports import StateStore
 from .signing import Chain, Signer
 
@@ -42,14 +45,33 @@ class Pipeline:
     """Turns frames into signed messages. Single-threaded: call from one thread only."""
 
     def __init__(self, decoder: Decoder, tracker: BatteryTracker, signer: Signer, chain: Chain, *,
-                 device_id: str, sw: str, policy: PublishPolicy, store: StateStore | None = None) -> None:
+                 device_id: str, sw: str, policy: PublishPolicy, store: StateStore | None = None,
+                 passive_diag: bool = False, vin_salt: bytes = b"") -> None:
+        """Args:
+            passive_diag: reassemble poll replies seen on the bus (replay); the daemon polls actively
+                and hands replies to ``on_diag_reply`` instead.
+            vin_salt: salt of the VIN hash; the VIN itself is never kept.
+        """
         self.decoder, self.tracker, self.signer, self.chain = decoder, tracker, signer, chain
         self.device_id, self.sw, self.policy, self.store = device_id, sw, policy, store
         self.counts: Counter[str] = Counter()
+        profile = decoder.profile
         self._ids = decoder.frame_ids
+        self._diag_ids = profile.response_ids
+        self._specs: dict[int, list[PollSpec]] = {}
+        for spec in profile.polls:
+            self._specs.setdefault(spec.response_id, []).append(spec)
+        self._passive = PassiveIsoTp(self._diag_ids) if passive_diag else None
+        self._vin_salt = vin_salt
         self._signals: dict[str, str] = {}
-        for sm in decoder.profile.signals:
+        for sm in profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
+        for spec in profile.polls:
+            for layout in spec.layouts:
+                for f in layout.fields:
+                    source = f"0x{spec.request_id:03X} {spec.request.hex(' ').upper()} ({spec.name})"
+                    for name in (f.name, *ARRAY_FIELDS.get(f.name, ())):
+                        self._signals.setdefault(name, source)
         self._first_ts: float | None = None
         self._last_frame_ts: float | None = None
         self._next_reading: float | None = None
@@ -61,19 +83,25 @@ class Pipeline:
         self._charge_flip_ts: float | None = None
 
     # -- input -----------------------------------------------------------------------------------
+    def _count(self, exc: DecodeError) -> None:
+        self.counts[exc.kind] += 1
+        if self.counts[exc.kind] == 1:
+            log.warning("%s (dropped; further %s errors are counted, not logged)", exc, exc.kind)
+        else:
+            log.debug("%s", exc)
+
     def on_frame(self, frame: Frame) -> list[OutgoingMessage]:
         """Decode one frame, update the state, and return the messages that became due."""
         if frame.can_id not in self._ids:
+            if frame.can_id in self._diag_ids and self._passive is not None:
+                self._on_passive(frame)
+                return self.tick(frame.ts)
             self.counts["ignored"] += 1
             return []
         try:
             values = self.decoder.decode(frame)
         except DecodeError as exc:
-            self.counts[exc.kind] += 1
-            if self.counts[exc.kind] == 1:
-                log.warning("%s (dropped; further %s errors are counted, not logged)", exc, exc.kind)
-            else:
-                log.debug("%s", exc)
+            self._count(exc)
             return []
         self.counts["decoded"] += 1
         ts = frame.ts
@@ -94,6 +122,54 @@ class Pipeline:
             elif name == "pack_a":
                 self._watch_charging(ts)
         return self.tick(ts)
+
+    def _on_passive(self, frame: Frame) -> None:
+        assert self._passive is not None
+        try:
+            reply = self._passive.feed(frame)
+        except DecodeError as exc:
+            self._count(exc)
+            return
+        if reply is not None:
+            self.on_diag_reply(frame.can_id, reply, frame.ts)
+
+    def spec_for(self, response_id: int, reply: bytes) -> PollSpec | None:
+        """The poll that ``reply`` on ``response_id`` answers (by its header), if any."""
+        specs = self._specs.get(response_id, [])
+        for spec in specs:
+            if reply.startswith(spec.positive_header):
+                return spec
+        if len(reply) >= 2 and reply[0] == 0x7F:  # a negative response names only the service
+            return next((s for s in specs if s.request[0] == reply[1]), None)
+        return None
+
+    def on_diag_reply(self, response_id: int, reply: bytes, ts: float, spec: PollSpec | None = None) -> bool:
+        """Decode a complete diagnostic reply into the battery state. True when it gave values.
+
+        A negative response, a reply of an unknown length or for an unknown request is counted (and
+        logged once per kind) and gives nothing.
+        """
+        spec = spec or self.spec_for(response_id, reply)
+        if spec is None:
+            self.counts["diag_unknown"] += 1
+            return False
+        try:
+            got = decode_reply(spec, reply)
+        except DecodeError as exc:
+            self._count(exc)
+            return False
+        self.counts[f"diag:{spec.name}"] += 1
+        self.tracker.update(ts, got.values)
+        self.tracker.arrays.update(got.arrays)
+        for name, text in got.texts.items():
+            if name == "vin":  # pseudonymise at once: the VIN itself is never stored or sent
+                digest = hashlib.sha256(self._vin_salt + text.encode()).hexdigest()[:32]
+                self.tracker.texts["vin_hash"] = digest
+            else:
+                self.tracker.texts[name] = text
+        if got.generation:
+            self.tracker.generation = got.generation
+        return True
 
     def _watch_charging(self, ts: float) -> None:
         if self.tracker.charging == self._charging:
@@ -152,12 +228,12 @@ class Pipeline:
     # -- output ----------------------------------------------------------------------------------
     def _reading(self, now: float) -> list[OutgoingMessage]:
         payload = build_reading(self.tracker, now=now, device_id=self.device_id, chain=self.chain.header(),
-                                sw=self.sw)
+                                sw=self.sw, bat=self.tracker.texts.get("bat"))
         return [] if payload is None else [self._sign("reading", payload)]
 
     def _passport(self, now: float, reason: str) -> OutgoingMessage:
         payload = build_passport(self.tracker, now=now, device_id=self.device_id, chain=self.chain.header(),
-                                 sw=self.sw, signals=self._signals, reason=reason)
+                                 sw=self.sw, signals=self._signals, reason=reason, bat=self.tracker.texts.get("bat"))
         self._pending = None
         self._last_passport_ts = now
         self._passport_soh = self.tracker.values.get("bms_soh_pct")

@@ -18,6 +18,7 @@ import cantools
 
 from .errors import ConfigError
 from .model import FIELDS
+from .polls import PollSpec, parse_polls
 
 __all__ = ["BUILTIN_PROFILES", "PackVariant", "Profile", "SignalMap", "load_profile", "parse_profile"]
 
@@ -64,11 +65,17 @@ class Profile:
     cell_v_max: float = 4.2
     temp_low_c: float = -10.0
     temp_high_c: float = 40.0
+    polls: tuple[PollSpec, ...] = ()
 
     @property
     def frame_ids(self) -> frozenset[int]:
-        """Every CAN id the profile needs: these become the bus filters."""
-        return frozenset(s.frame_id for s in self.signals)
+        """Every CAN id the profile listens to (broadcast frames and poll replies): the bus filters."""
+        return frozenset(s.frame_id for s in self.signals) | self.response_ids
+
+    @property
+    def response_ids(self) -> frozenset[int]:
+        """CAN ids on which the polled ECUs answer."""
+        return frozenset(p.response_id for p in self.polls)
 
 
 def _builtin_dir() -> Path:
@@ -135,15 +142,16 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
     """
     problems: list[str] = []
     known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "cells_series",
-             "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c"}
+             "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include"}
     problems.extend(f"{k}: unknown key" for k in sorted(set(data) - known))
     name = data.get("name")
     if not isinstance(name, str) or not name:
         problems.append("name: expected a non-empty string")
     dbc_files: list[Path] = []
+    polls = parse_polls(data.get("poll", []), problems)
     dbc_names = data.get("dbc", [])
-    if not dbc_names:
-        problems.append("dbc: list at least one DBC file")
+    if not dbc_names and data.get("signal"):
+        problems.append("dbc: list the DBC files that define the signals")
     for dbc in dbc_names:
         found = next((d / dbc for d in dbc_dirs if (d / dbc).is_file()), None)
         if found is None:
@@ -151,8 +159,8 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
         else:
             dbc_files.append(found)
     signals = [_parse_signal(i, s, problems) for i, s in enumerate(data.get("signal", []))]
-    if not signals:
-        problems.append("signal: map at least one signal")
+    if not signals and not polls:
+        problems.append("signal, poll: map at least one broadcast signal or one poll")
     packs: list[PackVariant] = []
     for i, p in enumerate(data.get("pack", [])):
         try:
@@ -182,8 +190,17 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
         crc8_init=int(crc.get("init", 0)), wh_per_gid=float(numbers["wh_per_gid"]),
         cells_series=int(numbers["cells_series"]), cell_v_min=float(numbers["cell_v_min"]),
         cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
-        temp_high_c=float(numbers["temp_high_c"]),
+        temp_high_c=float(numbers["temp_high_c"]), polls=polls,
     )
+
+
+def _read_toml(path: Path) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"vehicle.profile: cannot read {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"vehicle.profile: {path}: {exc}") from exc
 
 
 def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
@@ -199,12 +216,10 @@ def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
         if not path.suffix:
             raise ConfigError(f"vehicle.profile: unknown profile {name_or_path!r} "
                               f"(built-in: {', '.join(BUILTIN_PROFILES)}; or a path to a .toml file)")
-    try:
-        data = tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"vehicle.profile: cannot read {path}: {exc.strerror}") from exc
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"vehicle.profile: {path}: {exc}") from exc
+    data = _read_toml(path)
+    for name in data.get("include", []):  # shared poll lists, e.g. leaf_lbc_polls.toml
+        included = _read_toml(path.parent / name)
+        data["poll"] = [*included.get("poll", []), *data.get("poll", [])]
     profile = parse_profile(data, dbc_dirs=(path.parent, builtin_dbc_dir()))
     dbs = []
     for dbc in profile.dbc_files:

@@ -76,9 +76,50 @@ def test_e_plus_detects_the_62_kwh_pack_and_reports_full_energy() -> None:
     m = last(bodies, "reading")["m"]
     assert m["full_energy_kwh"] == 55.3
     assert pipeline.tracker.pack()[0].energy_kwh == 62.0
-    # ZE1 broadcasts no pack temperature: no passport rather than an invented one
+    assert pipeline.tracker.generation == "ze1"  # the 51-byte group 0x01 reply
+
+
+def test_ze1_passport_takes_its_temperature_from_the_group_04_poll() -> None:
+    bodies, _ = replay("dalathegreat-EV-CANlogs/EV-CANeplus2.log", "leaf-ze1")
+    passport = last(bodies, "passport")
+    assert 15 <= passport["doc"]["TemperatureInformation"]["MeasuredTemp"] <= 25
+    assert passport["prov"]["TemperatureInformation"]["signal"].startswith("0x79B 21 04")
+
+
+def test_ze1_without_polls_gives_no_passport_rather_than_an_invented_temperature() -> None:
+    bodies, pipeline = replay("dalathegreat-EV-CANlogs/62kWh-Battery-only-EVcan.txt", "leaf-ze1")
     assert not [b for b in bodies if b["kind"] == "passport"]
     assert pipeline.tracker.missing() == ["temperature"]
+
+
+def polled(relative: str, profile: str = "leaf-ze1") -> tuple[set[float], set[float], Any]:
+    bodies, pipeline = replay(relative, profile, interval_s=0.1)
+    readings = [b["m"] for b in bodies if b["kind"] == "reading"]
+    return ({round(m["hx_pct"], 2) for m in readings if "hx_pct" in m},
+            {m["capacity_ah"] for m in readings if "capacity_ah" in m}, pipeline)
+
+
+@pytest.mark.parametrize("relative,hx,ahr,cells", [
+    ("dalathegreat-EV-CANlogs/EV-CANeplus2.log", 86.20, 162.1998, 96),
+    ("dalathegreat-EV-CANlogs/EV-CANeplus3.log", 86.18, 162.1998, 96),
+    ("dalathegreat-EV-CANlogs/env200-2015-with-40kWh-normal-charge-coldbattery-nocooling-nobridge.crtd",
+     86.19, 108.7675, 96),
+])
+def test_someone_elses_polls_are_reassembled_to_the_documented_values(relative: str, hx: float, ahr: float,
+                                                                       cells: int) -> None:
+    hx_seen, ahr_seen, pipeline = polled(relative)
+    assert hx in hx_seen
+    assert ahr_seen == {ahr}
+    assert len(pipeline.tracker.arrays["cells_v"]) == cells
+    assert all(3.0 < v < 4.3 for v in pipeline.tracker.arrays["cells_v"])
+    assert pipeline.counts["isotp_sequence"] == 0
+
+
+def test_corrupted_reassembly_gives_no_hx_at_all() -> None:
+    # bus-2 overruns duplicate 0x7BB frames and drop others: naive reassembly gives Hx 622 %
+    hx_seen, ahr_seen, pipeline = polled("dalathegreat-EV-CANlogs/env200-2015-with-40kWh-startup-nobridge.crtd")
+    assert hx_seen == set() and ahr_seen == set()
+    assert pipeline.counts["isotp_sequence"] + pipeline.counts["isotp_unexpected"] > 0
 
 
 def test_env200_crtd_passport_carries_94_pct_and_the_40_kwh_pack() -> None:

@@ -1,0 +1,233 @@
+"""Poll lists of a vehicle profile (data) and the decoding of their replies (bytes -> values).
+
+A poll names a request (e.g. the Leaf battery ECU's ``21 01`` on 0x79B, answered on 0x7BB), how often
+to send it in each vehicle state, and one reply layout per accepted payload length. A layout lists
+byte fields: numbers, arrays (cell voltages, temperatures), text (serial, part number, VIN) and bit
+counts. The payload is the reply after its positive-response header (``request[0] + 0x40`` followed
+by the rest of the request: ``61 01`` for ``21 01``, ``62 01 05`` for ``22 01 05``).
+
+Invariants: a reply whose payload length has no layout yields no value (a ZE1 group 0x01 reply of a
+24 kWh length is not decoded with the wrong offsets); a negative response ``7F SID NRC`` raises
+``UdsNegativeResponse``; every number returned is inside its canonical range. Pure.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass
+from typing import Any
+
+from .errors import DecodeError, UdsNegativeResponse
+from .model import FIELDS
+
+__all__ = ["ARRAY_FIELDS", "TEXT_FIELDS", "VEHICLE_STATES", "ByteField", "DiagValues", "Layout", "PollSpec",
+           "decode_reply", "parse_polls"]
+
+VEHICLE_STATES = ("off", "awake", "driving", "charging")
+# Arrays and what the gateway derives from them (min, max) into canonical fields.
+ARRAY_FIELDS: dict[str, tuple[str, str]] = {"cells_v": ("cell_v_min", "cell_v_max"),
+                                            "temps_c": ("temp_c_min", "temp_c_max")}
+TEXT_FIELDS = ("bat", "part_number", "vin")
+_ARRAY_RANGE = {"cells_v": (0.5, 5.0), "temps_c": (-40.0, 100.0)}
+_KINDS = ("number", "array", "text", "bitcount")
+
+
+@dataclass(frozen=True, slots=True)
+class ByteField:
+    """One field of a reply payload. ``at`` is the offset of the value (of element 0 for arrays)."""
+
+    name: str
+    at: int
+    size: int
+    kind: str = "number"
+    signed: bool = False
+    scale: float = 1.0
+    offset: float = 0.0
+    invalid_raw: frozenset[int] = frozenset()
+    count: int = 1
+    stride: int = 0
+    guard_at: int | None = None  # arrays: an element whose guard bytes equal guard_raw is absent
+    guard_size: int = 2
+    guard_raw: int = 0xFFFF
+    mask: int = 0xFF  # bitcount: the bits of each byte that count
+
+
+@dataclass(frozen=True, slots=True)
+class Layout:
+    """Fields of a reply payload of exactly ``length`` bytes; ``generation`` names the pack it identifies."""
+
+    length: int
+    fields: tuple[ByteField, ...]
+    generation: str = ""
+
+
+@dataclass(frozen=True, slots=True)
+class PollSpec:
+    """One diagnostic request of a profile."""
+
+    name: str
+    request_id: int
+    response_id: int
+    request: bytes
+    every_s: Mapping[str, float]
+    layouts: tuple[Layout, ...]
+    timeout_s: float = 1.0
+
+    @property
+    def positive_header(self) -> bytes:
+        return bytes([self.request[0] + 0x40]) + self.request[1:]
+
+
+@dataclass
+class DiagValues:
+    """What one reply gave."""
+
+    values: list[tuple[str, float]]
+    arrays: dict[str, list[float]]
+    texts: dict[str, str]
+    generation: str = ""
+
+
+def _int(raw: Any, key: str, problems: list[str], lo: int = 0, hi: int = 0x1FFFFFFF) -> int:
+    if isinstance(raw, bool) or not isinstance(raw, int) or not lo <= raw <= hi:
+        problems.append(f"{key}: expected an integer {lo}..{hi}, got {raw!r}")
+        return lo
+    return raw
+
+
+def _parse_field(raw: Any, key: str, problems: list[str]) -> ByteField | None:
+    if not isinstance(raw, Mapping):
+        problems.append(f"{key}: expected a table")
+        return None
+    known = {"name", "at", "size", "kind", "signed", "scale", "offset", "invalid_raw", "count", "stride",
+             "guard_at", "guard_size", "guard_raw", "mask"}
+    problems.extend(f"{key}.{k}: unknown key" for k in sorted(set(raw) - known))
+    name, kind = raw.get("name"), raw.get("kind", "number")
+    if kind not in _KINDS:
+        problems.append(f"{key}.kind: expected one of {', '.join(_KINDS)}")
+        return None
+    allowed: tuple[str, ...] = tuple({"number": FIELDS, "array": ARRAY_FIELDS, "text": TEXT_FIELDS,
+                                      "bitcount": FIELDS}[kind])
+    if name not in allowed:
+        problems.append(f"{key}.name: {name!r} is not a {kind} field ({', '.join(allowed)})")
+        return None
+    size = _int(raw.get("size", 1), f"{key}.size", problems, 1, 4096 if kind in ("text", "bitcount") else 4)
+    try:
+        return ByteField(
+            name=str(name), at=_int(raw.get("at"), f"{key}.at", problems, 0, 4095), size=size, kind=kind,
+            signed=bool(raw.get("signed", False)), scale=float(raw.get("scale", 1.0)),
+            offset=float(raw.get("offset", 0.0)), invalid_raw=frozenset(raw.get("invalid_raw", [])),
+            count=_int(raw.get("count", 1), f"{key}.count", problems, 1, 512),
+            stride=_int(raw.get("stride", size), f"{key}.stride", problems, 1, 64),
+            guard_at=raw.get("guard_at"), guard_size=_int(raw.get("guard_size", 2), f"{key}.guard_size",
+                                                          problems, 1, 4),
+            guard_raw=_int(raw.get("guard_raw", 0xFFFF), f"{key}.guard_raw", problems, 0, 0xFFFFFFFF),
+            mask=_int(raw.get("mask", 0xFF), f"{key}.mask", problems, 0, 0xFF))
+    except (TypeError, ValueError) as exc:
+        problems.append(f"{key}: {exc}")
+        return None
+
+
+def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
+    key = f"poll[{i}]"
+    if not isinstance(raw, Mapping):
+        problems.append(f"{key}: expected a table")
+        return None
+    known = {"name", "request_id", "response_id", "request", "every_s", "layout", "timeout_s"}
+    problems.extend(f"{key}.{k}: unknown key" for k in sorted(set(raw) - known))
+    request = raw.get("request")
+    if not (isinstance(request, list) and request and all(isinstance(b, int) and 0 <= b <= 255 for b in request)):
+        problems.append(f"{key}.request: expected a list of bytes, e.g. [0x21, 0x01]")
+        return None
+    every = raw.get("every_s", {})
+    if not isinstance(every, Mapping) or any(k not in VEHICLE_STATES or not isinstance(v, int | float) or v <= 0
+                                              for k, v in every.items()):
+        problems.append(f"{key}.every_s: expected {{state = seconds}} with states {', '.join(VEHICLE_STATES)}")
+        every = {}
+    layouts = []
+    for j, lay in enumerate(raw.get("layout", [])):
+        fields = [_parse_field(f, f"{key}.layout[{j}].fields[{k}]", problems)
+                  for k, f in enumerate(lay.get("fields", []))]
+        layouts.append(Layout(_int(lay.get("length"), f"{key}.layout[{j}].length", problems, 1, 4095),
+                              tuple(f for f in fields if f is not None), str(lay.get("generation", ""))))
+    return PollSpec(name=str(raw.get("name", f"poll-{i}")),
+                    request_id=_int(raw.get("request_id"), f"{key}.request_id", problems, 0, 0x1FFFFFFF),
+                    response_id=_int(raw.get("response_id"), f"{key}.response_id", problems, 0, 0x1FFFFFFF),
+                    request=bytes(request), every_s=dict(every), layouts=tuple(layouts),
+                    timeout_s=float(raw.get("timeout_s", 1.0)))
+
+
+def parse_polls(raw: Any, problems: list[str]) -> tuple[PollSpec, ...]:
+    """Parse the profile's ``[[poll]]`` list, appending problems (with their keys) to ``problems``."""
+    if not isinstance(raw, list):
+        problems.append("poll: expected a list of [[poll]] tables")
+        return ()
+    polls = [_parse_poll(i, p, problems) for i, p in enumerate(raw)]
+    return tuple(p for p in polls if p is not None)
+
+
+def _uint(data: bytes, at: int, size: int) -> int:
+    return int.from_bytes(data[at:at + size], "big")
+
+
+def _number(f: ByteField, data: bytes, at: int) -> float | None:
+    raw = _uint(data, at, f.size)
+    if raw in f.invalid_raw:
+        return None
+    if f.signed and raw >= 1 << (8 * f.size - 1):
+        raw -= 1 << (8 * f.size)
+    return round(raw * f.scale + f.offset, 6)
+
+
+def decode_reply(spec: PollSpec, reply: bytes) -> DiagValues:
+    """Decode a complete ISO-TP reply to ``spec``'s request.
+
+    Raises:
+        UdsNegativeResponse: the ECU answered ``7F <service> <NRC>``.
+        DecodeError: the reply is for another request, or its length has no layout (kind ``layout``).
+    """
+    rid = spec.response_id
+    if len(reply) >= 3 and reply[0] == 0x7F and reply[1] == spec.request[0]:
+        raise UdsNegativeResponse(f"{spec.name}: negative response, NRC 0x{reply[2]:02X}", frame_id=rid,
+                                  nrc=reply[2])
+    header = spec.positive_header
+    if not reply.startswith(header):
+        raise DecodeError(f"{spec.name}: reply {reply[:4].hex(' ')} does not answer {spec.request.hex(' ')}",
+                          frame_id=rid, kind="mismatch")
+    payload = reply[len(header):]
+    layout = next((lay for lay in spec.layouts if lay.length == len(payload)), None)
+    if layout is None:
+        raise DecodeError(f"{spec.name}: {len(payload)}-byte reply matches no layout "
+                          f"({', '.join(str(lay.length) for lay in spec.layouts)})", frame_id=rid, kind="layout")
+    out = DiagValues([], {}, {}, layout.generation)
+    for f in layout.fields:
+        if f.kind == "number":
+            value = _number(f, payload, f.at)
+            spec_range = FIELDS[f.name]
+            if value is not None and spec_range.lo <= value <= spec_range.hi:
+                out.values.append((f.name, value))
+        elif f.kind == "bitcount":
+            bits = sum(bin(b & f.mask).count("1") for b in payload[f.at:f.at + f.size])
+            out.values.append((f.name, float(bits)))
+        elif f.kind == "text":
+            text = "".join(chr(b) for b in payload[f.at:f.at + f.size] if 0x20 < b < 0x7F or b == 0x20).strip()
+            if text:
+                out.texts[f.name] = text
+        else:
+            out.arrays[f.name] = _array(f, payload)
+    for name, (lo_field, hi_field) in ARRAY_FIELDS.items():
+        if out.arrays.get(name):
+            out.values += [(lo_field, min(out.arrays[name])), (hi_field, max(out.arrays[name]))]
+    return out
+
+
+def _array(f: ByteField, payload: bytes) -> list[float]:
+    lo, hi = _ARRAY_RANGE[f.name]
+    values = []
+    for i in range(f.count):
+        if f.guard_at is not None and _uint(payload, f.guard_at + i * f.stride, f.guard_size) == f.guard_raw:
+            continue
+        value = _number(f, payload, f.at + i * f.stride)
+        if value is not None and lo <= value <= hi:
+            values.append(value)
+    return values
