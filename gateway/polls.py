@@ -106,8 +106,9 @@ def _parse_field(raw: Any, key: str, problems: list[str]) -> ByteField | None:
     if kind not in _KINDS:
         problems.append(f"{key}.kind: expected one of {', '.join(_KINDS)}")
         return None
-    allowed: tuple[str, ...] = tuple({"number": FIELDS, "array": ARRAY_FIELDS, "text": TEXT_FIELDS,
-                                      "bitcount": FIELDS}[kind])
+    names: dict[str, tuple[str, ...]] = {"number": tuple(FIELDS), "array": tuple(ARRAY_FIELDS),
+                                         "text": TEXT_FIELDS, "bitcount": tuple(FIELDS)}
+    allowed = names[kind]
     if name not in allowed:
         problems.append(f"{key}.name: {name!r} is not a {kind} field ({', '.join(allowed)})")
         return None
