@@ -105,12 +105,7 @@ class Pipeline:
             return []
         self.counts["decoded"] += 1
         ts = frame.ts
-        if self._first_ts is None:
-            self._first_ts = ts
-        self._last_frame_ts = ts
-        if self._asleep:
-            self._asleep = False
-            log.info("battery ECU is talking again")
+        self._seen(ts)
         previous_relay = self.tracker.values.get("main_relay")
         self.tracker.update(ts, values)
         for name, value in values:
@@ -122,6 +117,14 @@ class Pipeline:
             elif name == "pack_a":
                 self._watch_charging(ts)
         return self.tick(ts)
+
+    def _seen(self, ts: float) -> None:
+        if self._first_ts is None:
+            self._first_ts = ts
+        self._last_frame_ts = ts
+        if self._asleep:
+            self._asleep = False
+            log.info("battery ECU is talking again")
 
     def _on_passive(self, frame: Frame) -> None:
         assert self._passive is not None
@@ -159,6 +162,7 @@ class Pipeline:
             self._count(exc)
             return False
         self.counts[f"diag:{spec.name}"] += 1
+        self._seen(ts)
         self.tracker.update(ts, got.values)
         self.tracker.arrays.update(got.arrays)
         for name, text in got.texts.items():

@@ -22,7 +22,7 @@ from .polls import PollSpec, parse_polls
 
 __all__ = ["BUILTIN_PROFILES", "PackVariant", "Profile", "SignalMap", "load_profile", "parse_profile"]
 
-BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1")
+BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 _COMPLETE_GROUPS = {"temperature"}  # "complete" may name a field or a group of fields
 
 

@@ -115,6 +115,13 @@ def test_someone_elses_polls_are_reassembled_to_the_documented_values(relative: 
     assert pipeline.counts["isotp_sequence"] == 0
 
 
+def test_kia_battery_soh_from_uds_did_0105_with_a_data_only_profile() -> None:
+    bodies, pipeline = replay("dalathegreat-EV-CANlogs/37501-Q4151+BatteryEmulator.csv", "kia-eniro-64")
+    readings = [b for b in bodies if b["kind"] == "reading"]
+    assert readings and all(b["m"]["bms_soh_pct"] == 100.0 for b in readings)
+    assert pipeline.counts["diag:bms-did-0105-soh"] == 3
+
+
 def test_corrupted_reassembly_gives_no_hx_at_all() -> None:
     # bus-2 overruns duplicate 0x7BB frames and drop others: naive reassembly gives Hx 622 %
     hx_seen, ahr_seen, pipeline = polled("dalathegreat-EV-CANlogs/env200-2015-with-40kWh-startup-nobridge.crtd")
