@@ -8,6 +8,7 @@ from __future__ import annotations
 
 import logging
 import os
+from pathlib import Path
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -17,6 +18,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
 from .adapters.can_bus import PythonCanSource
+from .adapters.isotp import IsoTpDiagClient
 from .adapters.capture_files import CaptureStats, read_capture
 from .adapters.keystore import generate_key, load_private_key, load_public_key, public_pem
 from .adapters.mqtt import PahoPublisher
@@ -25,6 +27,7 @@ from .adapters.systemd import SystemdNotifier
 from .battery import BatteryTracker, Counters
 from .config import Config
 from .decoding import Decoder
+from .diagnostics import DiagService
 from .errors import ConfigError, TransportError
 from .model import OutgoingMessage
 from .pipeline import Pipeline, PublishPolicy
@@ -80,6 +83,25 @@ def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline) -> None:
             log.warning("unknown command %r ignored", name)
 
 
+def open_bus(config: Config, pipeline: Pipeline) -> PythonCanSource:
+    """The CAN interface with the profile's broadcast and reply ids as filters."""
+    return PythonCanSource(interface=config.can.interface, channel=config.can.channel, bitrate=config.can.bitrate,
+                           frame_ids=pipeline.decoder.profile.frame_ids,
+                           udp_multicast_port=config.can.udp_multicast_port)
+
+
+def _vin_salt(state_dir: str) -> bytes:
+    """The device's VIN salt (16 random bytes, created once in ``state_dir``)."""
+    path = Path(state_dir) / "vin-salt"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        salt = os.urandom(16)
+        path.write_bytes(salt)
+        path.chmod(0o600)
+        return salt
+
+
 def run_daemon(config: Config, *, stop: threading.Event) -> int:
     """Run until ``stop`` is set. Returns the exit code (0 after a clean stop).
 
@@ -91,7 +113,7 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
     store = JsonStateStore(config.device.state_dir)
     chain, counters = store.load()
     pipeline = build_pipeline(config, key, chain=chain, counters=counters, store=store,
-                              device_id=config.device.id)
+                              device_id=config.device.id, vin_salt=_vin_salt(config.device.state_dir))
     m = config.mqtt
     tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
     publisher = PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
@@ -100,16 +122,18 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
     source = None
     code = 0
     try:
-        source = PythonCanSource(interface=config.can.interface, channel=config.can.channel,
-                                 bitrate=config.can.bitrate, frame_ids=pipeline.decoder.frame_ids,
-                                 udp_multicast_port=config.can.udp_multicast_port)
+        source = open_bus(config, pipeline)
+        diag = DiagService(pipeline, IsoTpDiagClient(source.send))
         notifier.notify("READY=1")
         log.info("running: profile %s, device %s, epoch %d seq %d", pipeline.decoder.profile.name,
                  config.device.id, chain.ep, chain.seq)
         timeout = config.can.receive_timeout_s
         while not stop.is_set():
-            frame = source.recv(timeout)
+            frame = source.recv(0.005 if diag.client.busy else timeout)
+            if frame is not None and diag.on_frame(frame):
+                frame = None
             messages = pipeline.on_frame(frame) if frame is not None else pipeline.tick(time.time())
+            diag.step(time.time(), schedule=diag.specs != ())
             for message in messages:
                 publisher.publish(message)
             _handle_commands(publisher, pipeline)

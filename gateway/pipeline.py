@@ -146,8 +146,8 @@ class Pipeline:
             return next((s for s in specs if s.request[0] == reply[1]), None)
         return None
 
-    def on_diag_reply(self, response_id: int, reply: bytes, ts: float, spec: PollSpec | None = None) -> bool:
-        """Decode a complete diagnostic reply into the battery state. True when it gave values.
+    def on_diag_reply(self, response_id: int, reply: bytes, ts: float, spec: PollSpec | None = None) -> str:
+        """Decode a complete diagnostic reply into the battery state. Returns ``ok`` or the error kind.
 
         A negative response, a reply of an unknown length or for an unknown request is counted (and
         logged once per kind) and gives nothing.
@@ -155,12 +155,12 @@ class Pipeline:
         spec = spec or self.spec_for(response_id, reply)
         if spec is None:
             self.counts["diag_unknown"] += 1
-            return False
+            return "diag_unknown"
         try:
             got = decode_reply(spec, reply)
         except DecodeError as exc:
             self._count(exc)
-            return False
+            return exc.kind
         self.counts[f"diag:{spec.name}"] += 1
         self._seen(ts)
         self.tracker.update(ts, got.values)
@@ -173,7 +173,17 @@ class Pipeline:
                 self.tracker.texts[name] = text
         if got.generation:
             self.tracker.generation = got.generation
-        return True
+        return "ok"
+
+    def vehicle_state(self) -> str:
+        """``off`` (no battery frames), ``charging``, ``driving`` (main relay closed) or ``awake``."""
+        if self._asleep or self._last_frame_ts is None:
+            return "off"
+        if self._charging or self.tracker.charging:
+            return "charging"
+        if self.tracker.values.get("main_relay") == 1.0:
+            return "driving"
+        return "awake"
 
     def _watch_charging(self, ts: float) -> None:
         if self.tracker.charging == self._charging:

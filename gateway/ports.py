@@ -8,7 +8,7 @@ from .battery import Counters
 from .model import Frame, OutgoingMessage
 from .signing import Chain
 
-__all__ = ["FrameSource", "Publisher", "StateStore"]
+__all__ = ["DiagClient", "FrameSource", "Publisher", "StateStore"]
 
 
 class FrameSource(Protocol):
@@ -29,3 +29,20 @@ class Publisher(Protocol):
     """Delivers signed envelopes. ``publish`` must not block on the network."""
 
     def publish(self, message: OutgoingMessage) -> None: ...
+
+
+class DiagClient(Protocol):
+    """One diagnostic request at a time. Called from the main loop only.
+
+    ``poll`` returns None while the request is in flight, then ``("ok", reply)``,
+    ``("error", kind, message)`` or ``("timeout", message)``.
+    """
+
+    @property
+    def busy(self) -> bool: ...
+
+    def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float) -> None: ...
+
+    def feed(self, frame: Frame) -> None: ...
+
+    def poll(self) -> tuple[object, ...] | None: ...

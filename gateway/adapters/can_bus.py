@@ -56,6 +56,17 @@ class PythonCanSource:
             return None
         return Frame(msg.timestamp, msg.arbitration_id, bytes(msg.data), 0, msg.is_extended_id)
 
+    def send(self, can_id: int, data: bytes) -> None:
+        """Put one frame on the bus (diagnostic requests and flow control).
+
+        Raises:
+            BusError: the interface refused it (bus off, no ACK, interface down).
+        """
+        try:
+            self._bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=can_id > 0x7FF), timeout=0.1)
+        except (can.CanError, OSError) as exc:
+            raise BusError(f"can: send of 0x{can_id:03X} failed: {exc}") from exc
+
     def close(self) -> None:
         """Shut the bus down; safe to call twice."""
         self._bus.shutdown()

@@ -11,7 +11,7 @@ from gateway.isotp_passive import PassiveIsoTp
 from gateway.model import Frame
 from gateway.polls import decode_reply
 from gateway.profile import load_profile
-from tests.isotp_frames import segment
+from gateway.simecu import segment
 
 ZE1 = load_profile("leaf-ze1")[0]
 SPECS = {p.name: p for p in ZE1.polls}
