@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto demo test bench lint clean
+.PHONY: all setup mosquitto browser demo test bench lint clean
 
 all: test
 
@@ -17,12 +17,20 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(STAMP) mosquitto
+setup: $(STAMP) mosquitto browser
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
 	  echo "installing mosquitto from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+
+# Debian's chromium renders certificate.html in a test; without it (no root, no sudo) that test is skipped.
+browser:
+	@command -v chromium >/dev/null 2>&1 || { \
+	  echo "installing chromium and CJK fonts from Debian's packages (for the certificate page test)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq chromium fonts-noto-cjk >/dev/null || \
+	  echo "warning: chromium not installed; the headless-browser test will be skipped"; }
 
 demo: setup
 	$(BIN)/battery-gateway demo

@@ -84,9 +84,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--json", action="store_true", help="one JSON payload per line (byte strings as hex)")
     s.add_argument("--bus", type=int, metavar="N", help="only frames from bus/channel N (CRTD bus 1 = 1)")
 
-    s = sub.add_parser("inspect", help="one-shot inspection-bay read with a signed certificate")
+    s = sub.add_parser("inspect", help="one-shot inspection-bay read with a signed certificate",
+                       description="Waits for the battery ECU, polls every group once, and writes "
+                                   "certificate.cose (the signed envelope), certificate.json (its payload) and "
+                                   "certificate.html (the page to read and print). Exit 1 when the ECU is silent.")
     s.add_argument("--config", required=True, metavar="PATH")
-    s.add_argument("--out", default=".", metavar="DIR")
+    s.add_argument("--out", default=".", metavar="DIR", help="where the three files go (default: here)")
+    s.add_argument("--lang", choices=("ja", "en"), default="en", help="language of certificate.html")
+    s.add_argument("--wait", type=float, default=5.0, metavar="S", help="how long to wait for the bus (default 5)")
 
     s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails")
     s.add_argument("files", nargs="+", metavar="FILE", help="files holding one COSE_Sign1 envelope each")
@@ -181,8 +186,24 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
-    print("inspect: not available in this release (battery ECU polling is not implemented yet)", file=sys.stderr)
-    return 1
+    from .app import run_inspection
+    from .config import load_config
+
+    config = load_config(args.config)
+    _setup_logging("DEBUG" if args.verbose else "ERROR")  # progress lines say what happens
+
+    def progress(line: str) -> None:
+        print(f"inspect: {line}", file=sys.stderr, flush=True)
+
+    result = run_inspection(config, out_dir=args.out, lang=args.lang, wait_s=args.wait, progress=progress)
+    m = result.payload["m"]
+    assert isinstance(m, dict)
+    health = "  ".join(f"{label} {round(m[key], 2):g} %" for key, label in (("bms_soh_pct", "BMS SOH"),
+                       ("capacity_soh_pct", "capacity SoH"), ("hx_pct", "Hx")) if key in m)
+    print(f"certificate written in {result.seconds:.1f} s: {result.out_dir}/certificate.cose, .json, .html")
+    print(f"battery {result.payload.get('bat') or '(serial not read)'}: {health}")
+    print(f"sha256 {result.digest_hex}{'  (published)' if result.published else ''}")
+    return 0
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:

@@ -6,13 +6,15 @@ the state, flush the publisher (bounded wait), say offline, close.
 
 from __future__ import annotations
 
+import hashlib
+import json
 import logging
 import os
 from pathlib import Path
 import threading
 import time
 from collections.abc import Callable, Iterator
-from dataclasses import replace
+from dataclasses import dataclass, replace
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -25,10 +27,13 @@ from .adapters.mqtt import PahoPublisher
 from .adapters.state_store import JsonStateStore
 from .adapters.systemd import SystemdNotifier
 from .battery import BatteryTracker, Counters
+from .certificate import build_certificate
+from .certificate_html import render_certificate
 from .config import Config
 from .decoding import Decoder
 from .diagnostics import DiagService
-from .errors import ConfigError, TransportError
+from .errors import ConfigError, InspectionError, TransportError
+from .localbroker import port_open
 from .model import OutgoingMessage
 from .pipeline import Pipeline, PublishPolicy
 from .ports import StateStore
@@ -36,8 +41,8 @@ from .profile import load_profile
 from .replay import replay_frames
 from .signing import Chain, Signer, key_id
 
-__all__ = ["CaptureStats", "build_pipeline", "create_device_key", "load_public_key", "policy_from",
-           "replay_capture", "run_daemon"]
+__all__ = ["CaptureStats", "InspectionResult", "build_pipeline", "create_device_key", "load_public_key",
+           "policy_from", "replay_capture", "run_daemon", "run_inspection"]
 
 log = logging.getLogger(__name__)
 
@@ -59,7 +64,7 @@ def policy_from(config: Config) -> PublishPolicy:
 
 def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Chain, counters: Counters,
                    store: StateStore | None, device_id: str, passive_diag: bool = False,
-                   vin_salt: bytes = b"") -> Pipeline:
+                   vin_salt: bytes = b"", emit: bool = True) -> Pipeline:
     """Profile + decoder + tracker + signer -> pipeline.
 
     Raises:
@@ -70,7 +75,8 @@ def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Ch
     tracker = BatteryTracker(profile, counters=counters, rated_capacity_ah=config.vehicle.rated_capacity_ah,
                              stale_after_s=config.publish.stale_after_s)
     return Pipeline(decoder, tracker, Signer(key), chain, device_id=device_id, sw=SW,
-                    policy=policy_from(config), store=store, passive_diag=passive_diag, vin_salt=vin_salt)
+                    policy=policy_from(config), store=store, passive_diag=passive_diag, vin_salt=vin_salt,
+                    emit=emit)
 
 
 def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline) -> None:
@@ -150,6 +156,7 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
             log.error("%s", exc)
             code = 1
         publisher.close()
+        store.close()
         log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items())))
     return code
 
@@ -176,3 +183,140 @@ def replay_capture(capture: str, *, config: Config, profile: str | None, bus: in
                               device_id=config.device.id or "replay", passive_diag=True, vin_salt=os.urandom(16))
     frames = read_capture(capture, want=pipeline.decoder.profile.frame_ids, stats=stats)
     return pipeline, replay_frames(pipeline, frames, bus=bus, progress=progress)
+
+
+@dataclass
+class InspectionResult:
+    """Where the certificate went, and what it says."""
+
+    out_dir: Path
+    payload: dict[str, object]
+    digest_hex: str
+    published: bool
+    seconds: float
+
+
+def _write_atomic(path: Path, data: bytes) -> None:
+    tmp = path.with_name(f".{path.name}.tmp")
+    tmp.write_bytes(data)
+    os.replace(tmp, path)
+
+
+def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5.0,
+                   progress: Callable[[str], None] = lambda line: None) -> InspectionResult:
+    """One-shot inspection-bay read: wait for the battery ECU, poll every group once, sign and write the
+    certificate (``certificate.cose``, ``.json``, ``.html``), and publish it when a broker answers.
+
+    Raises:
+        InspectionError: nothing answered (no certificate is written).
+        ConfigError, TransportError: as for the daemon.
+    """
+    started = time.monotonic()
+    key = load_private_key(config.device.key_file)
+    store = JsonStateStore(config.device.state_dir)
+    try:
+        chain, counters = store.load()
+        pipeline = build_pipeline(config, key, chain=chain, counters=counters, store=store,
+                                  device_id=config.device.id, vin_salt=_vin_salt(config.device.state_dir),
+                                  emit=False)
+        source = open_bus(config, pipeline)
+        try:
+            polls = _inspect_bus(config, pipeline, source, wait_s=wait_s, progress=progress)
+        finally:
+            source.close()
+        now = time.time()
+        payload = build_certificate(pipeline.tracker, now=now, device_id=config.device.id,
+                                    chain=pipeline.chain.header(), sw=SW, signals=pipeline.signals, polls=polls,
+                                    profile_title=pipeline.decoder.profile.title)
+        message = pipeline.sign_message("certificate", payload)
+    finally:
+        store.close()
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    digest = hashlib.sha256(message.payload).hexdigest()
+    _write_atomic(out / "certificate.cose", message.payload)
+    _write_atomic(out / "certificate.json", (json.dumps(payload, default=_hex, ensure_ascii=False, indent=1)
+                                             + "\n").encode())
+    page = render_certificate(payload, lang=lang, key_id_hex=pipeline.signer.kid.hex(), digest_hex=digest)
+    _write_atomic(out / "certificate.html", page.encode())
+    published = _publish_certificate(config, message, progress)
+    return InspectionResult(out, payload, digest, published, time.monotonic() - started)
+
+
+def _hex(value: object) -> str:
+    if isinstance(value, bytes):
+        return value.hex()
+    raise TypeError(type(value).__name__)
+
+
+def _inspect_bus(config: Config, pipeline: Pipeline, source: PythonCanSource, *, wait_s: float,
+                 progress: Callable[[str], None]) -> dict[str, str]:
+    profile = pipeline.decoder.profile
+    diag = DiagService(pipeline, IsoTpDiagClient(source.send))
+    progress(f"waiting for the battery ECU on {config.can.interface} {config.can.channel} ...")
+    deadline = time.monotonic() + wait_s
+    settle_until = None
+    while time.monotonic() < (settle_until or deadline):
+        frame = source.recv(0.05)
+        if frame is not None and not diag.on_frame(frame):
+            pipeline.on_frame(frame)
+            if settle_until is None:
+                settle_until = time.monotonic() + 1.2  # one full cycle of the 500 ms frames
+                progress(f"battery ECU broadcasting (frame 0x{frame.can_id:03X})")
+    if settle_until is None and profile.signals:
+        progress(f"no broadcast frames within {wait_s:g} s; trying the diagnostic requests anyway")
+    results: dict[str, str] = {}
+    silent: set[int] = set()  # ECUs that timed out twice: do not spend 2 s on each of their other polls
+    for i, spec in enumerate(profile.polls, 1):
+        if spec.request_id in silent:
+            results[spec.name] = "skipped"
+            progress(f"[{i}/{len(profile.polls)}] {spec.name}: skipped (0x{spec.request_id:03X} is silent)")
+            continue
+        for attempt in (1, 2):  # one retry: a reply can be lost, the ECU may be waking up
+            t0 = time.monotonic()
+            diag.request(spec)
+            finished = None
+            while finished is None:
+                frame = source.recv(0.005)
+                if frame is not None and not diag.on_frame(frame):
+                    pipeline.on_frame(frame)
+                finished = diag.step(time.time(), schedule=False)
+            results[spec.name] = finished[1]
+            if finished[1] == "ok" or attempt == 2:
+                break
+        if results[spec.name] == "timeout":
+            silent.add(spec.request_id)
+        progress(f"[{i}/{len(profile.polls)}] {spec.name}: {results[spec.name]} "
+                 f"({(time.monotonic() - t0) * 1000:.0f} ms)")
+    by_ecu: dict[int, list[str]] = {}
+    for spec in profile.polls:
+        by_ecu.setdefault(spec.request_id, []).append(results[spec.name])
+    main = profile.polls[0].request_id if profile.polls else None
+    if main is not None and "ok" not in by_ecu[main]:
+        spec = profile.polls[0]
+        heard = "no broadcast frames either" if settle_until is None else "it broadcasts but does not answer"
+        raise InspectionError(f"battery ECU did not answer: no reply on 0x{spec.response_id:03X} to requests on "
+                              f"0x{spec.request_id:03X} ({', '.join(sorted(set(by_ecu[main])))}); {heard}. "
+                              "Check the ignition is on and the adapter is on the EV-CAN pins.")
+    return results
+
+
+def _publish_certificate(config: Config, message: OutgoingMessage, progress: Callable[[str], None]) -> bool:
+    m = config.mqtt
+    if not port_open(m.host, m.port, timeout_s=1.0):
+        progress(f"broker {m.host}:{m.port} not reachable: certificate kept on disk only")
+        return False
+    tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
+    publisher = PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
+                              sw=SW, keepalive_s=m.keepalive_s, max_queued=m.max_queued, tls_files=tls)
+    try:
+        if not publisher.connected.wait(3.0):
+            progress(f"broker {m.host}:{m.port} did not accept the connection: certificate kept on disk only")
+            return False
+        publisher.publish(message)
+        ok = publisher.flush(5.0)
+        progress(f"published on {m.topic_prefix}/{config.device.id}/certificate" if ok else
+                 "broker did not acknowledge the certificate: kept on disk")
+        return ok
+    finally:
+        publisher.close(timeout_s=2.0)

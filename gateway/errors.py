@@ -12,6 +12,7 @@
     └── TransportError            a device or peer failed; retry, or exit so systemd restarts us
         ├── BusError              the CAN interface cannot be opened or went away
         ├── PublishError          the MQTT broker refused or is unreachable
+        ├── InspectionError       the battery ECU did not answer an inspection
         └── StateError            the state directory cannot be read or written (disk full, read-only)
 
 Scenarios: a ``1DB`` frame with a bad CRC raises ``DecodeError`` (frame_id=0x1DB) and is dropped;
@@ -31,6 +32,7 @@ __all__ = [
     "DecodeError",
     "EnvelopeError",
     "GatewayError",
+    "InspectionError",
     "PublishError",
     "StateError",
     "TransportError",
@@ -95,6 +97,10 @@ class BusError(TransportError):
 
 class PublishError(TransportError):
     """The MQTT broker could not be reached or refused the device."""
+
+
+class InspectionError(TransportError):
+    """The battery ECU did not answer an inspection (names the ids that stayed silent)."""
 
 
 class StateError(TransportError):

@@ -124,6 +124,12 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
         prov["RemainingEnergy"] = _src(signals.get("full_energy_kwh", ""), "bms-full-capacity", "kWh",
                                        note="the BMS's full usable energy, not measured by the UN GTR 22 "
                                             "certification procedure")
+    if "capacity_ah" in v:
+        doc["RemainingCapacity"] = {"RemainingCapacityValue": v["capacity_ah"],
+                                    "LastUpdate": rfc3339(t["capacity_ah"])}
+        prov["RemainingCapacity"] = _src(signals.get("capacity_ah", ""), "bms-capacity", "Ah",
+                                         note="in Ah as DIN DKE SPEC 99100 §6.7.2.3 defines it (the model's "
+                                              "unit says kWh)")
     events = [{"NegativeEventValue": e["kind"], "LastUpdate": rfc3339(e["ts"])} for e in c.events]
     if events:
         doc["NegativeEvents"] = events

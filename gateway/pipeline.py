@@ -46,8 +46,10 @@ class Pipeline:
 
     def __init__(self, decoder: Decoder, tracker: BatteryTracker, signer: Signer, chain: Chain, *,
                  device_id: str, sw: str, policy: PublishPolicy, store: StateStore | None = None,
-                 passive_diag: bool = False, vin_salt: bytes = b"") -> None:
+                 passive_diag: bool = False, vin_salt: bytes = b"", emit: bool = True) -> None:
         """Args:
+            emit: False for a one-shot read (``inspect``): the state is updated, no reading or passport
+                is signed, so the chain has no gaps the backend would take for lost messages.
             passive_diag: reassemble poll replies seen on the bus (replay); the daemon polls actively
                 and hands replies to ``on_diag_reply`` instead.
             vin_salt: salt of the VIN hash; the VIN itself is never kept.
@@ -63,6 +65,7 @@ class Pipeline:
             self._specs.setdefault(spec.response_id, []).append(spec)
         self._passive = PassiveIsoTp(self._diag_ids) if passive_diag else None
         self._vin_salt = vin_salt
+        self._emit = emit
         self._signals: dict[str, str] = {}
         for sm in profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
@@ -208,7 +211,7 @@ class Pipeline:
     # -- time ------------------------------------------------------------------------------------
     def tick(self, now: float) -> list[OutgoingMessage]:
         """Return the messages due at ``now``. Cheap when nothing is due; call it often."""
-        if self._first_ts is None:
+        if self._first_ts is None or not self._emit:
             return []
         out: list[OutgoingMessage] = []
         p = self.policy
@@ -253,6 +256,15 @@ class Pipeline:
         self._passport_soh = self.tracker.values.get("bms_soh_pct")
         log.info("passport update (%s)", reason)
         return self._sign("passport", payload)
+
+    @property
+    def signals(self) -> dict[str, str]:
+        """Canonical field -> the CAN frame/signal or poll it comes from (provenance)."""
+        return dict(self._signals)
+
+    def sign_message(self, kind: str, payload: dict[str, Any]) -> OutgoingMessage:
+        """Sign a payload built from ``chain.header()`` (e.g. a certificate) as the next message."""
+        return self._sign(kind, payload)
 
     def _sign(self, kind: str, payload: dict[str, Any]) -> OutgoingMessage:
         envelope = self.signer.sign(payload)

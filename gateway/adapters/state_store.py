@@ -8,6 +8,7 @@ a corrupt or missing file after the device has published before means counters w
 from __future__ import annotations
 
 import contextlib
+import fcntl
 import json
 import logging
 import os
@@ -46,7 +47,29 @@ class JsonStateStore:
         except OSError as exc:
             raise StateError(f"device.state_dir: cannot create {self.dir}: {exc.strerror}") from exc
         self.new_epoch_reason = ""
+        self._lock = self._take_lock()
         self._saved_epoch = self._last_epoch()
+
+    def _take_lock(self) -> int:
+        # Two processes on one state_dir could hand out the same (ep, seq) twice: refuse the second.
+        path = self.dir / "lock"
+        try:
+            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+        except OSError as exc:
+            raise StateError(f"device.state_dir: cannot create {path}: {exc.strerror}") from exc
+        try:
+            fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+        except OSError:
+            os.close(fd)
+            raise StateError(f"device.state_dir: {self.dir} is in use by another battery-gateway process "
+                             "(stop the daemon first: systemctl stop battery-gateway)") from None
+        return fd
+
+    def close(self) -> None:
+        """Release the directory lock (also released when the process ends)."""
+        if self._lock >= 0:
+            os.close(self._lock)
+            self._lock = -1
 
     def load(self) -> tuple[Chain, Counters]:
         """The saved state, or a new epoch (with ``new_epoch_reason`` set) when it was lost."""

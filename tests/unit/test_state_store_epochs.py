@@ -21,6 +21,7 @@ def test_first_start_is_epoch_one(tmp_path: Path) -> None:
 def test_restart_continues_chain_and_counters(tmp_path: Path) -> None:
     store = JsonStateStore(tmp_path)
     store.save(Chain(3, 41, b"\x07" * 32), Counters(ah_charged=12.5))
+    store.close()
     chain, counters = JsonStateStore(tmp_path).load()
     assert (chain.ep, chain.seq, chain.prev) == (3, 41, b"\x07" * 32)
     assert counters.ah_charged == 12.5
@@ -30,6 +31,7 @@ def test_restart_continues_chain_and_counters(tmp_path: Path) -> None:
 def test_lost_state_starts_the_next_epoch(tmp_path: Path, damage: str) -> None:
     store = JsonStateStore(tmp_path)
     store.save(Chain(2, 10, b"\x01" * 32), Counters(ah_charged=5.0))
+    store.close()
     path = tmp_path / "state.json"
     if damage == "garbage":
         path.write_bytes(os.urandom(64))
@@ -62,3 +64,12 @@ def test_unusable_state_dir_is_a_state_error_naming_it(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StateError, match=r"device\.state_dir"):
         JsonStateStore(blocker / "state")
+
+
+def test_a_second_process_on_the_same_state_dir_is_refused(tmp_path: Path) -> None:
+    # Two writers could hand out the same (ep, seq) twice
+    first = JsonStateStore(tmp_path)
+    with pytest.raises(StateError, match="in use by another battery-gateway process"):
+        JsonStateStore(tmp_path)
+    first.close()
+    JsonStateStore(tmp_path).close()

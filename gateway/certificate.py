@@ -1,0 +1,71 @@
+"""The inspection certificate payload (``kind`` = ``certificate``, CONTRACT §5): every polled value with
+all cell voltages, the passport ``doc``, provenance, and the forecast and warranty blocks.
+
+Pure: the tracker and what the inspection saw in, a plain map out. The SoH forecast and the warranty
+decision belong to a later release; until then both blocks say ``not available`` and why, so a
+reader never mistakes their absence for a pass.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .battery import BatteryTracker
+from .passport import build_passport, build_reading
+
+__all__ = ["NOT_AVAILABLE", "build_certificate"]
+
+NOT_AVAILABLE = "not available"
+_MAX_PLAUSIBLE_SOH_PCT = 110.0
+
+
+def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
+                      signals: dict[str, str], polls: dict[str, str], profile_title: str) -> dict[str, Any]:
+    """The certificate payload.
+
+    Args:
+        polls: poll name -> result (``ok`` or the error kind) of this inspection.
+        profile_title: the vehicle profile's human name.
+    """
+    bat = tracker.texts.get("bat")
+    reading = build_reading(tracker, now=now, device_id=device_id, chain=chain, sw=sw, bat=bat) or {"m": {}}
+    m: dict[str, Any] = dict(reading["m"])
+    if "cells_v" in tracker.arrays:
+        m["cells_v"] = list(tracker.arrays["cells_v"])
+    if "temps_c" in tracker.arrays:
+        m["temps_c"] = list(tracker.arrays["temps_c"])
+    pack, pack_source = tracker.pack()
+    prov: dict[str, Any] = {}
+    if "capacity_ah" in m:
+        ratio = m["capacity_ah"] / pack.capacity_ah * 100
+        basis = (f"BMS capacity ({signals.get('capacity_ah', '')}) / {pack.capacity_ah} Ah rated ({pack_source})")
+        if ratio <= _MAX_PLAUSIBLE_SOH_PCT:
+            m["capacity_soh_pct"] = round(ratio, 2)
+            prov["m.capacity_soh_pct"] = {"src": "calculated", "method": "capacity-ratio/1", "unit": "%", "sw": sw,
+                                          "basis": basis}
+        else:  # the pack is bigger than the rated capacity says: a wrong rating, not a 130 % battery
+            prov["m.capacity_soh_pct"] = {"src": "calculated", "method": "capacity-ratio/1", "sw": sw,
+                                          "basis": basis, "note": f"left out: {ratio:.0f} % means the rated "
+                                          "capacity is wrong; set vehicle.rated_capacity_ah"}
+    if "hx_pct" in m:
+        prov["m.hx_pct"] = {"src": "bms-reported", "method": "leaf-hx", "unit": "%", "sw": sw,
+                            "signal": signals.get("hx_pct", ""),
+                            "note": "a battery ECU health figure of the Leaf; not SOH and not SOCE"}
+    doc = None
+    passport_prov: dict[str, Any] = {}
+    if not tracker.missing():
+        passport = build_passport(tracker, now=now, device_id=device_id, chain=chain, sw=sw, signals=signals,
+                                  bat=bat, reason="inspection")
+        doc, passport_prov = passport["doc"], passport["prov"]
+    identity = {"vehicle": profile_title, "generation": tracker.generation or None,
+                "part_number": tracker.texts.get("part_number"), "vin_hash": tracker.texts.get("vin_hash"),
+                "rated_energy_kwh": pack.energy_kwh, "rated_capacity_ah": pack.capacity_ah,
+                "rated_source": pack_source}
+    reason = "the SoH forecast and warranty decision are not implemented in this release"
+    return {
+        "v": reading.get("v", 1), "kind": "certificate", "dev": device_id, **chain,
+        "ts": reading.get("ts", round(now * 1000)), "sw": sw, "bat": bat, "m": m, "doc": doc,
+        "prov": {**passport_prov, **prov}, "identity": identity, "polls": dict(polls),
+        "forecast": {"status": NOT_AVAILABLE, "reason": reason},
+        "warranty": {"status": NOT_AVAILABLE, "decision": None, "reason": reason},
+    }
