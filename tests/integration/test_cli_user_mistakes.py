@@ -120,8 +120,3 @@ def test_replay_mistakes_exit_2_with_one_line(tmp_path: Path, args: list[str], n
     out = cli(*[a.format(tmp=tmp_path) for a in args])
     assert out.returncode == 2
     assert needle in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
-
-
-def test_inspect_is_not_a_silent_stub(tmp_path: Path) -> None:
-    out = cli("inspect", "--config", str(tmp_path / "g.toml"))
-    assert out.returncode == 1 and "not available" in out.stderr
