@@ -143,7 +143,16 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     return 0
 
 
+def _without_mf4() -> None:
+    """Keep python-can from importing asammdf (and numpy, ~50 MB) in the long-running commands.
+
+    python-can imports asammdf eagerly when the ``mf4`` extra is installed; only ``replay`` reads MF4.
+    """
+    sys.modules.setdefault("asammdf", None)  # type: ignore[arg-type]  # None makes the import fail cleanly
+
+
 def _cmd_run(args: argparse.Namespace) -> int:
+    _without_mf4()
     from .app import run_daemon
     from .config import load_config
 
@@ -186,6 +195,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
+    _without_mf4()
     from .app import run_inspection
     from .config import load_config
 
@@ -207,12 +217,14 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 
 
 def _cmd_demo(args: argparse.Namespace) -> int:
+    _without_mf4()
     from .demo import run_demo
 
     return run_demo(duration_s=args.duration)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
+    _without_mf4()
     from .demo import simulate
 
     return simulate(interface=args.interface, channel=args.channel, port=args.port, generation=args.generation,

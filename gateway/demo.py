@@ -27,7 +27,8 @@ from .adapters.keystore import generate_key
 from .errors import EnvelopeError, PublishError
 from .localbroker import LocalBroker, port_open
 from .signing import verify_envelope
-from .sim import LeafBattery, run_on_bus
+from .sim import LeafBattery
+from .simecu import LbcResponder, run_ecu
 
 __all__ = ["DEMO_GROUP", "run_demo", "simulate"]
 
@@ -45,7 +46,7 @@ def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pc
                           soc_pct=soc_pct)
     with can.Bus(interface=interface, channel=channel, ignore_config=True, **kwargs) as bus:
         try:
-            sent = run_on_bus(battery, bus, duration_s=duration_s, stop=stop.is_set)
+            sent = run_ecu(battery, bus, duration_s=duration_s, stop=stop.is_set, responder=LbcResponder(battery))
         except KeyboardInterrupt:
             sent = 0
     print(f"simulate: sent {sent} frames", file=sys.stderr)
@@ -58,7 +59,12 @@ def _describe(payload: dict[str, Any]) -> str:
         parts = [f"SoC {m['soc_pct']:.1f} %" if "soc_pct" in m else "",
                  f"{m['pack_v']:.1f} V" if "pack_v" in m else "", f"{m['pack_a']:+.1f} A" if "pack_a" in m else "",
                  f"BMS SOH {m['bms_soh_pct']:g} %" if "bms_soh_pct" in m else "",
+                 f"Hx {m['hx_pct']:.2f} %" if "hx_pct" in m else "",
+                 f"{m['capacity_ah']:.1f} Ah" if "capacity_ah" in m else "",
+                 f"cells {m['cell_v_min']:.3f}..{m['cell_v_max']:.3f} V" if "cell_v_max" in m else "",
                  f"{m['temp_c_min']:g}..{m['temp_c_max']:g} degC" if "temp_c_max" in m else ""]
+        if payload.get("bat"):
+            parts.append(f"pack {payload['bat']}")
         return "  ".join(p for p in parts if p)
     doc, ext = payload["doc"], payload["ext"]
     return (f"({ext['reason']})  BMS SOH {ext['bms_soh_pct']:g} %  "
@@ -139,8 +145,9 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
           f"off; the daemon (pid {daemon.pid}) publishes a reading every 2 s", file=sys.stdout)
     stop = threading.Event()
     bus = can.Bus(interface="udp_multicast", channel=DEMO_GROUP, port=can_port, ignore_config=True)
-    sim = threading.Thread(target=run_on_bus, args=(battery, bus), kwargs={"duration_s": drive_s,
-                                                                           "stop": stop.is_set}, daemon=True)
+    sim = threading.Thread(target=run_ecu, args=(battery, bus), daemon=True,
+                           kwargs={"duration_s": drive_s, "stop": stop.is_set,
+                                   "responder": LbcResponder(battery, hx_pct=82.6)})
     start = time.monotonic()
     counts = {"reading": 0, "passport": 0, "rejected": 0}
     sim.start()

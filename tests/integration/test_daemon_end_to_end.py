@@ -31,7 +31,8 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from gateway.adapters.keystore import load_public_key
 from gateway.localbroker import LocalBroker, free_port
 from gateway.signing import verify_envelope
-from gateway.sim import LeafBattery, run_on_bus
+from gateway.sim import LeafBattery
+from gateway.simecu import LbcResponder, run_ecu
 from tests.conftest import SCHEMA
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
@@ -125,13 +126,15 @@ def sub(rig: Rig, broker: LocalBroker) -> Iterator[Subscriber]:
 
 
 class Car:
-    """The simulated battery ECU on udp_multicast, in a thread."""
+    """The simulated battery ECU (broadcast frames and ISO-TP replies) on udp_multicast, in a thread."""
 
-    def __init__(self, rig: Rig, battery: LeafBattery, duration_s: float = 30.0) -> None:
+    def __init__(self, rig: Rig, battery: LeafBattery, duration_s: float = 30.0, hx_pct: float = 85.0) -> None:
         self.stop = threading.Event()
+        self.responder = LbcResponder(battery, hx_pct=hx_pct)
         self.bus = can.Bus(interface="udp_multicast", channel=GROUP, port=rig.can_port, ignore_config=True)
-        self.thread = threading.Thread(target=run_on_bus, args=(battery, self.bus),
-                                       kwargs={"duration_s": duration_s, "stop": self.stop.is_set})
+        self.thread = threading.Thread(target=run_ecu, args=(battery, self.bus),
+                                       kwargs={"duration_s": duration_s, "stop": self.stop.is_set,
+                                               "responder": self.responder})
         self.thread.start()
 
     def close(self) -> None:
@@ -161,8 +164,8 @@ def count(kind: str, n: int) -> Any:
 
 
 def test_values_travel_end_to_end_signed_and_schema_valid(rig: Rig, sub: Subscriber) -> None:
-    soh, soc = random.randint(60, 99), round(random.uniform(30, 90), 1)
-    car = Car(rig, LeafBattery(generation="aze0", soh_pct=soh, soc_pct=soc, temp_c=18.0))
+    soh, soc, hx = random.randint(60, 99), round(random.uniform(30, 90), 1), round(random.uniform(60, 99), 2)
+    car = Car(rig, LeafBattery(generation="aze0", soh_pct=soh, soc_pct=soc, temp_c=18.0), hx_pct=hx)
     daemon = start_daemon(rig)
     try:
         got = sub.collect(count("reading", 3), 20)
@@ -181,6 +184,12 @@ def test_values_travel_end_to_end_signed_and_schema_valid(rig: Rig, sub: Subscri
     assert m["soc_pct"] == pytest.approx(soc, abs=0.5)
     assert m["pack_a"] < 0 and 300 < m["pack_v"] < 420
     assert m["temp_c_min"] < m["temp_c_max"]
+    # polled over ISO-TP by the daemon (can-isotp), answered by the simulated battery ECU
+    assert m["hx_pct"] == pytest.approx(hx, abs=0.01)
+    assert m["capacity_ah"] == pytest.approx(79.0 * soh / 100, abs=0.001)
+    assert 3.0 < m["cell_v_min"] <= m["cell_v_max"] < 4.3
+    assert readings[-1]["bat"] == "230UK1192E001482"
+    assert car.responder.overlaps == 0
     ctype = next(p.ContentType for t, _, p in got if t == "reading")
     assert ctype == 'application/cose; cose-type="cose-sign1"'
     if SCHEMA.is_file():

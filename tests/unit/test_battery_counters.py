@@ -73,8 +73,9 @@ def test_minutes_in_extreme_temperature_split_idle_and_charging() -> None:
 
 
 def test_completeness_needs_a_temperature_on_leafs() -> None:
-    t = BatteryTracker(ZE1)
-    t.update(0.0, [("soc_pct", 50.0), ("pack_v", 360.0), ("pack_a", 0.0), ("bms_soh_pct", 90.0)])
+    t = BatteryTracker(ZE1)  # ZE1 also needs the full energy (0x59E) to tell a 40 from a 62 kWh pack
+    t.update(0.0, [("soc_pct", 50.0), ("pack_v", 360.0), ("pack_a", 0.0), ("bms_soh_pct", 90.0),
+                   ("full_energy_kwh", 55.0)])
     assert t.missing() == ["temperature"]
     t.update(0.1, [("temp_c_avg", 20.0)])
     assert t.missing() == []
