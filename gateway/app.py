@@ -10,18 +10,18 @@ import hashlib
 import json
 import logging
 import os
-from pathlib import Path
 import threading
 import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
+from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from . import __version__
 from .adapters.can_bus import PythonCanSource
-from .adapters.isotp import IsoTpDiagClient
 from .adapters.capture_files import CaptureStats, read_capture
+from .adapters.isotp import IsoTpDiagClient
 from .adapters.keystore import generate_key, load_private_key, load_public_key, public_pem
 from .adapters.mqtt import PahoPublisher
 from .adapters.state_store import JsonStateStore

@@ -28,8 +28,8 @@ _T: dict[str, dict[str, str]] = {
         "na": "not available", "verify": "Verify this certificate", "kid": "Device key id",
         "digest": "SHA-256 of certificate.cose", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
         "missing": "not read", "polls": "Battery ECU reads",
-        "na_reason": "The SoH forecast and the warranty decision are not part of this gateway release.", "soce": "Not SOCE (EU 2023/1542 Annex VII): "
-        "no value here is the state of certified energy.",
+        "na_reason": "The SoH forecast and the warranty decision are not part of this gateway release.",
+        "soce": "Not SOCE (EU 2023/1542 Annex VII): no value here is the state of certified energy.",
     },
     "ja": {
         "title": "バッテリー健全性証明書", "vehicle": "車両", "serial": "バッテリーパック製造番号",
@@ -43,7 +43,8 @@ _T: dict[str, dict[str, str]] = {
         "na": "提供なし", "verify": "この証明書の検証", "kid": "デバイス鍵ID",
         "digest": "certificate.cose の SHA-256", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
         "missing": "未取得", "polls": "バッテリーECU読み取り",
-        "na_reason": "劣化予測と保証判定は、このゲートウェイのリリースには含まれていません。", "soce": "SOCE(EU 2023/1542 附属書VII)ではありません。",
+        "na_reason": "劣化予測と保証判定は、このゲートウェイのリリースには含まれていません。",
+        "soce": "SOCE(EU 2023/1542 附属書VII)ではありません。",
     },
 }
 LANGUAGES = tuple(_T)

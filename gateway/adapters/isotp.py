@@ -28,8 +28,9 @@ logging.getLogger("isotp").setLevel(logging.ERROR)  # we count and report protoc
 
 DiagOutcome = tuple[str, ...] | tuple[str, bytes]
 
-_KINDS: dict[type[Exception], str] = {isotp.WrongSequenceNumberError: "isotp_sequence", isotp.UnexpectedConsecutiveFrameError: "isotp_unexpected",
-          isotp.ConsecutiveFrameTimeoutError: "isotp_timeout", isotp.InvalidCanDataError: "isotp_length"}
+_KINDS: dict[type[Exception], str] = {
+    isotp.WrongSequenceNumberError: "isotp_sequence", isotp.UnexpectedConsecutiveFrameError: "isotp_unexpected",
+    isotp.ConsecutiveFrameTimeoutError: "isotp_timeout", isotp.InvalidCanDataError: "isotp_length"}
 
 
 class IsoTpDiagClient:

@@ -45,8 +45,9 @@ def make_rig(generation: str, *, faults: dict[int, str] | None = None, broadcast
              hx: float | None = None) -> Iterator[Rig]:
     channel = f"bgw-{uuid.uuid4()}"
     profile, dbs = load_profile(f"leaf-{generation}")
-    pipeline = Pipeline(Decoder(profile, dbs), BatteryTracker(profile), Signer(ec.generate_private_key(ec.SECP256R1())),
-                        Chain(), device_id="t", sw="t", policy=PublishPolicy(), vin_salt=b"salt")
+    key = ec.generate_private_key(ec.SECP256R1())
+    pipeline = Pipeline(Decoder(profile, dbs), BatteryTracker(profile), Signer(key), Chain(), device_id="t", sw="t",
+                        policy=PublishPolicy(), vin_salt=b"salt")
     source = PythonCanSource(interface="virtual", channel=channel, bitrate=500000, frame_ids=profile.frame_ids)
     battery = LeafBattery(generation=generation, soh_pct=random.randint(60, 95), rated_ah=115.0)
     responder = LbcResponder(battery, hx_pct=hx if hx is not None else round(random.uniform(60, 99), 2),

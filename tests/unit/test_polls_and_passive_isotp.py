@@ -84,7 +84,7 @@ def test_passive_reassembly_of_the_documented_exchange() -> None:
 def test_a_duplicated_consecutive_frame_drops_the_message() -> None:
     frames = segment(E_PLUS_GROUP_01)
     with pytest.raises(DecodeError) as err:
-        reassemble(frames[:3] + [frames[2]] + frames[3:])
+        reassemble([*frames[:3], frames[2], *frames[3:]])
     assert err.value.kind == "isotp_sequence"
 
 
