@@ -55,7 +55,8 @@ def make_rig(generation: str, *, faults: dict[int, str] | None = None, broadcast
     ecu_bus = can.Bus(interface="virtual", channel=channel)
     stop = threading.Event()
     ecu = threading.Thread(target=run_ecu, args=(battery, ecu_bus),
-                           kwargs={"duration_s": 30, "stop": stop.is_set, "responder": responder, "broadcast": broadcast})
+                           kwargs={"duration_s": 30, "stop": stop.is_set, "responder": responder,
+                                   "broadcast": broadcast})
     ecu.start()
     try:
         yield Rig(pipeline, DiagService(pipeline, IsoTpDiagClient(source.send), retry_s=1.0), source, responder)
