@@ -115,7 +115,8 @@ def bench_daemon(seconds: float) -> None:
     from gateway.adapters.keystore import generate_key
     from gateway.adapters.mqtt import COSE_CONTENT_TYPE
     from gateway.localbroker import LocalBroker
-    from gateway.sim import LeafBattery, run_on_bus
+    from gateway.sim import LeafBattery
+    from gateway.simecu import LbcResponder, run_ecu
 
     group, can_port = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173", 43911
     with tempfile.TemporaryDirectory() as tmpdir, LocalBroker() as broker:
@@ -134,8 +135,9 @@ def bench_daemon(seconds: float) -> None:
         sub.loop_start()
         stop = threading.Event()
         bus = can.Bus(interface="udp_multicast", channel=group, port=can_port, ignore_config=True)
-        car = threading.Thread(target=run_on_bus, args=(LeafBattery(generation="aze0"), bus),
-                               kwargs={"duration_s": seconds + 30, "stop": stop.is_set})
+        battery = LeafBattery(generation="aze0")
+        car = threading.Thread(target=run_ecu, args=(battery, bus), kwargs={
+            "duration_s": seconds + 30, "stop": stop.is_set, "responder": LbcResponder(battery)})
         car.start()
         time.sleep(1.0)
         start = time.monotonic()
