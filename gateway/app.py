@@ -24,7 +24,7 @@ from .adapters.capture_files import CaptureStats, read_capture
 from .adapters.isotp import IsoTpDiagClient
 from .adapters.keystore import generate_key, load_private_key, load_public_key, public_pem
 from .adapters.mqtt import PahoPublisher
-from .adapters.state_store import JsonStateStore
+from .adapters.sqlite_outbox import SqliteOutbox
 from .adapters.systemd import SystemdNotifier
 from .battery import BatteryTracker, Counters
 from .certificate import build_certificate
@@ -33,6 +33,7 @@ from .config import Config
 from .decoding import Decoder
 from .diagnostics import DiagService
 from .errors import ConfigError, InspectionError, TransportError
+from .forwarder import Forwarder
 from .localbroker import port_open
 from .model import OutgoingMessage
 from .pipeline import Pipeline, PublishPolicy
@@ -108,6 +109,31 @@ def _vin_salt(state_dir: str) -> bytes:
         return salt
 
 
+def open_store(config: Config) -> SqliteOutbox:
+    """The device's state database and outbox."""
+    return SqliteOutbox(config.device.state_dir, max_bytes=config.outbox.max_mb * 1024 * 1024,
+                        thin_bucket_s=config.outbox.thin_bucket_s)
+
+
+def open_uplink(config: Config) -> PahoPublisher:
+    """The MQTT client, connecting in the background."""
+    m = config.mqtt
+    tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
+    return PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
+                         sw=SW, keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
+                         session_expiry_s=m.session_expiry_s, tls_files=tls)
+
+
+def _drain(forwarder: Forwarder, *, timeout_s: float) -> None:
+    """Send what the outbox holds until it is empty, nothing is in flight, or ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sent = forwarder.step(time.time())
+        if not sent and not forwarder.in_flight:
+            return
+        time.sleep(0.01)
+
+
 def run_daemon(config: Config, *, stop: threading.Event) -> int:
     """Run until ``stop`` is set. Returns the exit code (0 after a clean stop).
 
@@ -116,14 +142,13 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
         TransportError: CAN interface or state directory unusable at start (exit 1).
     """
     key = load_private_key(config.device.key_file)
-    store = JsonStateStore(config.device.state_dir)
+    store = open_store(config)
     chain, counters = store.load()
     pipeline = build_pipeline(config, key, chain=chain, counters=counters, store=store,
                               device_id=config.device.id, vin_salt=_vin_salt(config.device.state_dir))
-    m = config.mqtt
-    tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
-    publisher = PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
-                              sw=SW, keepalive_s=m.keepalive_s, max_queued=m.max_queued, tls_files=tls)
+    pipeline.epoch_note = store.new_epoch_reason
+    publisher = open_uplink(config)
+    forwarder = Forwarder(store, publisher, window=config.mqtt.max_inflight)
     notifier = SystemdNotifier.from_environment()
     source = None
     code = 0
@@ -138,10 +163,10 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
             frame = source.recv(0.005 if diag.client.busy else timeout)
             if frame is not None and diag.on_frame(frame):
                 frame = None
-            messages = pipeline.on_frame(frame) if frame is not None else pipeline.tick(time.time())
-            diag.step(time.time(), schedule=diag.specs != ())
-            for message in messages:
-                publisher.publish(message)
+            now = time.time()
+            pipeline.on_frame(frame) if frame is not None else pipeline.tick(now)  # stored in the outbox
+            diag.step(now, schedule=diag.specs != ())
+            forwarder.step(now)
             _handle_commands(publisher, pipeline)
     except TransportError as exc:
         log.error("%s", exc)
@@ -155,9 +180,11 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
         except TransportError as exc:
             log.error("%s", exc)
             code = 1
+        _drain(forwarder, timeout_s=5.0)  # what is still unsent stays in the outbox for the next start
         publisher.close()
+        log.info("stopped: %d messages left in the outbox; %s", store.count(),
+                 ", ".join(f"{k} {v}" for k, v in sorted((pipeline.counts + forwarder.counts).items())))
         store.close()
-        log.info("stopped: %s", ", ".join(f"{k} {v}" for k, v in sorted(pipeline.counts.items())))
     return code
 
 
@@ -213,7 +240,7 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
     """
     started = time.monotonic()
     key = load_private_key(config.device.key_file)
-    store = JsonStateStore(config.device.state_dir)
+    store = open_store(config)
     try:
         chain, counters = store.load()
         pipeline = build_pipeline(config, key, chain=chain, counters=counters, store=store,
@@ -228,18 +255,18 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
         payload = build_certificate(pipeline.tracker, now=now, device_id=config.device.id,
                                     chain=pipeline.chain.header(), sw=SW, signals=pipeline.signals, polls=polls,
                                     profile_title=pipeline.decoder.profile.title)
-        message = pipeline.sign_message("certificate", payload)
+        message = pipeline.sign_message("certificate", payload)  # also stored in the outbox
+        out = Path(out_dir)
+        out.mkdir(parents=True, exist_ok=True)
+        digest = hashlib.sha256(message.payload).hexdigest()
+        _write_atomic(out / "certificate.cose", message.payload)
+        _write_atomic(out / "certificate.json", (json.dumps(payload, default=_hex, ensure_ascii=False, indent=1)
+                                                 + "\n").encode())
+        page = render_certificate(payload, lang=lang, key_id_hex=pipeline.signer.kid.hex(), digest_hex=digest)
+        _write_atomic(out / "certificate.html", page.encode())
+        published = _publish_certificate(config, store, progress)
     finally:
         store.close()
-    out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    digest = hashlib.sha256(message.payload).hexdigest()
-    _write_atomic(out / "certificate.cose", message.payload)
-    _write_atomic(out / "certificate.json", (json.dumps(payload, default=_hex, ensure_ascii=False, indent=1)
-                                             + "\n").encode())
-    page = render_certificate(payload, lang=lang, key_id_hex=pipeline.signer.kid.hex(), digest_hex=digest)
-    _write_atomic(out / "certificate.html", page.encode())
-    published = _publish_certificate(config, message, progress)
     return InspectionResult(out, payload, digest, published, time.monotonic() - started)
 
 
@@ -301,22 +328,22 @@ def _inspect_bus(config: Config, pipeline: Pipeline, source: PythonCanSource, *,
     return results
 
 
-def _publish_certificate(config: Config, message: OutgoingMessage, progress: Callable[[str], None]) -> bool:
+def _publish_certificate(config: Config, store: SqliteOutbox, progress: Callable[[str], None]) -> bool:
+    """Send the outbox (the certificate and anything older) while a broker answers; what is not
+    acknowledged stays in the outbox for the daemon."""
     m = config.mqtt
     if not port_open(m.host, m.port, timeout_s=1.0):
-        progress(f"broker {m.host}:{m.port} not reachable: certificate kept on disk only")
+        progress(f"broker {m.host}:{m.port} not reachable: the certificate waits in the outbox")
         return False
-    tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
-    publisher = PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
-                              sw=SW, keepalive_s=m.keepalive_s, max_queued=m.max_queued, tls_files=tls)
+    publisher = open_uplink(config)
     try:
         if not publisher.connected.wait(3.0):
-            progress(f"broker {m.host}:{m.port} did not accept the connection: certificate kept on disk only")
+            progress(f"broker {m.host}:{m.port} did not accept the connection: the certificate waits in the outbox")
             return False
-        publisher.publish(message)
-        ok = publisher.flush(5.0)
+        _drain(Forwarder(store, publisher, window=m.max_inflight), timeout_s=5.0)
+        ok = store.count() == 0
         progress(f"published on {m.topic_prefix}/{config.device.id}/certificate" if ok else
-                 "broker did not acknowledge the certificate: kept on disk")
+                 "broker did not acknowledge everything: the rest waits in the outbox")
         return ok
     finally:
         publisher.close(timeout_s=2.0)

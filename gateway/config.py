@@ -52,7 +52,8 @@ class MqttConfig:
     key_file: str
     topic_prefix: str
     keepalive_s: int
-    max_queued: int
+    max_inflight: int
+    session_expiry_s: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -62,6 +63,12 @@ class PublishConfig:
     soh_change_pct: float
     silence_s: float
     stale_after_s: float
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxConfig:
+    max_mb: int
+    thin_bucket_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -76,6 +83,7 @@ class Config:
     vehicle: VehicleConfig
     mqtt: MqttConfig
     publish: PublishConfig
+    outbox: OutboxConfig
     logging: LoggingConfig
 
 
@@ -135,8 +143,10 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "key_file": ("", _str(False), "path", "device TLS key (tls)"),
         "topic_prefix": ("bp/v1", _str(), "", "topics are {topic_prefix}/{device.id}/..."),
         "keepalive_s": (60, _num(5, 3600, integer=True), "s", "MQTT keep-alive"),
-        "max_queued": (1000, _num(1, 1_000_000, integer=True), "messages",
-                       "messages held in memory while the broker is unreachable"),
+        "max_inflight": (100, _num(1, 65535, integer=True), "messages",
+                         "QoS 1 messages sent and not yet acknowledged (the window)"),
+        "session_expiry_s": (3600, _num(0, 30 * 86400, integer=True), "s",
+                             "the broker keeps the session (subscriptions, messages in flight) this long"),
     },
     "publish": {
         "reading_interval_s": (60.0, _num(0.1, 86400.0), "s", "one signed reading this often"),
@@ -146,13 +156,18 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "silence_s": (5.0, _num(0.5, 3600.0), "s", "no battery frames this long = car off (key-off passport)"),
         "stale_after_s": (10.0, _num(0.1, 3600.0), "s", "values older than this are left out of readings"),
     },
+    "outbox": {
+        "max_mb": (64, _num(1, 100_000, integer=True), "MiB", "disk cap of the outbox; above it readings are thinned"),
+        "thin_bucket_s": (600.0, _num(1.0, 86400.0), "s",
+                          "first thinning keeps one reading per this many seconds; each further round doubles it"),
+    },
     "logging": {
         "level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "", "log level (stderr, for journald)"),
     },
 }
 
 _CLASSES = {"device": DeviceConfig, "can": CanConfig, "vehicle": VehicleConfig, "mqtt": MqttConfig,
-            "publish": PublishConfig, "logging": LoggingConfig}
+            "publish": PublishConfig, "outbox": OutboxConfig, "logging": LoggingConfig}
 
 
 def parse_config(data: Mapping[str, Any], *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-__all__ = ["FIELDS", "FieldSpec", "Frame", "OutgoingMessage"]
+__all__ = ["FIELDS", "FieldSpec", "Frame", "OutboxRow", "OutgoingMessage"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -72,3 +72,16 @@ class OutgoingMessage:
     seq: int
     ep: int
     body: dict[str, object] = field(default_factory=dict, compare=False)
+
+
+@dataclass(frozen=True, slots=True)
+class OutboxRow:
+    """One signed message waiting in the outbox for its PUBACK."""
+
+    id: int
+    ep: int
+    seq: int
+    kind: str
+    topic: str
+    retain: bool
+    payload: bytes

@@ -16,7 +16,7 @@ from typing import Any
 
 from .battery import BatteryTracker
 from .decoding import Decoder
-from .errors import DecodeError
+from .errors import DecodeError, StateError
 from .isotp_passive import PassiveIsoTp
 from .model import Frame, OutgoingMessage
 from .passport import build_passport, build_reading
@@ -66,6 +66,7 @@ class Pipeline:
         self._passive = PassiveIsoTp(self._diag_ids) if passive_diag else None
         self._vin_salt = vin_salt
         self._emit = emit
+        self.epoch_note = ""  # why this epoch started (state lost), said in its first message
         self._signals: dict[str, str] = {}
         for sm in profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
@@ -230,32 +231,46 @@ class Pipeline:
         elif now - self._last_passport_ts >= p.passport_interval_s:
             self._want_passport("daily")
         if self._pending and not self.tracker.missing():
-            out.append(self._passport(min(now, self.tracker.last_ts or now), self._pending))
+            out.extend(self._passport(min(now, self.tracker.last_ts or now), self._pending))
         return out
 
     def finish(self, now: float) -> list[OutgoingMessage]:
         """A final reading and passport (end of a replay, or shutdown)."""
         out = self._reading(now)
         if not self.tracker.missing():
-            out.append(self._passport(now, self._pending or "final"))
+            out.extend(self._passport(now, self._pending or "final"))
         else:
             log.info("no passport: battery state incomplete (missing %s)", ", ".join(self.tracker.missing()))
         return out
 
     # -- output ----------------------------------------------------------------------------------
-    def _reading(self, now: float) -> list[OutgoingMessage]:
-        payload = build_reading(self.tracker, now=now, device_id=self.device_id, chain=self.chain.header(),
-                                sw=self.sw, bat=self.tracker.texts.get("bat"))
-        return [] if payload is None else [self._sign("reading", payload)]
+    def _header(self) -> dict[str, Any]:
+        header = self.chain.header()
+        if self.epoch_note and header["seq"] == 1:
+            header["note"] = f"new epoch: {self.epoch_note}"  # say why the chain restarted
+        return header
 
-    def _passport(self, now: float, reason: str) -> OutgoingMessage:
-        payload = build_passport(self.tracker, now=now, device_id=self.device_id, chain=self.chain.header(),
+    def _reading(self, now: float) -> list[OutgoingMessage]:
+        payload = build_reading(self.tracker, now=now, device_id=self.device_id, chain=self._header(),
+                                sw=self.sw, bat=self.tracker.texts.get("bat"))
+        message = None if payload is None else self._sign("reading", payload)
+        return [] if message is None else [message]
+
+    def _passport(self, now: float, reason: str) -> list[OutgoingMessage]:
+        payload = build_passport(self.tracker, now=now, device_id=self.device_id, chain=self._header(),
                                  sw=self.sw, signals=self._signals, reason=reason, bat=self.tracker.texts.get("bat"))
+        thinned = self.store.take_thinned() if self.store is not None else 0
+        if thinned or self.epoch_note:
+            payload["prov"]["outbox"] = {"thinned_readings": thinned, "epoch_note": self.epoch_note,
+                                         "policy": "readings thinned oldest first, one kept per interval"}
+        message = self._sign("passport", payload)
+        if message is None:
+            return []  # not stored: stays pending and is tried again
         self._pending = None
         self._last_passport_ts = now
         self._passport_soh = self.tracker.values.get("bms_soh_pct")
         log.info("passport update (%s)", reason)
-        return self._sign("passport", payload)
+        return [message]
 
     @property
     def signals(self) -> dict[str, str]:
@@ -263,14 +278,32 @@ class Pipeline:
         return dict(self._signals)
 
     def sign_message(self, kind: str, payload: dict[str, Any]) -> OutgoingMessage:
-        """Sign a payload built from ``chain.header()`` (e.g. a certificate) as the next message."""
-        return self._sign(kind, payload)
+        """Sign a payload built from ``chain.header()`` (e.g. a certificate) as the next message.
 
-    def _sign(self, kind: str, payload: dict[str, Any]) -> OutgoingMessage:
+        Raises:
+            StateError: it could not be stored (nothing was handed out).
+        """
+        message = self._sign(kind, payload, raise_on_error=True)
+        assert message is not None
+        return message
+
+    def _sign(self, kind: str, payload: dict[str, Any], *, raise_on_error: bool = False) -> OutgoingMessage | None:
         envelope = self.signer.sign(payload)
-        self.chain.advance(envelope)
+        message = OutgoingMessage(topic=kind, payload=envelope, retain=kind == "passport", kind=kind,
+                                  seq=payload["seq"], ep=payload["ep"], body=payload)
+        following = Chain(self.chain.ep, self.chain.seq, self.chain.prev)
+        following.advance(envelope)
         if self.store is not None:
-            self.store.save(self.chain, self.tracker.counters)
+            try:
+                self.store.save(following, self.tracker.counters, message)
+            except StateError as exc:
+                # Not stored = not sent: the chain does not advance, so no (ep, seq) is ever reused.
+                self.counts[f"{kind}_not_stored"] += 1
+                if raise_on_error:
+                    raise
+                if self.counts[f"{kind}_not_stored"] in (1, 10, 100, 1000):
+                    log.error("%s lost, cannot be stored: %s", kind, exc)
+                return None
+        self.chain.ep, self.chain.seq, self.chain.prev = following.ep, following.seq, following.prev
         self.counts[kind] += 1
-        return OutgoingMessage(topic=kind, payload=envelope, retain=kind == "passport", kind=kind,
-                               seq=payload["seq"], ep=payload["ep"], body=payload)
+        return message

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from .battery import Counters
-from .model import Frame, OutgoingMessage
+from .model import Frame, OutboxRow, OutgoingMessage
 from .signing import Chain
 
-__all__ = ["DiagClient", "FrameSource", "Publisher", "StateStore"]
+__all__ = ["DiagClient", "FrameSource", "Outbox", "Publisher", "StateStore"]
 
 
 class FrameSource(Protocol):
@@ -20,15 +20,31 @@ class FrameSource(Protocol):
 
 
 class StateStore(Protocol):
-    """Persists the hash chain and the counters so that a restart continues both."""
+    """Persists the chain position, the counters and the message that took that position, atomically."""
 
-    def save(self, chain: Chain, counters: Counters) -> None: ...
+    def save(self, chain: Chain, counters: Counters, message: OutgoingMessage | None = None) -> None: ...
+
+    def take_thinned(self) -> int: ...
+
+
+class Outbox(Protocol):
+    """Signed messages waiting for their acknowledgement, oldest first."""
+
+    def oldest(self, limit: int, *, exclude: set[int]) -> list[OutboxRow]: ...
+
+    def delete(self, ids: list[int]) -> None: ...
 
 
 class Publisher(Protocol):
-    """Delivers signed envelopes. ``publish`` must not block on the network."""
+    """The uplink. ``publish`` never blocks on the network; it returns the message id, or None when the
+    uplink cannot take it now. ``take_acks`` returns (message id, reason code, reason) of PUBACKs."""
 
-    def publish(self, message: OutgoingMessage) -> None: ...
+    @property
+    def is_connected(self) -> bool: ...
+
+    def publish(self, message: OutgoingMessage) -> int | None: ...
+
+    def take_acks(self) -> list[tuple[int, int, str]]: ...
 
 
 class DiagClient(Protocol):

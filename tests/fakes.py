@@ -3,6 +3,8 @@
 from __future__ import annotations
 
 from gateway.battery import Counters
+from gateway.errors import StateError
+from gateway.model import OutgoingMessage
 from gateway.signing import Chain
 
 
@@ -12,7 +14,16 @@ class MemoryStateStore:
     def __init__(self) -> None:
         self.saves: list[tuple[int, int, bytes]] = []
         self.counters: dict[str, object] = {}
+        self.messages: list[OutgoingMessage] = []
+        self.fail = False  # a full disk
 
-    def save(self, chain: Chain, counters: Counters) -> None:
+    def save(self, chain: Chain, counters: Counters, message: OutgoingMessage | None = None) -> None:
+        if self.fail:
+            raise StateError("device.state_dir: disk full")
         self.saves.append((chain.ep, chain.seq, chain.prev))
         self.counters = counters.to_dict()
+        if message is not None:
+            self.messages.append(message)
+
+    def take_thinned(self) -> int:
+        return 0

@@ -1,9 +1,13 @@
-"""paho-mqtt 2.x (MQTT 5) -> ``Publisher``. The only module that imports paho.
+"""paho-mqtt 2.x (MQTT 5) -> the uplink. The only module that imports paho.
 
-Threads: paho's network thread (``loop_start``) runs the ``_on_*`` callbacks while holding paho's
-lock; they only record acks and put commands on a queue (paho issues #354/#346). ``publish`` is
-called from the main loop and never blocks on the network: while the broker is unreachable paho
-keeps up to ``max_queued`` messages in memory and sends them after reconnecting.
+Threads: one network thread of ours runs paho's ``loop()`` and connects/reconnects with exponential
+backoff and full jitter (a fleet that lost its broker does not come back all in the same second).
+paho calls the ``_on_*`` callbacks on that thread while holding its own lock: they only record state
+and put acknowledgements and commands on queues (paho issues #354/#346). ``publish`` is called from
+the main loop and never waits for the network.
+
+Session: ``clean_start`` false with a session expiry, so subscriptions and QoS 1 messages in flight
+survive a reconnect; the number of messages in flight is bounded (``max_inflight``).
 """
 
 from __future__ import annotations
@@ -12,6 +16,7 @@ import contextlib
 import json
 import logging
 import queue
+import random
 import threading
 import time
 from typing import Any
@@ -23,7 +28,7 @@ from paho.mqtt.properties import Properties
 from ..errors import PublishError
 from ..model import OutgoingMessage
 
-__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher"]
+__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber"]
 
 log = logging.getLogger(__name__)
 
@@ -31,55 +36,57 @@ COSE_CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 JSON_CONTENT_TYPE = "application/json"
 
 
-def _props(content_type: str) -> Properties:
-    props = Properties(PacketTypes.PUBLISH)  # type: ignore[no-untyped-call]  # paho ships no annotation here
-    props.ContentType = content_type
+def _props(packet: int, **values: Any) -> Properties:
+    props = Properties(packet)  # type: ignore[no-untyped-call]  # paho ships no annotation here
+    for name, value in values.items():
+        setattr(props, name, value)
     return props
+
+
+def _client(client_id: str, tls_files: tuple[str, str, str] | None) -> mqtt.Client:
+    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it
+    if tls_files is not None:
+        ca, cert, key = tls_files
+        try:
+            c.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None)
+        except (OSError, ValueError) as exc:
+            raise PublishError(f"mqtt: cannot load TLS files ({ca}, {cert}, {key}): {exc}") from exc
+    return c
 
 
 class PahoPublisher:
     """Publishes signed envelopes under ``{prefix}/{device_id}/`` with QoS 1; receives ``cmd/#``."""
 
     def __init__(self, *, host: str, port: int, device_id: str, topic_prefix: str, sw: str,
-                 keepalive_s: int = 60, max_queued: int = 1000, tls_files: tuple[str, str, str] | None = None,
-                 ) -> None:
-        """Configure the client and start connecting in the background.
-
-        Args:
-            tls_files: (ca_file, cert_file, key_file) for mutual TLS, or None for plain TCP.
+                 keepalive_s: int = 60, max_inflight: int = 100, session_expiry_s: int = 3600,
+                 tls_files: tuple[str, str, str] | None = None, min_backoff_s: float = 1.0,
+                 max_backoff_s: float = 60.0) -> None:
+        """Configure the client and start the network thread (it connects in the background).
 
         Raises:
-            PublishError: TLS files unreadable or the host cannot be resolved.
+            PublishError: the TLS files cannot be loaded.
         """
         self.base = f"{topic_prefix}/{device_id}"
+        self.host, self.port, self.keepalive_s = host, port, keepalive_s
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
         self.connected = threading.Event()
+        self._acks: queue.SimpleQueue[tuple[int, int, str]] = queue.SimpleQueue()
         self._device_id, self._sw = device_id, sw
-        self._lock = threading.Lock()
-        self._unacked: set[int] = set()
-        self._early: set[int] = set()
-        self._refused = 0
-        self._closing = False
-        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=device_id, protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it without __all__
+        self._session_expiry_s = session_expiry_s
+        self._backoff = (min_backoff_s, max_backoff_s)
+        self._stop = threading.Event()
+        self._refused_logged = False
+        c = _client(device_id, tls_files)
         c.username_pw_set(device_id)
-        c.max_queued_messages_set(max_queued)
-        c.reconnect_delay_set(min_delay=1, max_delay=60)
+        c.max_inflight_messages_set(max_inflight)
+        c.max_queued_messages_set(0)  # unbounded in paho: the outbox decides what is sent when
         c.will_set(f"{self.base}/status", self._status("offline", "connection lost"), qos=1, retain=True,
-                   properties=_props(JSON_CONTENT_TYPE))
-        if tls_files is not None:
-            ca, cert, key = tls_files
-            try:
-                c.tls_set(ca_certs=ca, certfile=cert, keyfile=key)
-            except (OSError, ValueError) as exc:
-                raise PublishError(f"mqtt: cannot load TLS files ({ca}, {cert}, {key}): {exc}") from exc
+                   properties=_props(PacketTypes.WILLMESSAGE, ContentType=JSON_CONTENT_TYPE))
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_publish, c.on_message = self._on_publish, self._on_message
         self._client = c
-        try:
-            c.connect_async(host, port, keepalive=keepalive_s)
-        except (OSError, ValueError) as exc:
-            raise PublishError(f"mqtt: cannot connect to {host}:{port}: {exc}") from exc
-        c.loop_start()
+        self._thread = threading.Thread(target=self._network, name="mqtt-network", daemon=True)
+        self._thread.start()
         log.info("MQTT connecting to %s:%d as %s", host, port, device_id)
 
     def _status(self, state: str, reason: str = "") -> bytes:
@@ -88,73 +95,116 @@ class PahoPublisher:
             body["reason"] = reason
         return json.dumps(body, separators=(",", ":")).encode()
 
-    # -- paho's thread ---------------------------------------------------------------------------
+    # -- our network thread ----------------------------------------------------------------------
+    def _network(self) -> None:
+        delay = self._backoff[0]
+        first = True
+        while not self._stop.is_set():
+            if not self._client.is_connected() and not self._connect(first):
+                # full jitter: anywhere in [0, delay], delay doubling up to the maximum
+                self._stop.wait(random.uniform(0.1, delay))
+                delay = min(delay * 2, self._backoff[1])
+                continue
+            first = False
+            rc = self._client.loop(timeout=0.1)
+            if rc == mqtt.MQTT_ERR_SUCCESS and self.connected.is_set():
+                delay = self._backoff[0]
+            elif rc != mqtt.MQTT_ERR_SUCCESS:
+                self._stop.wait(0.05)
+
+    def _connect(self, first: bool) -> bool:
+        props = _props(PacketTypes.CONNECT, SessionExpiryInterval=self._session_expiry_s)
+        try:
+            if first:
+                self._client.connect(self.host, self.port, keepalive=self.keepalive_s, clean_start=False,
+                                     properties=props)
+            else:
+                self._client.reconnect()
+            return True
+        except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
+            log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
+            return False
+
+    # -- paho's callbacks (our network thread, paho's lock held): record and hand off only ----------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
-            log.error("MQTT broker refused the connection: %s", reason)
+            if not self._refused_logged:
+                self._refused_logged = True
+                log.error("MQTT broker refused the connection: %s", reason)
             return
-        log.info("MQTT connected")
+        log.info("MQTT connected to %s:%d", self.host, self.port)
         client.publish(f"{self.base}/status", self._status("online"), qos=1, retain=True,
-                       properties=_props(JSON_CONTENT_TYPE))
+                       properties=_props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
         client.subscribe(f"{self.base}/cmd/#", qos=1)
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if self.connected.is_set() and not self._closing:
-            log.warning("MQTT disconnected (%s); reconnecting", reason)
+        if self.connected.is_set() and not self._stop.is_set():
+            log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
         self.connected.clear()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
-        with self._lock:
-            if mid in self._unacked:
-                self._unacked.remove(mid)
-            else:
-                self._early.add(mid)  # acked before publish() recorded it
-            if reason.is_failure:
-                self._refused += 1
+        self._acks.put((mid, int(reason.value), str(reason)))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         with contextlib.suppress(queue.Full):  # a flood of commands: drop, the main loop is behind anyway
             self.commands.put_nowait((msg.topic.removeprefix(f"{self.base}/cmd/"), bytes(msg.payload)))
 
     # -- main thread -----------------------------------------------------------------------------
-    def publish(self, message: OutgoingMessage) -> None:
-        """Queue one envelope for delivery (QoS 1). Never blocks on the network."""
-        # Not under self._lock: paho calls _on_publish holding its own message lock (lock order).
-        info = self._client.publish(f"{self.base}/{message.topic}", message.payload, qos=1,
-                                    retain=message.retain, properties=_props(COSE_CONTENT_TYPE))
-        if info.rc == mqtt.MQTT_ERR_QUEUE_SIZE:
-            log.error("MQTT queue full: %s seq %d dropped", message.kind, message.seq)
-            return
-        with self._lock:
-            if info.mid in self._early:
-                self._early.remove(info.mid)
-            else:
-                self._unacked.add(info.mid)
-
     @property
-    def pending(self) -> int:
-        """Messages handed to paho and not yet acknowledged."""
-        with self._lock:
-            return len(self._unacked)
+    def is_connected(self) -> bool:
+        return self.connected.is_set()
 
-    def flush(self, timeout_s: float) -> bool:
-        """Wait until every message was acknowledged, or ``timeout_s``. True when all were."""
-        deadline = time.monotonic() + timeout_s
-        while self.pending and time.monotonic() < deadline:
-            time.sleep(0.02)
-        return not self.pending
+    def publish(self, message: OutgoingMessage) -> int | None:
+        """Hand one envelope to paho (QoS 1). Returns its message id, or None when not connected."""
+        if not self.connected.is_set():
+            return None
+        info = self._client.publish(f"{self.base}/{message.topic}", message.payload, qos=1, retain=message.retain,
+                                    properties=_props(PacketTypes.PUBLISH, ContentType=COSE_CONTENT_TYPE))
+        if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
+            return None
+        return int(info.mid)
 
-    def close(self, timeout_s: float = 5.0) -> None:
-        """Flush, say offline (retained), disconnect, and stop paho's thread."""
+    def take_acks(self) -> list[tuple[int, int, str]]:
+        """PUBACKs received since the last call: (message id, reason code, reason text)."""
+        out = []
+        while True:
+            try:
+                out.append(self._acks.get_nowait())
+            except queue.Empty:
+                return out
+
+    def close(self, timeout_s: float = 2.0) -> None:
+        """Say offline (retained), disconnect, and stop the network thread."""
         if self.connected.is_set():
-            self.flush(timeout_s)
             info = self._client.publish(f"{self.base}/status", self._status("offline", "shutdown"), qos=1,
-                                        retain=True, properties=_props(JSON_CONTENT_TYPE))
-            info.wait_for_publish(timeout=min(timeout_s, 2.0))
-        self._closing = True
-        left = self.pending
-        if left:
-            log.error("MQTT: %d messages not acknowledged at shutdown", left)
-        self._client.disconnect()
+                                        retain=True, properties=_props(PacketTypes.PUBLISH,
+                                                                       ContentType=JSON_CONTENT_TYPE))
+            deadline = time.monotonic() + timeout_s
+            while not info.is_published() and time.monotonic() < deadline and self._thread.is_alive():
+                time.sleep(0.02)
+        self._stop.set()
+        self._thread.join(timeout_s + 1)
+        with contextlib.suppress(Exception):  # already disconnected
+            self._client.disconnect()
+            self._client.loop(timeout=0.1)
+
+
+class PahoSubscriber:
+    """A backend-side subscriber for ``verify --mqtt``: collects (topic, payload) on a queue."""
+
+    def __init__(self, *, host: str, port: int, topic: str, client_id: str = "",
+                 tls_files: tuple[str, str, str] | None = None) -> None:
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self._client = _client(client_id or f"verify-{random.randrange(1 << 30)}", tls_files)
+        self._client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        try:
+            self._client.connect(host, port)
+        except (OSError, ValueError) as exc:
+            raise PublishError(f"mqtt: cannot connect to {host}:{port}: {exc}") from exc
+        self._client.loop_start()
+
+    def close(self) -> None:
         self._client.loop_stop()
+        self._client.disconnect()

@@ -13,6 +13,7 @@ import os
 import queue
 import random
 import signal
+import sqlite3
 import subprocess
 import sys
 import threading
@@ -159,6 +160,14 @@ def signed(rig: Rig, got: list[tuple[str, bytes, Any]]) -> list[tuple[dict[str, 
             if topic in ("reading", "passport")]
 
 
+def counters(rig: Rig) -> dict[str, Any]:
+    db = sqlite3.connect(rig.tmp / "state" / "state.db")
+    try:
+        return dict(json.loads(db.execute("SELECT counters FROM chain").fetchone()[0]))
+    finally:
+        db.close()
+
+
 def count(kind: str, n: int) -> Any:
     return lambda got: sum(1 for t, *_ in got if t == kind) >= n
 
@@ -208,8 +217,8 @@ def test_sigterm_says_offline_and_restart_continues_the_chain(rig: Rig, sub: Sub
         got += sub.drain()
         first = signed(rig, got)
         assert json.loads([p for t, p, _ in got if t == "status"][-1])["reason"] == "shutdown"
-        saved = json.loads((rig.tmp / "state" / "state.json").read_text())
-        assert saved["counters"]["ah_discharged"] > 0  # the simulated car drove
+        saved = counters(rig)
+        assert saved["ah_discharged"] > 0  # the simulated car drove
         daemon = start_daemon(rig)
         second = signed(rig, sub.collect(count("reading", 1), 20))
         assert stop_daemon(daemon) == 0
@@ -220,8 +229,7 @@ def test_sigterm_says_offline_and_restart_continues_the_chain(rig: Rig, sub: Sub
     assert next_body["ep"] == last_body["ep"] == 1
     assert next_body["seq"] == last_body["seq"] + 1
     assert next_body["prev"] == hashlib.sha256(last_env).digest()
-    restarted = json.loads((rig.tmp / "state" / "state.json").read_text())
-    assert restarted["counters"]["ah_discharged"] > saved["counters"]["ah_discharged"]  # counting went on
+    assert counters(rig)["ah_discharged"] > saved["ah_discharged"]  # counting went on
 
 
 def test_corrupt_state_starts_a_new_epoch(rig: Rig, sub: Subscriber) -> None:
@@ -231,7 +239,10 @@ def test_corrupt_state_starts_a_new_epoch(rig: Rig, sub: Subscriber) -> None:
         sub.collect(count("reading", 1), 20)
         assert stop_daemon(daemon) == 0
         sub.drain()
-        (rig.tmp / "state" / "state.json").write_bytes(os.urandom(40))
+        db = rig.tmp / "state" / "state.db"
+        for suffix in ("-wal", "-shm"):
+            Path(f"{db}{suffix}").unlink(missing_ok=True)
+        db.write_bytes(os.urandom(4096))
         daemon = start_daemon(rig)
         after = signed(rig, sub.collect(count("reading", 1), 20))
         assert stop_daemon(daemon) == 0
@@ -239,6 +250,7 @@ def test_corrupt_state_starts_a_new_epoch(rig: Rig, sub: Subscriber) -> None:
         car.close()
     body = after[0][0]
     assert (body["ep"], body["seq"], body["prev"]) == (2, 1, bytes(32))
+    assert body["note"].startswith("new epoch:") and "state.db" in body["note"]  # the message says why
     assert "state lost" in (rig.tmp / "daemon.log").read_text()
 
 
