@@ -93,9 +93,17 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--lang", choices=("ja", "en"), default="en", help="language of certificate.html")
     s.add_argument("--wait", type=float, default=5.0, metavar="S", help="how long to wait for the bus (default 5)")
 
-    s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails")
-    s.add_argument("files", nargs="+", metavar="FILE", help="files holding one COSE_Sign1 envelope each")
-    s.add_argument("--pubkey", metavar="PEM", help="the device's public key (printed by keygen)")
+    s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails",
+                       description="Checks signatures, the hash chain and gaps per device, drops duplicates by "
+                                   "(dev, ep, seq), and reports what is missing. Envelopes come from files, "
+                                   "directories of files, or an MQTT subscription.")
+    s.add_argument("files", nargs="*", metavar="FILE|DIR", help="files holding one COSE_Sign1 envelope each")
+    s.add_argument("--pubkey", metavar="PEM", help="the device's public key (printed by keygen), for one device")
+    s.add_argument("--trust", metavar="DIR", help="trusted device keys, one PEM per device id: DIR/<dev>.pem")
+    s.add_argument("--mqtt", metavar="HOST:PORT", help="subscribe to a broker instead of reading files")
+    s.add_argument("--topic", default="bp/v1/+/#", help="topic filter for --mqtt (default bp/v1/+/#)")
+    s.add_argument("--duration", type=float, metavar="S", help="with --mqtt: stop after S seconds (else Ctrl-C)")
+    s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
 
     s = sub.add_parser("demo", help="simulated Leaf -> daemon -> local broker -> verifying subscriber")
     s.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to run (default 20)")
@@ -170,28 +178,33 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
-    from .app import load_public_key
-    from .signing import verify_envelope
+    from .app import envelopes_from_files, envelopes_from_mqtt, trusted_keys
+    from .chainverify import ChainVerifier
 
-    if not args.pubkey:
-        raise ConfigError("verify: --pubkey is required (the device's public key PEM, printed by keygen)")
-    key = load_public_key(args.pubkey)
-    failed = 0
-    for name in args.files:
-        try:
-            payload = verify_envelope(Path(name).read_bytes(), key)
-        except OSError as exc:
-            print(f"{name}: cannot read: {exc.strerror}", file=sys.stderr)
-            failed += 1
-            continue
-        except EnvelopeError as exc:
-            print(f"{name}: REJECTED: {exc}", file=sys.stderr)
-            failed += 1
-            continue
-        print(dumps(payload))
-        print(f"{name}: signature verified ({payload.get('kind')} dev {payload.get('dev')} "
-              f"ep {payload.get('ep')} seq {payload.get('seq')})", file=sys.stderr)
-    return 1 if failed else 0
+    if not args.pubkey and not args.trust:
+        raise ConfigError("verify: give --pubkey PEM (one device) or --trust DIR (one PEM per device id)")
+    if not args.files and not args.mqtt:
+        raise ConfigError("verify: give envelope files or directories, or --mqtt HOST:PORT")
+    verifier = ChainVerifier(trusted_keys(pubkey=args.pubkey, trust_dir=args.trust))
+    source = (envelopes_from_mqtt(args.mqtt, topic=args.topic, duration_s=args.duration, tls=args.tls)
+              if args.mqtt else envelopes_from_files(args.files))
+    try:
+        for name, envelope in source:
+            verdict = verifier.add(envelope)
+            if verdict.status == "accepted":
+                assert verdict.payload is not None
+                print(dumps(verdict.payload), flush=True)
+                print(f"{name}: signature verified ({verdict.payload.get('kind')} {verdict.reason})", file=sys.stderr)
+            elif verdict.status == "duplicate":
+                print(f"{name}: ignored: {verdict.reason}", file=sys.stderr)
+            else:
+                print(f"{name}: REJECTED: {verdict.reason}", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    lines, intact = verifier.report()
+    for line in lines:
+        print(f"verify: {line}", file=sys.stderr)
+    return 0 if intact else 1
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:

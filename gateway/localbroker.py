@@ -5,6 +5,7 @@ Not used by the daemon. Needs Debian's ``mosquitto`` package (``make setup`` ins
 
 from __future__ import annotations
 
+import os
 import shutil
 import socket
 import subprocess
@@ -54,8 +55,10 @@ class LocalBroker:
         self.log_path = self.dir / "mosquitto.log"
         listener = f"listener {self.port} {self.host}\n"
         body = f"allow_anonymous {'true' if anonymous else 'false'}\n" if "allow_anonymous" not in extra_conf else ""
+        # Started as root, mosquitto drops to the "mosquitto" user, which cannot read this private directory.
+        user = "user root\n" if os.geteuid() == 0 else ""
         (self.dir / "mosquitto.conf").write_text(
-            f"{listener}{body}persistence false\nlog_dest file {self.log_path}\nlog_type all\n{extra_conf}")
+            f"{listener}{user}{body}persistence false\nlog_dest file {self.log_path}\nlog_type all\n{extra_conf}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:

@@ -75,6 +75,7 @@ class PahoPublisher:
         self._session_expiry_s = session_expiry_s
         self._backoff = (min_backoff_s, max_backoff_s)
         self._stop = threading.Event()
+        self._attached = False  # a socket is open (CONNECT sent); touched by the network thread only
         self._refused_logged = False
         c = _client(device_id, tls_files)
         c.username_pw_set(device_id)
@@ -100,17 +101,21 @@ class PahoPublisher:
         delay = self._backoff[0]
         first = True
         while not self._stop.is_set():
-            if not self._client.is_connected() and not self._connect(first):
-                # full jitter: anywhere in [0, delay], delay doubling up to the maximum
+            if not self._attached:
+                if not self._connect(first):
+                    # full jitter: anywhere up to ``delay``, which doubles up to the maximum
+                    self._stop.wait(random.uniform(0.1, delay))
+                    delay = min(delay * 2, self._backoff[1])
+                    continue
+                first, self._attached = False, True
+            rc = self._client.loop(timeout=0.1)
+            if rc != mqtt.MQTT_ERR_SUCCESS:
+                self._attached = False  # connection lost: reconnect after a jittered pause
+                self.connected.clear()
                 self._stop.wait(random.uniform(0.1, delay))
                 delay = min(delay * 2, self._backoff[1])
-                continue
-            first = False
-            rc = self._client.loop(timeout=0.1)
-            if rc == mqtt.MQTT_ERR_SUCCESS and self.connected.is_set():
+            elif self.connected.is_set():
                 delay = self._backoff[0]
-            elif rc != mqtt.MQTT_ERR_SUCCESS:
-                self._stop.wait(0.05)
 
     def _connect(self, first: bool) -> bool:
         props = _props(PacketTypes.CONNECT, SessionExpiryInterval=self._session_expiry_s)
@@ -142,6 +147,7 @@ class PahoPublisher:
         if self.connected.is_set() and not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
         self.connected.clear()
+        self._attached = False
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.put((mid, int(reason.value), str(reason)))

@@ -1,0 +1,140 @@
+"""Helpers for tests that run the daemon as a real process against the simulated battery ECU on
+``udp_multicast`` and a real mosquitto."""
+
+from __future__ import annotations
+
+import contextlib
+import json
+import queue
+import signal
+import sqlite3
+import subprocess
+import sys
+import threading
+import time
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import can
+import paho.mqtt.client as mqtt
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from gateway.signing import verify_envelope
+from gateway.sim import LeafBattery
+from gateway.simecu import LbcResponder, run_ecu
+
+GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local: never leaves this host
+
+
+@dataclass
+class Rig:
+    tmp: Path
+    config: Path
+    device: str
+    can_port: int
+    public_key: ec.EllipticCurvePublicKey
+
+
+def write_config(tmp: Path, *, device: str, mqtt_port: int, can_port: int) -> Path:
+    path = tmp / "gateway.toml"
+    path.write_text(f"""
+[device]
+id = "{device}"
+key_file = "{tmp / 'key.pem'}"
+state_dir = "{tmp / 'state'}"
+[can]
+interface = "udp_multicast"
+channel = "{GROUP}"
+udp_multicast_port = {can_port}
+[vehicle]
+profile = "leaf-aze0"
+[mqtt]
+port = {mqtt_port}
+[publish]
+reading_interval_s = 1
+silence_s = 2
+""")
+    return path
+
+
+class Subscriber:
+    def __init__(self, port: int, device: str) -> None:
+        self.messages: queue.Queue[tuple[str, bytes, Any]] = queue.Queue()
+        self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{device}",
+                                  protocol=mqtt.MQTTv5)
+        self.client.on_message = lambda c, u, m: self.messages.put((m.topic.rsplit("/", 1)[-1], m.payload,
+                                                                    m.properties))
+        ready = threading.Event()
+        self.client.on_subscribe = lambda *a: ready.set()
+        self.client.on_connect = lambda c, *a: c.subscribe(f"bp/v1/{device}/#", qos=1)
+        self.client.connect("127.0.0.1", port)
+        self.client.loop_start()
+        assert ready.wait(5)
+
+    def collect(self, predicate: Any, timeout_s: float) -> list[tuple[str, bytes, Any]]:
+        got: list[tuple[str, bytes, Any]] = []
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline and not predicate(got):
+            with contextlib.suppress(queue.Empty):
+                got.append(self.messages.get(timeout=0.1))
+        return got
+
+    def drain(self, settle_s: float = 1.0) -> list[tuple[str, bytes, Any]]:
+        """Everything that arrives until nothing came for ``settle_s``."""
+        got: list[tuple[str, bytes, Any]] = []
+        while True:
+            try:
+                got.append(self.messages.get(timeout=settle_s))
+            except queue.Empty:
+                return got
+
+    def close(self) -> None:
+        self.client.loop_stop()
+        self.client.disconnect()
+
+
+class Car:
+    """The simulated battery ECU (broadcast frames and ISO-TP replies) on udp_multicast, in a thread."""
+
+    def __init__(self, rig: Rig, battery: LeafBattery, duration_s: float = 30.0, hx_pct: float = 85.0) -> None:
+        self.stop = threading.Event()
+        self.responder = LbcResponder(battery, hx_pct=hx_pct)
+        self.bus = can.Bus(interface="udp_multicast", channel=GROUP, port=rig.can_port, ignore_config=True)
+        self.thread = threading.Thread(target=run_ecu, args=(battery, self.bus),
+                                       kwargs={"duration_s": duration_s, "stop": self.stop.is_set,
+                                               "responder": self.responder})
+        self.thread.start()
+
+    def close(self) -> None:
+        self.stop.set()
+        self.thread.join(5)
+        self.bus.shutdown()
+
+
+def start_daemon(rig: Rig) -> subprocess.Popen[bytes]:
+    log = open(rig.tmp / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
+    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
+                            stdout=log, stderr=log)
+
+
+def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    proc.send_signal(signal.SIGTERM)
+    return proc.wait(15)
+
+
+def signed(rig: Rig, got: list[tuple[str, bytes, Any]]) -> list[tuple[dict[str, Any], bytes]]:
+    return [(verify_envelope(payload, rig.public_key), payload) for topic, payload, _ in got
+            if topic in ("reading", "passport")]
+
+
+def counters(rig: Rig) -> dict[str, Any]:
+    db = sqlite3.connect(rig.tmp / "state" / "state.db")
+    try:
+        return dict(json.loads(db.execute("SELECT counters FROM chain").fetchone()[0]))
+    finally:
+        db.close()
+
+
+def count(kind: str, n: int) -> Any:
+    return lambda got: sum(1 for t, *_ in got if t == kind) >= n
