@@ -18,7 +18,7 @@ from pathlib import Path
 from typing import Any, ClassVar
 
 from . import __version__
-from .errors import CaptureError, ConfigError, EnvelopeError, GatewayError, TransportError
+from .errors import CaptureError, ConfigError, GatewayError, TransportError
 
 __all__ = ["main"]
 
