@@ -54,6 +54,7 @@ class MqttConfig:
     keepalive_s: int
     max_inflight: int
     session_expiry_s: int
+    max_backoff_s: float
 
 
 @dataclass(frozen=True, slots=True)
@@ -145,6 +146,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "keepalive_s": (60, _num(5, 3600, integer=True), "s", "MQTT keep-alive"),
         "max_inflight": (100, _num(1, 65535, integer=True), "messages",
                          "QoS 1 messages sent and not yet acknowledged (the window)"),
+        "max_backoff_s": (60.0, _num(1.0, 3600.0), "s",
+                          "longest pause between reconnect attempts (exponential, full jitter, from 1 s)"),
         "session_expiry_s": (3600, _num(0, 30 * 86400, integer=True), "s",
                              "the broker keeps the session (subscriptions, messages in flight) this long"),
     },

@@ -43,7 +43,8 @@ def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:
 class LocalBroker:
     """mosquitto in a temporary directory; extra config lines (TLS, ACL) may be added."""
 
-    def __init__(self, *, port: int | None = None, extra_conf: str = "", anonymous: bool = True) -> None:
+    def __init__(self, *, port: int | None = None, extra_conf: str = "", anonymous: bool = True,
+                 persistent: bool = False) -> None:
         binary = find_mosquitto()
         if binary is None:
             raise PublishError("mosquitto not found: install Debian's mosquitto package (make setup does)")
@@ -57,8 +58,10 @@ class LocalBroker:
         body = f"allow_anonymous {'true' if anonymous else 'false'}\n" if "allow_anonymous" not in extra_conf else ""
         # Started as root, mosquitto drops to the "mosquitto" user, which cannot read this private directory.
         user = "user root\n" if os.geteuid() == 0 else ""
+        persistence = (f"persistence true\npersistence_location {self.dir}/\n" if persistent
+                       else "persistence false\n")
         (self.dir / "mosquitto.conf").write_text(
-            f"{listener}{user}{body}persistence false\nlog_dest file {self.log_path}\nlog_type all\n{extra_conf}")
+            f"{listener}{user}{body}{persistence}log_dest file {self.log_path}\nlog_type all\n{extra_conf}")
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:
@@ -79,6 +82,14 @@ class LocalBroker:
             time.sleep(0.05)
         self.stop()
         raise PublishError(f"mosquitto did not listen on {self.host}:{self.port} within {timeout_s} s")
+
+    def halt(self) -> None:
+        """Terminate mosquitto but keep its directory (and its persistence file): ``start`` brings it back."""
+        if self.proc is not None and self.proc.poll() is None:
+            self.proc.terminate()
+            self.proc.wait(10)
+        if self.proc is not None and self.proc.stderr is not None:
+            self.proc.stderr.close()
 
     def stop(self) -> None:
         """Terminate mosquitto (kill after 5 s) and remove its directory."""

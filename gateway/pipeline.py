@@ -28,6 +28,8 @@ __all__ = ["Pipeline", "PublishPolicy"]
 
 log = logging.getLogger(__name__)
 
+_CLOCK_STEP_S = 5.0  # a backward step larger than this re-anchors the timers
+
 
 @dataclass(frozen=True, slots=True)
 class PublishPolicy:
@@ -67,6 +69,7 @@ class Pipeline:
         self._vin_salt = vin_salt
         self._emit = emit
         self.epoch_note = ""  # why this epoch started (state lost), said in its first message
+        self._last_tick: float | None = None
         self._signals: dict[str, str] = {}
         for sm in profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
@@ -216,6 +219,9 @@ class Pipeline:
             return []
         out: list[OutgoingMessage] = []
         p = self.policy
+        if self._last_tick is not None and now < self._last_tick - _CLOCK_STEP_S:
+            self._clock_stepped_back(now)
+        self._last_tick = now
         if self._next_reading is None and (not self.tracker.missing()
                                            or now - self._first_ts >= p.first_reading_after_s):
             self._next_reading = now
@@ -233,6 +239,20 @@ class Pipeline:
         if self._pending and not self.tracker.missing():
             out.extend(self._passport(min(now, self.tracker.last_ts or now), self._pending))
         return out
+
+    def _clock_stepped_back(self, now: float) -> None:
+        # NTP or a GNSS fix after a cold start can move the wall clock back by hours: re-anchor the timers
+        # so readings continue at once instead of waiting for the old future to come round again.
+        assert self._last_tick is not None
+        log.warning("clock stepped back by %.0f s: timers re-anchored", self._last_tick - now)
+        self.counts["clock_step_back"] += 1
+        if self._next_reading is not None:
+            self._next_reading = now
+        if self._last_passport_ts is not None:
+            self._last_passport_ts = min(self._last_passport_ts, now)
+        if self._last_frame_ts is not None:
+            self._last_frame_ts = min(self._last_frame_ts, now)
+        self._first_ts = min(self._first_ts or now, now)
 
     def finish(self, now: float) -> list[OutgoingMessage]:
         """A final reading and passport (end of a replay, or shutdown)."""

@@ -19,6 +19,8 @@ from typing import Any
 import can
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import ec
+from paho.mqtt.packettypes import PacketTypes
+from paho.mqtt.properties import Properties
 
 from gateway.signing import verify_envelope
 from gateway.sim import LeafBattery
@@ -59,6 +61,8 @@ silence_s = 2
 
 
 class Subscriber:
+    """The backend: a persistent MQTT 5 session (the broker queues for it while it is away)."""
+
     def __init__(self, port: int, device: str) -> None:
         self.messages: queue.Queue[tuple[str, bytes, Any]] = queue.Queue()
         self.client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"sub-{device}",
@@ -68,7 +72,10 @@ class Subscriber:
         ready = threading.Event()
         self.client.on_subscribe = lambda *a: ready.set()
         self.client.on_connect = lambda c, *a: c.subscribe(f"bp/v1/{device}/#", qos=1)
-        self.client.connect("127.0.0.1", port)
+        self.client.reconnect_delay_set(min_delay=1, max_delay=2)
+        props = Properties(PacketTypes.CONNECT)
+        props.SessionExpiryInterval = 3600
+        self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
         assert ready.wait(5)
 

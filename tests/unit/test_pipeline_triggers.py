@@ -151,3 +151,16 @@ def test_finish_without_complete_state_gives_reading_only() -> None:
     pipe, _ = make("leaf-ze1")  # ZE1 broadcasts no pack temperature
     run(pipe, LeafBattery(generation="ze1"), 0.5)
     assert kinds(pipe.finish(1e9 + 0.5)) == ["reading"]
+
+
+def test_readings_continue_when_the_clock_steps_back() -> None:
+    # GIVEN readings every second WHEN the wall clock steps back an hour (NTP after a cold start)
+    pipe, _ = make(reading_interval_s=1)
+    battery = LeafBattery(generation="aze0")
+    before = [m for m in run(pipe, battery, 3.0) if m.kind == "reading"]
+    after = [m for m in run(pipe, battery, 3.0, start=1e9 - 3600) if m.kind == "reading"]
+    # THEN readings go on at once, with the new time, and nothing integrates a negative interval
+    assert len(before) >= 3 and len(after) >= 2
+    assert after[0].body["ts"] < before[-1].body["ts"]
+    assert pipe.counts["clock_step_back"] == 1
+    assert pipe.tracker.counters.ah_discharged < 1.0
