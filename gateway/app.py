@@ -61,7 +61,7 @@ def policy_from(config: Config) -> PublishPolicy:
     """The ``[publish]`` section as the pipeline's policy."""
     p = config.publish
     return PublishPolicy(reading_interval_s=p.reading_interval_s, passport_interval_s=p.passport_interval_s,
-                         soh_change_pct=p.soh_change_pct, silence_s=p.silence_s)
+                         soh_change_pct=p.soh_change_pct, silence_s=p.silence_s, batch=p.batch)
 
 
 def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Chain, counters: Counters,

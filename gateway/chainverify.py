@@ -70,15 +70,21 @@ class ChainVerifier:
             return Verdict("rejected", str(exc))
         digest = hashlib.sha256(envelope).digest()
         chain = self._chains.setdefault((dev, ep), _Epoch())
-        name = f"{dev} ep {ep} seq {seq}"
+        count = payload.get("n", 1) if payload.get("kind") == "batch" else 1
+        if not isinstance(count, int) or not 1 <= count <= 100_000:
+            self.rejected += 1
+            return Verdict("rejected", f"{dev} ep {ep} seq {seq}: batch size {count!r}")
+        name = f"{dev} ep {ep} seq {seq}" + (f"..{seq + count - 1}" if count > 1 else "")
         if seq in chain.digests:
             if chain.digests[seq] == digest:
                 self.duplicates += 1
                 return Verdict("duplicate", f"{name} already received: duplicate or replay, ignored", payload)
             self.rejected += 1
             return Verdict("rejected", f"{name} already received with different content: conflict")
-        chain.digests[seq], chain.prevs[seq] = digest, prev
-        chain.counts[seq] = int(payload.get("n", 1)) if payload.get("kind") == "batch" else 1
+        chain.prevs[seq] = prev
+        for s in range(seq, seq + count):  # every reading of a batch has its own (dev, ep, seq)
+            chain.digests[s] = digest
+        chain.counts[seq] = count
         self.accepted += 1
         return Verdict("accepted", name, payload)
 
@@ -89,7 +95,7 @@ class ChainVerifier:
             seqs = sorted(chain.digests)
             missing = _ranges(sorted(set(range(1, seqs[-1] + 1)) - set(seqs)))
             breaks = []
-            for seq in seqs:
+            for seq in sorted(chain.prevs):  # the first sequence number of each envelope
                 expected = ZERO_HASH if seq == 1 else chain.digests.get(seq - 1)
                 if expected is not None and chain.prevs[seq] != expected:
                     breaks.append(seq)

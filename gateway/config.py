@@ -64,6 +64,7 @@ class PublishConfig:
     soh_change_pct: float
     silence_s: float
     stale_after_s: float
+    batch: int
 
 
 @dataclass(frozen=True, slots=True)
@@ -157,6 +158,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
                                 "a passport at least this often while the car is active"),
         "soh_change_pct": (1.0, _num(0.1, 100.0), "pp", "a passport when the BMS SOH moves this much"),
         "silence_s": (5.0, _num(0.5, 3600.0), "s", "no battery frames this long = car off (key-off passport)"),
+        "batch": (1, _num(1, 1000, integer=True), "readings",
+                  "readings signed together in one envelope (cellular fleets); 1 = one envelope per reading"),
         "stale_after_s": (10.0, _num(0.1, 3600.0), "s", "values older than this are left out of readings"),
     },
     "outbox": {

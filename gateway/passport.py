@@ -14,7 +14,8 @@ from typing import Any
 
 from .battery import SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
 
-__all__ = ["PAYLOAD_VERSION", "READING_FIELDS", "build_passport", "build_reading", "rfc3339", "ts_ms"]
+__all__ = ["PAYLOAD_VERSION", "READING_FIELDS", "RESOLUTION", "build_batch", "build_passport", "build_reading",
+           "expand_batch", "rfc3339", "ts_ms"]
 
 PAYLOAD_VERSION = 1
 
@@ -22,6 +23,41 @@ PAYLOAD_VERSION = 1
 READING_FIELDS = ("soc_pct", "pack_v", "pack_a", "cell_v_min", "cell_v_max", "temp_c_min", "temp_c_max",
                   "temp_c_avg", "bms_soh_pct", "lbc_soh_pct", "capacity_ah", "hx_pct", "full_energy_kwh",
                   "capacity_bars", "dash_soc_pct", "chg_limit_kw", "dis_limit_kw", "balancing_cells")
+
+
+# Resolution of each field in a batch: values travel as integers of this step (what the source gives).
+RESOLUTION = {"soc_pct": 0.01, "pack_v": 0.01, "pack_a": 0.1, "cell_v_min": 0.001, "cell_v_max": 0.001,
+              "temp_c_min": 0.5, "temp_c_max": 0.5, "temp_c_avg": 0.5, "bms_soh_pct": 0.01, "lbc_soh_pct": 0.01,
+              "capacity_ah": 0.0001, "hx_pct": 0.0001, "full_energy_kwh": 0.1, "capacity_bars": 1.0,
+              "dash_soc_pct": 0.5, "chg_limit_kw": 0.25, "dis_limit_kw": 0.25, "balancing_cells": 1.0,
+              "energy_kwh": 0.001}
+
+
+def build_batch(rows: list[tuple[float, dict[str, float]]], *, device_id: str, chain: dict[str, Any], sw: str,
+                bat: str | None) -> dict[str, Any]:
+    """Several readings in one payload (``[publish] batch``): each keeps its own sequence number, ``seq``
+    + its row index, so ``(dev, ep, seq)`` still identifies every reading.
+
+    Columnar and integer-coded for cellular links: ``cols`` names the fields, ``res`` their resolution,
+    each row is ``[ms after ts, value / res ...]`` with null where a field was not measured.
+    """
+    cols = sorted({k for _, m in rows for k in m})
+    res = [RESOLUTION.get(c, 0.001) for c in cols]
+    t0 = rows[0][0]
+    table = [[round((t - t0) * 1000), *(None if c not in m else round(m[c] / r) for c, r in zip(cols, res, strict=True))]
+             for t, m in rows]
+    return {"v": PAYLOAD_VERSION, "kind": "batch", "dev": device_id, **chain, "n": len(rows), "ts": ts_ms(t0),
+            "sw": sw, "bat": bat, "cols": cols, "res": res, "rows": table}
+
+
+def expand_batch(payload: dict[str, Any]) -> list[dict[str, Any]]:
+    """The readings of a batch payload, each with its own ``seq`` and ``ts`` (for backends and tests)."""
+    cols, res, out = payload["cols"], payload["res"], []
+    for i, row in enumerate(payload["rows"]):
+        m = {c: round(v * r, 6) for c, r, v in zip(cols, res, row[1:], strict=True) if v is not None}
+        out.append({"dev": payload["dev"], "ep": payload["ep"], "seq": payload["seq"] + i,
+                    "ts": payload["ts"] + row[0], "m": m})
+    return out
 
 
 def ts_ms(ts: float) -> int:

@@ -19,7 +19,7 @@ from .decoding import Decoder
 from .errors import DecodeError, StateError
 from .isotp_passive import PassiveIsoTp
 from .model import Frame, OutgoingMessage
-from .passport import build_passport, build_reading
+from .passport import build_batch, build_passport, build_reading
 from .polls import ARRAY_FIELDS, PollSpec, decode_reply
 from .ports import StateStore
 from .signing import Chain, Signer
@@ -41,6 +41,7 @@ class PublishPolicy:
     first_reading_after_s: float = 1.0  # publish the first reading this soon even if state is partial
     silence_s: float = 5.0  # no frames this long = car off (key-off passport)
     charge_settle_s: float = 10.0  # charging / idle must last this long to count as a change
+    batch: int = 1  # readings per envelope (cellular fleets); 1 = one envelope per reading
 
 
 class Pipeline:
@@ -70,6 +71,7 @@ class Pipeline:
         self._emit = emit
         self.epoch_note = ""  # why this epoch started (state lost), said in its first message
         self._last_tick: float | None = None
+        self._batch: list[tuple[float, dict[str, float]]] = []
         self._signals: dict[str, str] = {}
         for sm in profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
@@ -257,6 +259,7 @@ class Pipeline:
     def finish(self, now: float) -> list[OutgoingMessage]:
         """A final reading and passport (end of a replay, or shutdown)."""
         out = self._reading(now)
+        out += self._flush_batch()
         if not self.tracker.missing():
             out.extend(self._passport(now, self._pending or "final"))
         else:
@@ -273,10 +276,26 @@ class Pipeline:
     def _reading(self, now: float) -> list[OutgoingMessage]:
         payload = build_reading(self.tracker, now=now, device_id=self.device_id, chain=self._header(),
                                 sw=self.sw, bat=self.tracker.texts.get("bat"))
-        message = None if payload is None else self._sign("reading", payload)
+        if payload is None:
+            return []
+        if self.policy.batch > 1:
+            self._batch.append((now, payload["m"]))
+            return self._flush_batch() if len(self._batch) >= self.policy.batch else []
+        message = self._sign("reading", payload)
+        return [] if message is None else [message]
+
+    def _flush_batch(self) -> list[OutgoingMessage]:
+        """Sign the readings collected so far as one batch envelope (before a passport, at the end)."""
+        if not self._batch:
+            return []
+        payload = build_batch(self._batch, device_id=self.device_id, chain=self._header(), sw=self.sw,
+                              bat=self.tracker.texts.get("bat"))
+        message = self._sign("batch", payload, topic="reading", count=len(self._batch))
+        self._batch = []
         return [] if message is None else [message]
 
     def _passport(self, now: float, reason: str) -> list[OutgoingMessage]:
+        flushed = self._flush_batch()  # the readings before a passport come before it in the chain
         payload = build_passport(self.tracker, now=now, device_id=self.device_id, chain=self._header(),
                                  sw=self.sw, signals=self._signals, reason=reason, bat=self.tracker.texts.get("bat"))
         thinned = self.store.take_thinned() if self.store is not None else 0
@@ -285,12 +304,12 @@ class Pipeline:
                                          "policy": "readings thinned oldest first, one kept per interval"}
         message = self._sign("passport", payload)
         if message is None:
-            return []  # not stored: stays pending and is tried again
+            return flushed  # not stored: stays pending and is tried again
         self._pending = None
         self._last_passport_ts = now
         self._passport_soh = self.tracker.values.get("bms_soh_pct")
         log.info("passport update (%s)", reason)
-        return [message]
+        return [*flushed, message]
 
     @property
     def signals(self) -> dict[str, str]:
@@ -307,12 +326,13 @@ class Pipeline:
         assert message is not None
         return message
 
-    def _sign(self, kind: str, payload: dict[str, Any], *, raise_on_error: bool = False) -> OutgoingMessage | None:
+    def _sign(self, kind: str, payload: dict[str, Any], *, raise_on_error: bool = False, topic: str = "",
+              count: int = 1) -> OutgoingMessage | None:
         envelope = self.signer.sign(payload)
-        message = OutgoingMessage(topic=kind, payload=envelope, retain=kind == "passport", kind=kind,
+        message = OutgoingMessage(topic=topic or kind, payload=envelope, retain=kind == "passport", kind=kind,
                                   seq=payload["seq"], ep=payload["ep"], body=payload)
         following = Chain(self.chain.ep, self.chain.seq, self.chain.prev)
-        following.advance(envelope)
+        following.advance(envelope, count)
         if self.store is not None:
             try:
                 self.store.save(following, self.tracker.counters, message)

@@ -73,9 +73,10 @@ class Chain:
         """The ``ep``/``seq``/``prev`` fields of the next message."""
         return {"ep": self.ep, "seq": self.seq + 1, "prev": self.prev}
 
-    def advance(self, envelope: bytes) -> None:
-        """Record that the message built from ``header()`` was signed as ``envelope``."""
-        self.seq += 1
+    def advance(self, envelope: bytes, count: int = 1) -> None:
+        """Record that the message built from ``header()`` was signed as ``envelope``; a batch of
+        ``count`` readings takes ``count`` sequence numbers."""
+        self.seq += count
         self.prev = hashlib.sha256(envelope).digest()
 
     def new_epoch(self) -> None:

@@ -232,8 +232,13 @@ class SqliteOutbox:
     def delete(self, ids: list[int]) -> None:
         """Remove acknowledged rows."""
         if ids:
+            db = self._conn()
             with contextlib.suppress(sqlite3.OperationalError):  # a full disk must not stop deletes
-                self._conn().executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                db.execute("BEGIN IMMEDIATE")  # one transaction (one fsync) for the whole batch of acks
+                try:
+                    db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in ids])
+                finally:
+                    db.execute("COMMIT")
 
     def count(self) -> int:
         return int(self._conn().execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
@@ -266,7 +271,9 @@ class SqliteOutbox:
                     break  # only passports, certificates and one reading per year left
                 bucket_ms *= 2
                 continue
+            db.execute("BEGIN IMMEDIATE")
             db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in drop])
+            db.execute("COMMIT")
             deleted += len(drop)
             bucket_ms *= 2
             force = False

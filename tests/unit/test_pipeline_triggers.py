@@ -164,3 +164,28 @@ def test_readings_continue_when_the_clock_steps_back() -> None:
     assert after[0].body["ts"] < before[-1].body["ts"]
     assert pipe.counts["clock_step_back"] == 1
     assert pipe.tracker.counters.ah_discharged < 1.0
+
+
+def test_batch_mode_keeps_one_sequence_number_per_reading_and_the_chain_intact() -> None:
+    from gateway.chainverify import ChainVerifier
+    from gateway.passport import expand_batch
+
+    # GIVEN [publish] batch = 5 and a reading every second
+    pipe, store = make(reading_interval_s=1, batch=5)
+    msgs = run(pipe, LeafBattery(generation="aze0", soc_pct=60.0), 12.0)
+    msgs += pipe.finish(1e9 + 12.0)
+    batches = [m for m in msgs if m.kind == "batch"]
+    # THEN readings travel 5 to an envelope on the reading topic, a passport flushes a partial batch first
+    assert batches and all(m.topic == "reading" for m in batches)
+    assert [m.body["n"] for m in batches][1:-1] == [5] * (len(batches) - 2)
+    kinds = [m.kind for m in msgs]
+    assert kinds.index("passport") > 0 and kinds[kinds.index("passport") - 1] == "batch"
+    readings = [r for m in batches for r in expand_batch(m.body)]
+    assert readings[0]["m"]["soc_pct"] == pytest.approx(60.0, abs=0.01)
+    assert len({r["seq"] for r in readings}) == len(readings)  # every reading keeps its (dev, ep, seq)
+    verifier = ChainVerifier(lambda dev: pipe.signer._key.public_key())
+    for m in msgs:
+        assert verifier.add(m.payload).status == "accepted"
+    lines, intact = verifier.report()
+    assert intact and "none missing" in lines[0]
+    assert pipe.chain.seq == len(readings) + kinds.count("passport")
