@@ -44,8 +44,8 @@ def build_batch(rows: list[tuple[float, dict[str, float]]], *, device_id: str, c
     cols = sorted({k for _, m in rows for k in m})
     res = [RESOLUTION.get(c, 0.001) for c in cols]
     t0 = rows[0][0]
-    table = [[round((t - t0) * 1000), *(None if c not in m else round(m[c] / r) for c, r in zip(cols, res, strict=True))]
-             for t, m in rows]
+    table = [[round((t - t0) * 1000),
+              *(None if c not in m else round(m[c] / r) for c, r in zip(cols, res, strict=True))] for t, m in rows]
     return {"v": PAYLOAD_VERSION, "kind": "batch", "dev": device_id, **chain, "n": len(rows), "ts": ts_ms(t0),
             "sw": sw, "bat": bat, "cols": cols, "res": res, "rows": table}
 

@@ -171,7 +171,7 @@ def test_batch_mode_keeps_one_sequence_number_per_reading_and_the_chain_intact()
     from gateway.passport import expand_batch
 
     # GIVEN [publish] batch = 5 and a reading every second
-    pipe, store = make(reading_interval_s=1, batch=5)
+    pipe, _ = make(reading_interval_s=1, batch=5)
     msgs = run(pipe, LeafBattery(generation="aze0", soc_pct=60.0), 12.0)
     msgs += pipe.finish(1e9 + 12.0)
     batches = [m for m in msgs if m.kind == "batch"]
