@@ -26,11 +26,11 @@ mosquitto:
 
 # Debian's chromium renders certificate.html in a test; without it (no root, no sudo) that test is skipped.
 browser:
-	@command -v chromium >/dev/null 2>&1 || { \
-	  echo "installing chromium and CJK fonts from Debian's packages (for the certificate page test)"; \
+	@{ command -v chromium >/dev/null 2>&1 && [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; } || { \
+	  echo "installing chromium, CJK fonts and libfaketime from Debian's packages (page and clock tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq chromium fonts-noto-cjk >/dev/null || \
-	  echo "warning: chromium not installed; the headless-browser test will be skipped"; }
+	    apt-get install -y -qq chromium fonts-noto-cjk libfaketime >/dev/null || \
+	  echo "warning: chromium/libfaketime not installed; the browser and clock tests will be skipped"; }
 
 demo: setup
 	$(BIN)/battery-gateway demo

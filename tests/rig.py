@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import contextlib
 import json
+import os
 import queue
 import signal
 import sqlite3
@@ -119,10 +120,10 @@ class Car:
         self.bus.shutdown()
 
 
-def start_daemon(rig: Rig) -> subprocess.Popen[bytes]:
+def start_daemon(rig: Rig, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
     log = open(rig.tmp / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
     return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
-                            stdout=log, stderr=log)
+                            stdout=log, stderr=log, env={**os.environ, **(env or {})})
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> int:

@@ -7,6 +7,7 @@ traffic never reaches Python. python-can's config-file lookup is off: the TOML f
 from __future__ import annotations
 
 import logging
+import time
 from collections.abc import Iterable
 from typing import Any
 
@@ -40,6 +41,9 @@ class PythonCanSource:
         except (can.CanError, OSError, ValueError, ImportError, NotImplementedError) as exc:
             # NotImplementedError: python-can's "interface ... not supported"
             raise BusError(f"can: cannot open {interface} channel {channel!r}: {exc}") from exc
+        # socketcan stamps frames in the kernel on this host's clock; udp_multicast and virtual carry the
+        # sender's stamp, so those frames are stamped on arrival, in this process's clock.
+        self._local_stamp = interface != "socketcan"
         log.info("CAN %s %s open, %d filters", interface, channel, len(filters))
 
     def recv(self, timeout_s: float) -> Frame | None:
@@ -54,7 +58,8 @@ class PythonCanSource:
             raise BusError(f"can: read failed: {exc}") from exc
         if msg is None or msg.is_error_frame or msg.is_remote_frame:
             return None
-        return Frame(msg.timestamp, msg.arbitration_id, bytes(msg.data), 0, msg.is_extended_id)
+        ts = time.time() if self._local_stamp else msg.timestamp
+        return Frame(ts, msg.arbitration_id, bytes(msg.data), 0, msg.is_extended_id)
 
     def send(self, can_id: int, data: bytes) -> None:
         """Put one frame on the bus (diagnostic requests and flow control).

@@ -8,13 +8,14 @@ import random
 import signal
 import sqlite3
 import time
+from pathlib import Path
 
 import pytest
 
 from gateway.chainverify import ChainVerifier
 from gateway.localbroker import LocalBroker
 from gateway.sim import LeafBattery
-from tests.rig import Car, Rig, Subscriber, start_daemon, stop_daemon, write_config
+from tests.rig import Car, Rig, Subscriber, count, signed, start_daemon, stop_daemon, write_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -106,3 +107,29 @@ def test_broker_gone_for_a_while_then_every_message_arrives(rig: Rig) -> None:
     assert outbox_rows(rig) == 0
     check_exactly_once(rig, envelopes)
     assert "MQTT disconnected" in (rig.tmp / "daemon.log").read_text()
+
+
+FAKETIME = Path("/usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1")
+
+
+@pytest.mark.skipif(not FAKETIME.exists(), reason="Debian's libfaketime is not installed (make setup installs it)")
+def test_wall_clock_stepping_back_an_hour_in_a_real_process(rig: Rig, sub: Subscriber) -> None:
+    # GIVEN the daemon under libfaketime, whose offset a file sets while it runs
+    offset = rig.tmp / "faketime"
+    offset.write_text("+0\n")
+    env = {"LD_PRELOAD": str(FAKETIME), "FAKETIME_TIMESTAMP_FILE": str(offset), "FAKETIME_NO_CACHE": "1"}
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
+    daemon = start_daemon(rig, env=env)
+    try:
+        before = signed(rig, sub.collect(count("reading", 3), 15))
+        offset.write_text("-3600\n")  # WHEN NTP steps the clock back by an hour
+        after = signed(rig, sub.collect(count("reading", 4), 15))
+        assert stop_daemon(daemon) == 0
+    finally:
+        car.close()
+    # THEN readings go on at once, stamped with the new time, and the chain continues
+    late = [b for b, _ in after if b["kind"] == "reading" and b["ts"] < before[-1][0]["ts"] - 3_000_000]
+    assert len(late) >= 3
+    assert "clock stepped back by" in (rig.tmp / "daemon.log").read_text()
+    check_exactly_once(rig, [env for _, env in before + after] + [p for t, p, _ in sub.drain(1.0)
+                                                                   if t in ("reading", "passport")])
