@@ -189,3 +189,23 @@ def test_batch_mode_keeps_one_sequence_number_per_reading_and_the_chain_intact()
     lines, intact = verifier.report()
     assert intact and "none missing" in lines[0]
     assert pipe.chain.seq == len(readings) + kinds.count("passport")
+
+
+def test_thinned_readings_are_counted_in_the_next_passport() -> None:
+    pipe, store = make(passport_interval_s=2)
+    run(pipe, LeafBattery(generation="aze0"), 1.0)
+    store.thinned = 37  # the outbox had to thin 37 readings
+    passports = [m for m in run(pipe, LeafBattery(generation="aze0"), 3.0, start=1e9 + 1) if m.kind == "passport"]
+    assert passports[0].body["prov"]["outbox"]["thinned_readings"] == 37
+
+
+def test_a_message_that_cannot_be_stored_is_not_sent_and_takes_no_sequence_number() -> None:
+    pipe, store = make(reading_interval_s=1)
+    run(pipe, LeafBattery(generation="aze0"), 1.5)
+    seq = pipe.chain.seq
+    store.fail = True  # disk full
+    assert [m for m in run(pipe, LeafBattery(generation="aze0"), 2.0, start=1e9 + 1.5) if m.kind == "reading"] == []
+    assert pipe.chain.seq == seq and pipe.counts["reading_not_stored"] >= 1
+    store.fail = False
+    nxt = [m for m in run(pipe, LeafBattery(generation="aze0"), 1.5, start=1e9 + 3.5) if m.kind == "reading"]
+    assert nxt[0].seq == seq + 1  # the chain goes on without a hole
