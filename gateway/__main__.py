@@ -246,15 +246,9 @@ def _cmd_simulate(args: argparse.Namespace) -> int:
 
 def _describe(body: dict[str, Any]) -> str:
     from .passport import rfc3339
+    from .summary import describe
 
-    head = f"{body['kind']:8} seq {body['seq']:<5} {rfc3339(body['ts'] / 1000)}"
-    if body["kind"] == "reading":
-        return head + "  " + "  ".join(f"{k} {v:g}" for k, v in body["m"].items())
-    ext, doc = body["ext"], body["doc"]
-    return (f"{head}  ({ext['reason']})  BMS SOH {ext['bms_soh_pct']:g} %  "
-            f"SoC {doc['StateOfCharge']['StateOfChargeValue']:g} %  "
-            f"cycles {doc['NumberOfFullCycles']['NumberOfFullCyclesValue']:g}  "
-            f"rated {ext['rated_energy_kwh']:g} kWh ({ext['rated_source']})")
+    return f"{body['kind']:8} seq {body['seq']:<5} {rfc3339(body['ts'] / 1000)}  {describe(body)}"
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:

@@ -29,6 +29,7 @@ from .localbroker import LocalBroker, port_open
 from .signing import verify_envelope
 from .sim import LeafBattery
 from .simecu import LbcResponder, run_ecu
+from .summary import describe
 
 __all__ = ["DEMO_GROUP", "run_demo", "simulate"]
 
@@ -51,26 +52,6 @@ def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pc
             sent = 0
     print(f"simulate: sent {sent} frames", file=sys.stderr)
     return 0
-
-
-def _describe(payload: dict[str, Any]) -> str:
-    if payload["kind"] == "reading":
-        m = payload["m"]
-        parts = [f"SoC {m['soc_pct']:.1f} %" if "soc_pct" in m else "",
-                 f"{m['pack_v']:.1f} V" if "pack_v" in m else "", f"{m['pack_a']:+.1f} A" if "pack_a" in m else "",
-                 f"BMS SOH {m['bms_soh_pct']:g} %" if "bms_soh_pct" in m else "",
-                 f"Hx {m['hx_pct']:.2f} %" if "hx_pct" in m else "",
-                 f"{m['capacity_ah']:.1f} Ah" if "capacity_ah" in m else "",
-                 f"cells {m['cell_v_min']:.3f}..{m['cell_v_max']:.3f} V" if "cell_v_max" in m else "",
-                 f"{m['temp_c_min']:g}..{m['temp_c_max']:g} degC" if "temp_c_max" in m else ""]
-        if payload.get("bat"):
-            parts.append(f"pack {payload['bat']}")
-        return "  ".join(p for p in parts if p)
-    doc, ext = payload["doc"], payload["ext"]
-    return (f"({ext['reason']})  BMS SOH {ext['bms_soh_pct']:g} %  "
-            f"SoC {doc['StateOfCharge']['StateOfChargeValue']:g} %  "
-            f"{doc['EnergyThroughput']['EnergyThroughputValue']:.3f} kWh throughput  "
-            f"pack {ext['rated_energy_kwh']:g} kWh ({ext['rated_source']})")
 
 
 def _config(tmp: Path, *, mqtt_port: int, can_port: int) -> Path:
@@ -169,7 +150,7 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
                 print(f"{stamp} {kind:9} REJECTED: {exc}")
                 continue
             counts[body["kind"]] = counts.get(body["kind"], 0) + 1
-            print(f"{stamp} {kind:9} seq {body['seq']:<3} signature verified  {_describe(body)}")
+            print(f"{stamp} {kind:9} seq {body['seq']:<3} signature verified  {describe(body)}")
     except KeyboardInterrupt:
         print("demo: interrupted")
     finally:

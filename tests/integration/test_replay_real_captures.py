@@ -163,3 +163,14 @@ def test_replay_of_a_foreign_car_decodes_nothing_and_says_so(tmp_path: Path) -> 
                          capture_output=True, text=True, timeout=60)
     assert out.returncode == 0 and out.stdout == ""
     assert "0 battery frames" in out.stderr
+
+
+def test_replay_summarises_batches_for_people(tmp_path: Path) -> None:
+    path = capture_path("dalathegreat-EV-CANlogs/AZE0w40kWhv2.48.log")
+    config = tmp_path / "replay.toml"  # a file with only [vehicle] and [publish] is enough
+    config.write_text('[vehicle]\nprofile = "leaf-aze0"\n[publish]\nbatch = 3\nreading_interval_s = 2\n')
+    out = subprocess.run([sys.executable, "-m", "gateway", "replay", str(path), "--config", str(config)],
+                         capture_output=True, text=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert "3 readings, last: SoC 95.7 %" in out.stdout
+    assert "(final)  BMS SOH 93 %" in out.stdout
