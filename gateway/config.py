@@ -206,8 +206,9 @@ def parse_config(data: Mapping[str, Any], *, sections: tuple[str, ...] = tuple(S
             if problem and (section in sections or key in raw):
                 problems.append(f"{section}.{key}: {problem}")
             values[key] = raw[key]
-        if section == "vehicle":
-            values["rated_capacity_ah"] = float(values["rated_capacity_ah"] or 0) or None
+        if section == "vehicle":  # 0 means "detect"; a wrong type was reported above
+            rated = values["rated_capacity_ah"]
+            values["rated_capacity_ah"] = float(rated) if isinstance(rated, int | float) and rated else None
         if section == "mqtt" and values["tls"] is True and section in sections:
             problems.extend(f"mqtt.{k}: required when tls = true" for k in ("ca_file", "cert_file", "key_file")
                             if not values[k])

@@ -6,7 +6,7 @@ import stat
 from pathlib import Path
 
 import pytest
-from hypothesis import given, settings
+from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.adapters.keystore import generate_key, load_private_key
@@ -22,8 +22,10 @@ SECTIONS = st.dictionaries(st.sampled_from([*SCHEMA, "bogus"]),
                            max_size=7)
 
 
-@settings(max_examples=400, deadline=None)
+@settings(max_examples=1000, deadline=None)
 @given(SECTIONS)
+@example({"vehicle": {"rated_capacity_ah": [1]}})  # found by this test: once a TypeError
+@example({"vehicle": {"rated_capacity_ah": ":"}})  # and a ValueError
 def test_any_document_is_either_valid_or_a_config_error_naming_keys(doc: dict[str, object]) -> None:
     try:
         parse_config(doc)
