@@ -120,7 +120,9 @@ def _parse_field(raw: Any, key: str, problems: list[str]) -> ByteField | None:
             offset=float(raw.get("offset", 0.0)), invalid_raw=frozenset(raw.get("invalid_raw", [])),
             count=_int(raw.get("count", 1), f"{key}.count", problems, 1, 512),
             stride=_int(raw.get("stride", size), f"{key}.stride", problems, 1, 64),
-            guard_at=raw.get("guard_at"), guard_size=_int(raw.get("guard_size", 2), f"{key}.guard_size",
+            guard_at=None if raw.get("guard_at") is None else _int(raw.get("guard_at"), f"{key}.guard_at", problems,
+                                                                   0, 4095),
+            guard_size=_int(raw.get("guard_size", 2), f"{key}.guard_size",
                                                           problems, 1, 4),
             guard_raw=_int(raw.get("guard_raw", 0xFFFF), f"{key}.guard_raw", problems, 0, 0xFFFFFFFF),
             mask=_int(raw.get("mask", 0xFF), f"{key}.mask", problems, 0, 0xFF))
@@ -146,16 +148,24 @@ def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
         problems.append(f"{key}.every_s: expected {{state = seconds}} with states {', '.join(VEHICLE_STATES)}")
         every = {}
     layouts = []
-    for j, lay in enumerate(raw.get("layout", [])):
+    raw_layouts = raw.get("layout", [])
+    for j, lay in enumerate(raw_layouts if isinstance(raw_layouts, list) else [None]):
+        if not isinstance(lay, Mapping) or not isinstance(lay.get("fields", []), list):
+            problems.append(f"{key}.layout[{j}]: expected a table with a list of fields")
+            continue
         fields = [_parse_field(f, f"{key}.layout[{j}].fields[{k}]", problems)
                   for k, f in enumerate(lay.get("fields", []))]
         layouts.append(Layout(_int(lay.get("length"), f"{key}.layout[{j}].length", problems, 1, 4095),
                               tuple(f for f in fields if f is not None), str(lay.get("generation", ""))))
+    timeout = raw.get("timeout_s", 1.0)
+    if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.05 <= timeout <= 30:
+        problems.append(f"{key}.timeout_s: expected seconds 0.05..30, got {timeout!r}")
+        timeout = 1.0
     return PollSpec(name=str(raw.get("name", f"poll-{i}")),
                     request_id=_int(raw.get("request_id"), f"{key}.request_id", problems, 0, 0x1FFFFFFF),
                     response_id=_int(raw.get("response_id"), f"{key}.response_id", problems, 0, 0x1FFFFFFF),
                     request=bytes(request), every_s=dict(every), layouts=tuple(layouts),
-                    timeout_s=float(raw.get("timeout_s", 1.0)))
+                    timeout_s=float(timeout))
 
 
 def parse_polls(raw: Any, problems: list[str]) -> tuple[PollSpec, ...]:

@@ -7,6 +7,7 @@ frame checks apply. A new car is a new TOML file, not new code (docs/profiles.md
 
 from __future__ import annotations
 
+import math
 import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
@@ -106,7 +107,7 @@ def _parse_signal(i: int, raw: Any, problems: list[str]) -> SignalMap | None:
     name, fld = raw.get("signal"), raw.get("field")
     if not isinstance(name, str):
         problems.append(f"{key}.signal: expected a DBC signal name")
-    if fld not in FIELDS:
+    if not isinstance(fld, str) or fld not in FIELDS:
         problems.append(f"{key}.field: {fld!r} is not a canonical field ({', '.join(FIELDS)})")
     invalid = raw.get("invalid_raw", [])
     when = raw.get("when", {})
@@ -122,7 +123,7 @@ def _parse_signal(i: int, raw: Any, problems: list[str]) -> SignalMap | None:
     except (TypeError, ValueError):
         problems.append(f"{key}.lookup: expected a table of raw integer = value")
         table = ()
-    if frame_id is None or not isinstance(name, str) or fld not in FIELDS:
+    if frame_id is None or not isinstance(name, str) or not isinstance(fld, str) or fld not in FIELDS:
         return None
     return SignalMap(frame_id, name, str(fld), frozenset(invalid), tuple(sorted(when.items())), table)
 
@@ -148,36 +149,48 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
     if not isinstance(name, str) or not name:
         problems.append("name: expected a non-empty string")
     dbc_files: list[Path] = []
-    polls = parse_polls(data.get("poll", []), problems)
-    dbc_names = data.get("dbc", [])
-    if not dbc_names and data.get("signal"):
+    polls = parse_polls(_list(data, "poll", problems), problems)
+    dbc_names = _list(data, "dbc", problems)
+    raw_signals = _list(data, "signal", problems)
+    if not dbc_names and raw_signals:
         problems.append("dbc: list the DBC files that define the signals")
     for dbc in dbc_names:
+        if not isinstance(dbc, str) or not dbc or "/" in dbc:
+            problems.append(f"dbc: {dbc!r} is not a DBC file name")
+            continue
         found = next((d / dbc for d in dbc_dirs if (d / dbc).is_file()), None)
         if found is None:
             problems.append(f"dbc: {dbc!r} not found in {', '.join(map(str, dbc_dirs))}")
         else:
             dbc_files.append(found)
-    signals = [_parse_signal(i, s, problems) for i, s in enumerate(data.get("signal", []))]
+    signals = [_parse_signal(i, s, problems) for i, s in enumerate(raw_signals)]
     if not signals and not polls:
         problems.append("signal, poll: map at least one broadcast signal or one poll")
     packs: list[PackVariant] = []
-    for i, p in enumerate(data.get("pack", [])):
+    for i, p in enumerate(_list(data, "pack", problems)):
         try:
-            packs.append(PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"])))
-        except (KeyError, TypeError, ValueError):
+            pack = PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"]))
+            if not (0 < pack.energy_kwh < 1000 and 0 < pack.capacity_ah < 5000):
+                raise ValueError("out of range")
+            packs.append(pack)
+        except (KeyError, TypeError, ValueError, OverflowError):
             problems.append(f"pack[{i}]: needs energy_kwh and capacity_ah numbers")
     if not packs:
         problems.append("pack: list at least one pack (energy_kwh, capacity_ah)")
-    complete = tuple(data.get("complete", []))
-    bad = [c for c in complete if c not in FIELDS and c not in _COMPLETE_GROUPS]
+    complete = tuple(_list(data, "complete", problems))
+    bad = [c for c in complete if not isinstance(c, str) or (c not in FIELDS and c not in _COMPLETE_GROUPS)]
     problems.extend(f"complete: {c!r} is not a canonical field" for c in bad)
     crc = data.get("crc8", {})
+    if not isinstance(crc, Mapping) or not all(isinstance(crc.get(k, 0), int) for k in ("poly", "init")) \
+            or not all(isinstance(f, int) for f in _list(crc, "frames", problems)):
+        problems.append("crc8: expected a table with integer poly, init and a list of frame ids")
+        crc = {}
     numbers: dict[str, float] = {}
     for key, default in (("wh_per_gid", 80.0), ("cell_v_min", 2.5), ("cell_v_max", 4.2),
                          ("temp_low_c", -10.0), ("temp_high_c", 40.0), ("cells_series", 96)):
         value = data.get(key, default)
-        if isinstance(value, bool) or not isinstance(value, int | float):
+        if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
+                or not -1000 < value < 1000:
             problems.append(f"{key}: expected a number, got {value!r}")
             value = default
         numbers[key] = value
@@ -192,6 +205,14 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
         cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
         temp_high_c=float(numbers["temp_high_c"]), polls=polls,
     )
+
+
+def _list(data: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
+    value = data.get(key, [])
+    if not isinstance(value, list):
+        problems.append(f"{key}: expected a list")
+        return []
+    return value
 
 
 def _read_toml(path: Path) -> dict[str, Any]:

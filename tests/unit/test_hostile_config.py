@@ -63,3 +63,43 @@ def test_key_file_problems_each_say_what_to_do(tmp_path: Path) -> None:
     key.chmod(stat.S_IRUSR | stat.S_IWUSR | stat.S_IRGRP)
     with pytest.raises(ConfigError, match="readable by others"):
         load_private_key(key)
+
+
+PROFILE_KEYS = ["name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "cells_series",
+                "cell_v_min", "poll", "include", "x"]
+
+
+@settings(max_examples=600, deadline=None)
+@given(st.dictionaries(st.sampled_from(PROFILE_KEYS), st.one_of(VALUES, st.lists(VALUES, max_size=3),
+                                                                 st.lists(st.dictionaries(
+                                                                     st.sampled_from(["frame", "signal", "field",
+                                                                                      "request", "layout", "at"]),
+                                                                     VALUES, max_size=4), max_size=2)),
+                       max_size=8))
+def test_any_profile_document_is_either_valid_or_a_config_error(doc: dict[str, object]) -> None:
+    from gateway.profile import builtin_dbc_dir, parse_profile
+
+    try:
+        parse_profile(doc, dbc_dirs=(builtin_dbc_dir(),))
+    except ConfigError as exc:
+        assert exc.problems
+
+
+FIELD_TABLES = st.dictionaries(st.sampled_from(["name", "at", "size", "kind", "signed", "scale", "count", "stride",
+                                                "guard_at", "mask", "invalid_raw"]), VALUES, max_size=6)
+POLLS = st.lists(st.dictionaries(
+    st.sampled_from(["name", "request_id", "response_id", "request", "every_s", "layout", "timeout_s", "x"]),
+    st.one_of(VALUES, st.lists(st.integers(-5, 300), max_size=4),
+              st.lists(st.dictionaries(st.sampled_from(["length", "generation", "fields"]),
+                                       st.one_of(VALUES, st.lists(FIELD_TABLES, max_size=2)), max_size=3),
+                       max_size=2)), max_size=6), max_size=3)
+
+
+@settings(max_examples=600, deadline=None)
+@given(POLLS)
+def test_any_poll_list_is_parsed_or_reported(polls: list[object]) -> None:
+    from gateway.polls import parse_polls
+
+    problems: list[str] = []
+    parse_polls(polls, problems)  # never raises; problems name the key
+    assert all(p.startswith("poll") for p in problems)
