@@ -165,7 +165,10 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
             if frame is not None and diag.on_frame(frame):
                 frame = None
             now = time.time()
-            pipeline.on_frame(frame) if frame is not None else pipeline.tick(now)  # stored in the outbox
+            if frame is not None:  # what the pipeline signs goes to the outbox; the forwarder sends it
+                pipeline.on_frame(frame)
+            else:
+                pipeline.tick(now)
             diag.step(now, schedule=diag.specs != ())
             forwarder.step(now)
             _handle_commands(publisher, pipeline)
