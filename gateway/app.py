@@ -125,6 +125,22 @@ def open_uplink(config: Config) -> PahoPublisher:
                          session_expiry_s=m.session_expiry_s, tls_files=tls, max_backoff_s=m.max_backoff_s)
 
 
+def _watchdog(notifier: SystemdNotifier, pipeline: Pipeline, *, last_frame: float, last_ping: float,
+              store: SqliteOutbox) -> float:
+    """WATCHDOG=1 from the main loop, twice per WatchdogSec, while frames flow or the car is known asleep.
+
+    A hung CAN read never comes back here, so systemd's watchdog fires and restarts the service.
+    """
+    now = time.monotonic()
+    if not notifier.watchdog_s or now - last_ping < notifier.watchdog_s / 2:
+        return last_ping
+    if now - last_frame > notifier.watchdog_s and pipeline.vehicle_state() != "off":
+        return last_ping  # frames stopped but the car is not known to be asleep: let the watchdog decide
+    notifier.notify(f"WATCHDOG=1\nSTATUS=epoch {pipeline.chain.ep} seq {pipeline.chain.seq}, "
+                    f"car {pipeline.vehicle_state()}, outbox {store.count()}")
+    return now
+
+
 def _drain(forwarder: Forwarder, *, timeout_s: float) -> None:
     """Send what the outbox holds until it is empty, nothing is in flight, or ``timeout_s``."""
     deadline = time.monotonic() + timeout_s
@@ -160,10 +176,13 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
         log.info("running: profile %s, device %s, epoch %d seq %d", pipeline.decoder.profile.name,
                  config.device.id, chain.ep, chain.seq)
         timeout = config.can.receive_timeout_s
+        last_frame = last_ping = time.monotonic()
         while not stop.is_set():
             frame = source.recv(0.005 if diag.client.busy else timeout)
-            if frame is not None and diag.on_frame(frame):
-                frame = None
+            if frame is not None:
+                last_frame = time.monotonic()
+                if diag.on_frame(frame):
+                    frame = None
             now = time.time()
             if frame is not None:  # what the pipeline signs goes to the outbox; the forwarder sends it
                 pipeline.on_frame(frame)
@@ -172,6 +191,7 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
             diag.step(now, schedule=diag.specs != ())
             forwarder.step(now)
             _handle_commands(publisher, pipeline)
+            last_ping = _watchdog(notifier, pipeline, last_frame=last_frame, last_ping=last_ping, store=store)
     except TransportError as exc:
         log.error("%s", exc)
         code = 1

@@ -15,12 +15,16 @@ __all__ = ["SystemdNotifier"]
 class SystemdNotifier:
     """Sends state lines to systemd's notify socket."""
 
-    def __init__(self, address: str | None) -> None:
+    def __init__(self, address: str | None, watchdog_usec: str | None = None) -> None:
         self._address = "\0" + address[1:] if address and address.startswith("@") else address
+        try:
+            self.watchdog_s = int(watchdog_usec or 0) / 1e6  # WatchdogSec=, 0 when there is none
+        except ValueError:
+            self.watchdog_s = 0.0
 
     @classmethod
     def from_environment(cls) -> SystemdNotifier:
-        return cls(os.environ.get("NOTIFY_SOCKET"))
+        return cls(os.environ.get("NOTIFY_SOCKET"), os.environ.get("WATCHDOG_USEC"))
 
     @property
     def enabled(self) -> bool:
