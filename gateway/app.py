@@ -105,8 +105,12 @@ def _vin_salt(state_dir: str) -> bytes:
         return path.read_bytes()
     except FileNotFoundError:
         salt = os.urandom(16)
-        path.write_bytes(salt)
-        path.chmod(0o600)
+        try:
+            path.write_bytes(salt)
+            path.chmod(0o600)
+        except OSError as exc:  # a read-only state_dir must not stop the gateway; the hash changes at restart
+            log.error("device.state_dir: cannot write %s (%s): VIN hashes use a salt for this run only",
+                      path, exc.strerror)
         return salt
 
 
