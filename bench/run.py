@@ -182,6 +182,7 @@ def bench_inspect(runs: int = 3) -> None:
     from gateway.adapters.can_bus import PythonCanSource
     from gateway.adapters.isotp import IsoTpDiagClient
     from gateway.adapters.keystore import generate_key
+    from gateway.app import poll_once
     from gateway.battery import BatteryTracker
     from gateway.decoding import Decoder
     from gateway.diagnostics import DiagService
@@ -226,13 +227,7 @@ def bench_inspect(runs: int = 3) -> None:
             for _ in range(5):
                 cpu, wall = time.process_time(), time.perf_counter()
                 for spec in profile.polls:
-                    diag.request(spec)
-                    done = None
-                    while done is None:
-                        frame = source.recv(0.002)
-                        if frame is not None and not diag.on_frame(frame):
-                            pipeline.on_frame(frame)
-                        done = diag.step(time.time(), schedule=False)
+                    poll_once(diag, source, pipeline, spec)
                 cycles.append((time.process_time() - cpu, time.perf_counter() - wall))
         finally:
             source.close()

@@ -38,6 +38,7 @@ from .forwarder import Forwarder
 from .localbroker import port_open
 from .model import OutgoingMessage
 from .pipeline import Pipeline, PublishPolicy
+from .polls import PollSpec
 from .ports import StateStore
 from .profile import load_profile
 from .replay import replay_frames
@@ -304,6 +305,22 @@ def _hex(value: object) -> str:
     raise TypeError(type(value).__name__)
 
 
+def poll_once(diag: DiagService, source: PythonCanSource, pipeline: Pipeline, spec: PollSpec) -> str:
+    """Send one poll and read the bus (replies to ``diag``, the rest to the pipeline) until it finishes.
+
+    Returns:
+        ``ok``, an error kind, or ``timeout``.
+    """
+    diag.request(spec)
+    while True:
+        frame = source.recv(0.005)
+        if frame is not None and not diag.on_frame(frame):
+            pipeline.on_frame(frame)
+        finished = diag.step(time.time(), schedule=False)
+        if finished is not None:
+            return finished[1]
+
+
 def _inspect_bus(config: Config, pipeline: Pipeline, source: PythonCanSource, *, wait_s: float,
                  progress: Callable[[str], None]) -> dict[str, str]:
     profile = pipeline.decoder.profile
@@ -329,15 +346,8 @@ def _inspect_bus(config: Config, pipeline: Pipeline, source: PythonCanSource, *,
             continue
         for attempt in (1, 2):  # one retry: a reply can be lost, the ECU may be waking up
             t0 = time.monotonic()
-            diag.request(spec)
-            finished = None
-            while finished is None:
-                frame = source.recv(0.005)
-                if frame is not None and not diag.on_frame(frame):
-                    pipeline.on_frame(frame)
-                finished = diag.step(time.time(), schedule=False)
-            results[spec.name] = finished[1]
-            if finished[1] == "ok" or attempt == 2:
+            results[spec.name] = poll_once(diag, source, pipeline, spec)
+            if results[spec.name] == "ok" or attempt == 2:
                 break
         if results[spec.name] == "timeout":
             silent.add(spec.request_id)

@@ -40,7 +40,6 @@ class Verdict:
 class _Epoch:
     digests: dict[int, bytes] = field(default_factory=dict)
     prevs: dict[int, bytes] = field(default_factory=dict)
-    counts: dict[int, int] = field(default_factory=dict)  # seq -> readings inside (batches carry several)
 
 
 class ChainVerifier:
@@ -84,7 +83,6 @@ class ChainVerifier:
         chain.prevs[seq] = prev
         for s in range(seq, seq + count):  # every reading of a batch has its own (dev, ep, seq)
             chain.digests[s] = digest
-        chain.counts[seq] = count
         self.accepted += 1
         return Verdict("accepted", name, payload)
 

@@ -146,3 +146,12 @@ def counters(rig: Rig) -> dict[str, Any]:
 
 def count(kind: str, n: int) -> Any:
     return lambda got: sum(1 for t, *_ in got if t == kind) >= n
+
+
+def outbox_rows(rig: Rig) -> int:
+    """Messages waiting in the daemon's outbox (a reader does not disturb it in WAL mode)."""
+    db = sqlite3.connect(rig.tmp / "state" / "state.db")
+    try:
+        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    finally:
+        db.close()

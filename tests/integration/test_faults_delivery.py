@@ -15,21 +15,13 @@ import pytest
 from gateway.chainverify import ChainVerifier
 from gateway.localbroker import LocalBroker
 from gateway.sim import LeafBattery
-from tests.rig import Car, Rig, Subscriber, count, signed, start_daemon, stop_daemon, write_config
+from tests.rig import Car, Rig, Subscriber, count, outbox_rows, signed, start_daemon, stop_daemon, write_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
 def fast(rig: Rig) -> None:
     rig.config.write_text(rig.config.read_text().replace("reading_interval_s = 1", "reading_interval_s = 0.2"))
-
-
-def outbox_rows(rig: Rig) -> int:
-    db = sqlite3.connect(rig.tmp / "state" / "state.db")
-    try:
-        return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
-    finally:
-        db.close()
 
 
 def last_seq(rig: Rig) -> tuple[int, int]:
