@@ -31,9 +31,11 @@ examples:
   battery-gateway run --config /etc/battery-gateway/gateway.toml
   battery-gateway replay drive.log --profile leaf-ze1 --json > messages.jsonl
   battery-gateway verify --pubkey device.pub certificate.cose
+  battery-gateway update --config /etc/battery-gateway/gateway.toml --check
   battery-gateway demo
 
-Docs: docs/cli.md (commands), docs/config.md (every key), docs/mqtt.md (topics and envelope).
+Docs: docs/cli.md (commands), docs/config.md (every key), docs/mqtt.md (topics and envelope),
+docs/ota.md (updates).
 """
 
 
@@ -105,6 +107,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--duration", type=float, metavar="S", help="with --mqtt: stop after S seconds (else Ctrl-C)")
     s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
 
+    s = sub.add_parser("update", help="over-the-air update through TUF: check, download, install, probation",
+                       description="One updater run (the battery-gateway-update timer and path units start it). "
+                                   "Finishes a pending probation (commit or roll back) or checks the TUF "
+                                   "repository for the release in ota.target, downloads it (resuming), installs "
+                                   "it next to the current one, switches `current`, restarts the daemon and "
+                                   "waits until it is healthy or rolls back. Exit 1 when refused, failed or "
+                                   "rolled back. Progress goes to {topic_prefix}/{device.id}/ota (retained).")
+    s.add_argument("--config", required=True, metavar="PATH")
+    s.add_argument("--check", action="store_true", help="refresh the metadata and say what would be installed")
+
+    s = sub.add_parser("command", help="sign a command for a device with the backend key (writes COSE bytes)",
+                       description="Publish the output on {topic_prefix}/{device}/cmd/{NAME}, e.g. "
+                                   "mosquitto_pub -t bp/v1/gw-0001/cmd/ota -f cmd.cose")
+    s.add_argument("name", choices=("ota",), metavar="NAME", help="the command: ota")
+    s.add_argument("--key", required=True, metavar="PEM", help="the backend's command key (PKCS#8 PEM)")
+    s.add_argument("--device", required=True, metavar="ID")
+    s.add_argument("--out", required=True, metavar="FILE", help="where to write the envelope")
+
     s = sub.add_parser("demo", help="simulated Leaf -> daemon -> local broker -> verifying subscriber")
     s.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to run (default 20)")
 
@@ -175,6 +195,23 @@ def _cmd_run(args: argparse.Namespace) -> int:
     signal.signal(signal.SIGTERM, on_signal)
     signal.signal(signal.SIGINT, on_signal)
     return run_daemon(config, stop=stop)
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    _without_mf4()
+    from .app import run_update
+    from .config import load_config
+
+    config = load_config(args.config)
+    _setup_logging("DEBUG" if args.verbose else config.logging.level)
+    return run_update(config, check_only=args.check)
+
+
+def _cmd_command(args: argparse.Namespace) -> int:
+    from .app import sign_command
+
+    Path(args.out).write_bytes(sign_command(args.key, device_id=args.device, command=args.name))
+    return 0
 
 
 def _cmd_verify(args: argparse.Namespace) -> int:
@@ -284,7 +321,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 
 _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
-             "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate}
+             "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
+             "update": _cmd_update, "command": _cmd_command}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -11,6 +11,9 @@ import json
 import logging
 import os
 import queue
+import shlex
+import subprocess
+import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -22,30 +25,34 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import __version__
 from .adapters.can_bus import PythonCanSource
 from .adapters.capture_files import CaptureStats, read_capture
+from .adapters.health import HealthFile, read_health
 from .adapters.isotp import IsoTpDiagClient
 from .adapters.keystore import generate_key, load_private_key, load_public_key, public_pem
-from .adapters.mqtt import PahoPublisher, PahoSubscriber
+from .adapters.mqtt import PahoNotice, PahoPublisher, PahoSubscriber
+from .adapters.releases import ReleaseDirs
 from .adapters.sqlite_outbox import SqliteOutbox
 from .adapters.systemd import SystemdNotifier
+from .adapters.tuf_client import TufUpdateClient
 from .battery import BatteryTracker, Counters
 from .certificate import build_certificate
 from .certificate_html import render_certificate
 from .config import Config
 from .decoding import Decoder
 from .diagnostics import DiagService
-from .errors import ConfigError, InspectionError, TransportError
+from .errors import ConfigError, EnvelopeError, InspectionError, TransportError, UpdateError
 from .forwarder import Forwarder
 from .localbroker import port_open
 from .model import OutgoingMessage
+from .ota import OtaService, check_command
 from .pipeline import Pipeline, PublishPolicy
 from .polls import PollSpec
 from .ports import StateStore
 from .profile import load_profile
 from .replay import replay_frames
-from .signing import Chain, Signer, key_id
+from .signing import Chain, Signer, key_id, verify_envelope
 
 __all__ = ["CaptureStats", "InspectionResult", "build_pipeline", "create_device_key", "load_public_key",
-           "policy_from", "replay_capture", "run_daemon", "run_inspection"]
+           "policy_from", "replay_capture", "run_daemon", "run_inspection", "run_update", "sign_command"]
 
 log = logging.getLogger(__name__)
 
@@ -82,12 +89,57 @@ def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Ch
                     emit=emit)
 
 
-def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline) -> None:
+class _OtaCommands:
+    """``cmd/ota``: a COSE_Sign1 command signed by the backend key (``ota.command_key``).
+
+    An accepted command writes ``{state_dir}/ota-request``; the ``battery-gateway-update.path`` unit
+    sees it and starts the updater (the daemon itself has no right to install anything). The last
+    accepted ``ts`` is kept in ``{state_dir}/ota-command.json`` so a recorded command cannot be replayed,
+    not even after a restart.
+    """
+
+    def __init__(self, config: Config) -> None:
+        self._key = load_public_key(config.ota.command_key) if config.ota.command_key else None
+        self._device_id = config.device.id
+        self._dir = Path(config.device.state_dir)
+        try:
+            self._last_ts = int(json.loads((self._dir / "ota-command.json").read_text())["ts"])
+        except (OSError, ValueError, KeyError, TypeError):
+            self._last_ts = 0
+
+    def handle(self, envelope: bytes) -> None:
+        if self._key is None:
+            log.warning("cmd/ota ignored: no ota.command_key configured")
+            return
+        try:
+            payload = verify_envelope(envelope, self._key)
+        except EnvelopeError as exc:
+            log.warning("cmd/ota ignored: %s", exc)
+            return
+        problem = check_command(payload, device_id=self._device_id, now_ms=round(time.time() * 1000),
+                                last_ts_ms=self._last_ts)
+        if problem:
+            log.warning("cmd/ota ignored: %s", problem)
+            return
+        self._last_ts = payload["ts"]
+        body = json.dumps({"ts": self._last_ts}).encode()
+        try:
+            _write_atomic(self._dir / "ota-command.json", body)
+            _write_atomic(self._dir / "ota-request", body)
+        except OSError as exc:
+            log.error("cmd/ota accepted but %s cannot be written (%s): no update starts", self._dir, exc.strerror)
+            return
+        log.info("cmd/ota accepted: update requested")
+
+
+def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline, ota: _OtaCommands) -> None:
     while not publisher.commands.empty():
-        name, _ = publisher.commands.get_nowait()
+        name, payload = publisher.commands.get_nowait()
         if name == "passport":
             log.info("passport requested over MQTT")
             pipeline.request_passport("request")
+        elif name == "ota":
+            ota.handle(payload)
         else:
             log.warning("unknown command %r ignored", name)
 
@@ -163,7 +215,9 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
         ConfigError: bad key file or profile (exit 2 in the CLI).
         TransportError: CAN interface or state directory unusable at start (exit 1).
     """
+    health = HealthFile(config.device.state_dir, __version__)  # first: a crash below still counts a start
     key = load_private_key(config.device.key_file)
+    ota = _OtaCommands(config)
     store = open_store(config)
     chain, counters = store.load()
     pipeline = build_pipeline(config, key, chain=chain, counters=counters, store=store,
@@ -178,6 +232,7 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
         source = open_bus(config, pipeline)
         diag = DiagService(pipeline, IsoTpDiagClient(source.send))
         notifier.notify("READY=1")
+        health.mark("bus")
         log.info("running: profile %s, device %s, epoch %d seq %d", pipeline.decoder.profile.name,
                  config.device.id, chain.ep, chain.seq)
         timeout = config.can.receive_timeout_s
@@ -195,7 +250,11 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
                 pipeline.tick(now)
             diag.step(now, schedule=diag.specs != ())
             forwarder.step(now)
-            _handle_commands(publisher, pipeline)
+            _handle_commands(publisher, pipeline, ota)
+            if publisher.is_connected:
+                health.mark("broker")
+                if forwarder.counts["delivered"]:
+                    health.mark("acked")
             last_ping = _watchdog(notifier, pipeline, last_frame=last_frame, last_ping=last_ping, store=store)
     except TransportError as exc:
         log.error("%s", exc)
@@ -215,6 +274,64 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
                  ", ".join(f"{k} {v}" for k, v in sorted((pipeline.counts + forwarder.counts).items())))
         store.close()
     return code
+
+
+def sign_command(key_file: str, *, device_id: str, command: str) -> bytes:
+    """A backend-signed command envelope (``cmd/<command>``) for ``device_id``, stamped now."""
+    payload = {"v": 1, "kind": "command", "cmd": command, "dev": device_id, "ts": round(time.time() * 1000)}
+    return Signer(load_private_key(key_file)).sign(payload)
+
+
+def _restart(command: str) -> None:
+    try:
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("ota.restart_command %r failed: %s", command, exc)
+        return
+    if done.returncode:
+        log.error("ota.restart_command %r exited %d: %s", command, done.returncode, done.stderr.strip()[-200:])
+
+
+def run_update(config: Config, *, check_only: bool = False) -> int:
+    """One updater run (timer, ``cmd/ota`` request, or ``OnFailure=`` of the daemon). Returns the exit code.
+
+    Raises:
+        ConfigError: over-the-air updates are not configured.
+    """
+    o = config.ota
+    if not o.metadata_url:
+        raise ConfigError("ota.metadata_url: required for update (empty = over-the-air updates off)")
+    m = config.mqtt
+    notice = PahoNotice(host=m.host, port=m.port, device_id=config.device.id,
+                        topic=f"{m.topic_prefix}/{config.device.id}/ota",
+                        tls_files=(m.ca_file, m.cert_file, m.key_file) if m.tls else None)
+    releases = ReleaseDirs(o.releases_dir, o.dir, python=sys.executable)
+
+    def report(body: dict[str, object]) -> None:
+        notice.publish({**body, "dev": config.device.id})
+
+    try:
+        with releases.lock():
+            Path(config.device.state_dir, "ota-request").unlink(missing_ok=True)
+            client = TufUpdateClient(metadata_url=o.metadata_url, targets_url=o.targets_url,
+                                     trusted_root=o.trusted_root, cache_dir=o.dir,
+                                     max_bundle_bytes=o.max_bundle_mb * 1024 * 1024)
+            service = OtaService(client=client, releases=releases, report=report,
+                                 health=lambda: read_health(config.device.state_dir),
+                                 restart=lambda: _restart(o.restart_command), hardware_id=o.hardware_id,
+                                 target=o.target, probation_s=o.probation_s, max_crashes=o.max_crashes,
+                                 max_bytes=o.max_bundle_mb * 1024 * 1024)
+            return 0 if service.run(check_only=check_only) else 1
+    except UpdateError as exc:
+        if exc.kind == "busy":
+            log.warning("%s: nothing to do", exc)
+            return 0
+        log.error("ota: %s", exc)
+        report({"state": "refused" if exc.kind == "refused" else "failed", "reason": str(exc),
+                "ts": round(time.time() * 1000)})
+        return 1
+    finally:
+        notice.close()
 
 
 def replay_capture(capture: str, *, config: Config, profile: str | None, bus: int | None,

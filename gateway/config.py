@@ -16,7 +16,7 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "PublishConfig", "VehicleConfig",
+__all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "OtaConfig", "PublishConfig", "VehicleConfig",
            "load_config", "parse_config", "render_toml"]
 
 
@@ -74,6 +74,22 @@ class OutboxConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class OtaConfig:
+    metadata_url: str
+    targets_url: str
+    trusted_root: str
+    target: str
+    hardware_id: str
+    dir: str
+    releases_dir: str
+    probation_s: float
+    max_crashes: int
+    max_bundle_mb: int
+    restart_command: str
+    command_key: str
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str
 
@@ -86,6 +102,7 @@ class Config:
     mqtt: MqttConfig
     publish: PublishConfig
     outbox: OutboxConfig
+    ota: OtaConfig
     logging: LoggingConfig
 
 
@@ -167,13 +184,34 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "thin_bucket_s": (600.0, _num(1.0, 86400.0), "s",
                           "first thinning keeps one reading per this many seconds; each further round doubles it"),
     },
+    "ota": {
+        "metadata_url": ("", _str(False), "URL", "TUF metadata base URL; empty = over-the-air updates off"),
+        "targets_url": ("", _str(False), "URL", "TUF targets base URL; empty = {metadata_url}/../targets"),
+        "trusted_root": ("/etc/battery-gateway/tuf-root.json", _str(), "path",
+                         "the TUF root shipped in the image (the trust anchor, bootstrap)"),
+        "target": ("battery-gateway/stable.tar", _str(), "", "TUF target path of the release bundle to follow"),
+        "hardware_id": ("rpi-arm64", _str(), "", "this device's hardware id; a bundle must list it"),
+        "dir": ("/var/lib/battery-gateway-ota", _str(), "path",
+                "updater state: TUF metadata cache, partial downloads, release counter, probation"),
+        "releases_dir": ("/opt/battery-gateway", _str(), "path",
+                         "holds releases/<version>/ and the atomic `current` symlink"),
+        "probation_s": (300.0, _num(5.0, 86400.0), "s",
+                        "a new release must be healthy (bus, broker, first reading acknowledged) within this"),
+        "max_crashes": (3, _num(1, 100, integer=True), "starts",
+                        "a new release that starts this many times without becoming healthy is rolled back"),
+        "max_bundle_mb": (200, _num(1, 10_000, integer=True), "MiB", "largest release bundle accepted"),
+        "restart_command": ("systemctl restart battery-gateway.service", _str(), "",
+                            "how the updater restarts the daemon after switching releases"),
+        "command_key": ("", _str(False), "path",
+                        "backend public key (PEM) that signs cmd/ota; empty = cmd/ota is ignored"),
+    },
     "logging": {
         "level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "", "log level (stderr, for journald)"),
     },
 }
 
 _CLASSES = {"device": DeviceConfig, "can": CanConfig, "vehicle": VehicleConfig, "mqtt": MqttConfig,
-            "publish": PublishConfig, "outbox": OutboxConfig, "logging": LoggingConfig}
+            "publish": PublishConfig, "outbox": OutboxConfig, "ota": OtaConfig, "logging": LoggingConfig}
 
 
 def parse_config(data: Mapping[str, Any], *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:

@@ -13,11 +13,13 @@
         ├── BusError              the CAN interface cannot be opened or went away
         ├── PublishError          the MQTT broker refused or is unreachable
         ├── InspectionError       the battery ECU did not answer an inspection
-        └── StateError            the state directory cannot be read or written (disk full, read-only)
+        ├── StateError            the state directory cannot be read or written (disk full, read-only)
+        └── UpdateError           an over-the-air update was refused, interrupted or failed to install
 
 Scenarios: a ``1DB`` frame with a bad CRC raises ``DecodeError`` (frame_id=0x1DB) and is dropped;
 ``[mqtt] port = "x"`` raises ``ConfigError`` naming ``mqtt.port``; ``can0`` missing raises ``BusError``;
-a tampered envelope raises ``EnvelopeError`` in ``verify``; a full disk raises ``StateError``.
+a tampered envelope raises ``EnvelopeError`` in ``verify``; a full disk raises ``StateError``; a release
+bundle whose hash does not match the signed TUF metadata raises ``UpdateError`` (kind ``refused``).
 
 Programmer misuse raises the built-in ``ValueError``/``RuntimeError`` instead.
 """
@@ -37,6 +39,7 @@ __all__ = [
     "StateError",
     "TransportError",
     "UdsNegativeResponse",
+    "UpdateError",
 ]
 
 
@@ -105,3 +108,16 @@ class InspectionError(TransportError):
 
 class StateError(TransportError):
     """The state directory could not be read or written."""
+
+
+class UpdateError(TransportError):
+    """An update did not happen; ``kind`` says why, for the result on the ``ota`` topic.
+
+    Kinds: ``refused`` (TUF verification, downgrade, wrong hardware: never retried with the same
+    metadata), ``download`` (network; the partial download is kept and resumed), ``install`` (the bundle
+    did not install; nothing was switched), ``busy`` (another update is running).
+    """
+
+    def __init__(self, message: str, *, kind: str) -> None:
+        super().__init__(message)
+        self.kind = kind

@@ -6,9 +6,14 @@ are ints, payload maps use the canonical field names of ``FIELDS``.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
+from typing import Any
 
-__all__ = ["FIELDS", "FieldSpec", "Frame", "OutboxRow", "OutgoingMessage"]
+from .errors import UpdateError
+
+__all__ = ["FIELDS", "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation",
+           "Release", "release_from_target"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -85,3 +90,67 @@ class OutboxRow:
     topic: str
     retain: bool
     payload: bytes
+
+
+@dataclass(frozen=True, slots=True)
+class Release:
+    """A release bundle as the signed TUF targets metadata describes it."""
+
+    name: str
+    version: str
+    counter: int
+    hardware_ids: tuple[str, ...]
+    length: int
+
+
+@dataclass(frozen=True, slots=True)
+class Probation:
+    """A release switched to and not yet proven healthy."""
+
+    version: str
+    previous: str
+    counter: int
+    deadline_ms: int
+
+
+@dataclass(frozen=True, slots=True)
+class OtaState:
+    """What the updater keeps between runs (``{ota.dir}/state.json``)."""
+
+    counter: int = 0
+    probation: Probation | None = None
+    rolled_back: tuple[str, ...] = ()
+
+
+@dataclass(frozen=True, slots=True)
+class Health:
+    """The daemon's own record (``{state_dir}/health.json``): which release runs and how far it got."""
+
+    sw: str
+    starts: int
+    bus: bool
+    broker: bool
+    acked: bool
+
+    @property
+    def healthy(self) -> bool:
+        return self.bus and self.broker and self.acked
+
+
+def release_from_target(name: str, length: int, custom: Mapping[str, Any]) -> Release:
+    """Read a target's ``custom`` metadata: ``version``, ``release_counter``, ``hardware_ids``.
+
+    Raises:
+        UpdateError: (kind ``refused``) a field is missing or mistyped, named in the message.
+    """
+    version, counter, hw = custom.get("version"), custom.get("release_counter"), custom.get("hardware_ids")
+    if not isinstance(version, str) or not version or "/" in version or version.startswith("."):
+        raise UpdateError(f"target {name}: custom.version must be a plain version string, got {version!r}",
+                          kind="refused")
+    if isinstance(counter, bool) or not isinstance(counter, int) or counter < 1:
+        raise UpdateError(f"target {name}: custom.release_counter must be a positive integer, got {counter!r}",
+                          kind="refused")
+    if not isinstance(hw, list) or not all(isinstance(h, str) for h in hw):
+        raise UpdateError(f"target {name}: custom.hardware_ids must be a list of strings, got {hw!r}",
+                          kind="refused")
+    return Release(name=name, version=version, counter=counter, hardware_ids=tuple(hw), length=length)

@@ -5,10 +5,10 @@ from __future__ import annotations
 from typing import Protocol
 
 from .battery import Counters
-from .model import Frame, OutboxRow, OutgoingMessage
+from .model import Frame, OtaState, OutboxRow, OutgoingMessage, Release
 from .signing import Chain
 
-__all__ = ["DiagClient", "FrameSource", "Outbox", "Publisher", "StateStore"]
+__all__ = ["DiagClient", "FrameSource", "Outbox", "Publisher", "ReleaseStore", "StateStore", "UpdateClient"]
 
 
 class FrameSource(Protocol):
@@ -62,3 +62,33 @@ class DiagClient(Protocol):
     def feed(self, frame: Frame) -> None: ...
 
     def poll(self) -> tuple[object, ...] | None: ...
+
+
+class UpdateClient(Protocol):
+    """Signed-metadata client (python-tuf)."""
+
+    def check(self, target: str) -> Release:
+        """Refresh the metadata and describe ``target``. Raises UpdateError."""
+        ...
+
+    def download(self, release: Release) -> str:
+        """Download (resuming a partial download) and verify ``release``; return the file. Raises UpdateError."""
+        ...
+
+
+class ReleaseStore(Protocol):
+    """Release directories, the ``current`` symlink and the updater's state."""
+
+    def current(self) -> str | None: ...
+
+    def install(self, bundle: str, version: str) -> None:
+        """Unpack and install ``bundle`` as ``releases/<version>`` (not switched to). Raises UpdateError."""
+        ...
+
+    def switch(self, version: str) -> None: ...
+
+    def prune(self, keep: set[str]) -> None: ...
+
+    def load_state(self) -> OtaState: ...
+
+    def save_state(self, state: OtaState) -> None: ...

@@ -28,7 +28,7 @@ from paho.mqtt.properties import Properties
 from ..errors import PublishError
 from ..model import OutgoingMessage
 
-__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber"]
+__all__ = ["COSE_CONTENT_TYPE", "PahoNotice", "PahoPublisher", "PahoSubscriber"]
 
 log = logging.getLogger(__name__)
 
@@ -214,3 +214,39 @@ class PahoSubscriber:
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
+
+
+class PahoNotice:
+    """Retained JSON notices from a short-lived process (the updater's progress on ``{base}/ota``).
+
+    Best effort: when the broker cannot be reached within ``timeout_s`` the notices are dropped (the
+    journal and the updater's state still have them); the next run publishes the current state again.
+    """
+
+    def __init__(self, *, host: str, port: int, device_id: str, topic: str,
+                 tls_files: tuple[str, str, str] | None = None, timeout_s: float = 5.0) -> None:
+        self.topic, self._timeout_s = topic, timeout_s
+        self._connected = threading.Event()
+        self._client = _client(f"{device_id}-ota", tls_files)
+        self._client.username_pw_set(device_id)
+        self._client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self._connected.set()
+        try:
+            self._client.connect(host, port, keepalive=30)
+        except (OSError, ValueError) as exc:
+            log.warning("ota notices not published: broker %s:%d unreachable (%s)", host, port, exc)
+            return
+        self._client.loop_start()
+        self._connected.wait(timeout_s)
+
+    def publish(self, body: dict[str, Any]) -> None:
+        if not self._connected.is_set():
+            return
+        info = self._client.publish(self.topic, json.dumps(body, separators=(",", ":")), qos=1, retain=True,
+                                    properties=_props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
+        with contextlib.suppress(RuntimeError, ValueError):  # lost the connection: best effort
+            info.wait_for_publish(self._timeout_s)
+
+    def close(self) -> None:
+        if self._connected.is_set():
+            self._client.disconnect()
+        self._client.loop_stop()

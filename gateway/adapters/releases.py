@@ -1,0 +1,174 @@
+"""Release directories, the atomic ``current`` symlink and the updater's state file -> ``ReleaseStore``.
+
+Layout (``ota.releases_dir``, ``/opt/battery-gateway`` on the image)::
+
+    releases/<version>/          a virtual environment with that release installed, plus bundle/
+    releases/<version>/.complete written last: a directory without it is a half install and is redone
+    current -> releases/<version>   switched with rename(2), so it is always one whole release
+
+A release bundle is a tar archive holding ``release.json`` (``{"version": ...}``) and ``wheels/`` (the
+gateway wheel and every dependency, built for the device). It installs with pip from those wheels only
+(``--no-index``): nothing is fetched from anywhere else. The updater's state (``ota.dir/state.json``)
+is written to a temporary file and renamed.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import fcntl
+import json
+import logging
+import os
+import shutil
+import subprocess
+import tarfile
+from collections.abc import Iterator
+from pathlib import Path
+from typing import Any
+
+from ..errors import UpdateError
+from ..model import OtaState, Probation
+
+__all__ = ["ReleaseDirs"]
+
+log = logging.getLogger(__name__)
+
+_PIP_TIMEOUT_S = 900  # a Pi Zero 2 installing cryptography from a wheel takes about a minute
+
+
+class ReleaseDirs:
+    """The release tree under ``root`` and the updater state under ``state_dir``."""
+
+    def __init__(self, root: str, state_dir: str, *, python: str) -> None:
+        self.root = Path(root)
+        self.releases = self.root / "releases"
+        self.state_dir = Path(state_dir)
+        self.python = python
+
+    @contextlib.contextmanager
+    def lock(self) -> Iterator[None]:
+        """Hold the updater lock: never two updates at once.
+
+        Raises:
+            UpdateError: (kind ``busy``) another update holds it.
+        """
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        with (self.state_dir / "lock").open("a+") as f:
+            try:
+                fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
+            except BlockingIOError:
+                raise UpdateError(f"another update is running (lock {self.state_dir / 'lock'})", kind="busy") \
+                    from None
+            yield
+
+    def current(self) -> str | None:
+        try:
+            return os.readlink(self.root / "current").rstrip("/").rsplit("/", 1)[-1]
+        except OSError:
+            return None
+
+    def install(self, bundle: str, version: str) -> None:
+        """Unpack ``bundle`` into ``releases/<version>`` and pip-install it there from its own wheels.
+
+        Raises:
+            UpdateError: kind ``install``; the half-made directory is removed.
+        """
+        target = self.releases / version
+        if (target / ".complete").exists():
+            log.info("release %s already installed", version)
+            return
+        shutil.rmtree(target, ignore_errors=True)
+        target.mkdir(parents=True)
+        try:
+            self._unpack(bundle, target / "bundle", version)
+            self._run([self.python, "-m", "venv", str(target)], "create the virtual environment")
+            self._run([str(target / "bin" / "python"), "-m", "pip", "install", "--quiet", "--no-index",
+                       "--disable-pip-version-check", "--find-links", str(target / "bundle" / "wheels"),
+                       f"battery-gateway=={version}"], "install the wheels")
+            out = self._run([str(target / "bin" / "battery-gateway"), "--version"], "start the new release")
+            if version not in out:
+                raise UpdateError(f"release {version}: the installed program says {out.strip()!r}", kind="install")
+        except UpdateError:
+            shutil.rmtree(target, ignore_errors=True)
+            raise
+        (target / ".complete").write_text(version + "\n")
+        log.info("release %s installed in %s", version, target)
+
+    @staticmethod
+    def _unpack(bundle: str, dest: Path, version: str) -> None:
+        try:
+            with tarfile.open(bundle) as tar:
+                tar.extractall(dest, filter="data")  # no absolute paths, no .., no devices, no setuid
+            meta = json.loads((dest / "release.json").read_text())
+        except (OSError, tarfile.TarError, ValueError) as exc:
+            raise UpdateError(f"release {version}: bundle {bundle} cannot be unpacked: {exc}", kind="install") \
+                from exc
+        if not isinstance(meta, dict) or meta.get("version") != version:
+            raise UpdateError(f"release {version}: bundle release.json says {meta!r}", kind="install")
+
+    @staticmethod
+    def _run(argv: list[str], what: str) -> str:
+        try:
+            done = subprocess.run(argv, capture_output=True, text=True, timeout=_PIP_TIMEOUT_S, check=False)
+        except (OSError, subprocess.TimeoutExpired) as exc:
+            raise UpdateError(f"cannot {what}: {exc}", kind="install") from exc
+        if done.returncode != 0:
+            last = (done.stderr.strip().splitlines() or ["(no output)"])[-1]
+            raise UpdateError(f"cannot {what}: exit {done.returncode}: {last}", kind="install")
+        return done.stdout
+
+    def switch(self, version: str) -> None:
+        """Point ``current`` at ``releases/<version>`` in one rename."""
+        if not (self.releases / version / ".complete").exists():
+            raise RuntimeError(f"switch to {version}, which is not installed")
+        tmp = self.root / ".current.new"
+        tmp.unlink(missing_ok=True)
+        tmp.symlink_to(Path("releases") / version)
+        os.replace(tmp, self.root / "current")
+        _fsync_dir(self.root)
+        log.info("current release is now %s", version)
+
+    def prune(self, keep: set[str]) -> None:
+        """Remove every release directory but ``keep`` and the current one."""
+        keep = keep | {self.current() or ""}
+        for d in self.releases.iterdir() if self.releases.exists() else ():
+            if d.name not in keep:
+                shutil.rmtree(d, ignore_errors=True)
+                log.info("removed old release %s", d.name)
+
+    def load_state(self) -> OtaState:
+        path = self.state_dir / "state.json"
+        try:
+            raw: dict[str, Any] = json.loads(path.read_text())
+            p = raw.get("probation")
+            return OtaState(counter=int(raw.get("counter", 0)),
+                            probation=Probation(**p) if p else None,
+                            rolled_back=tuple(raw.get("rolled_back", ())))
+        except FileNotFoundError:
+            return OtaState()
+        except (OSError, ValueError, TypeError) as exc:
+            # the counter is what blocks downgrades: refuse to guess it
+            raise UpdateError(f"{path}: unreadable updater state ({exc}); restore it or remove it on purpose",
+                              kind="refused") from exc
+
+    def save_state(self, state: OtaState) -> None:
+        p = state.probation
+        raw = {"counter": state.counter, "rolled_back": list(state.rolled_back),
+               "probation": None if p is None else {"version": p.version, "previous": p.previous,
+                                                    "counter": p.counter, "deadline_ms": p.deadline_ms}}
+        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        tmp = self.state_dir / "state.json.tmp"
+        with tmp.open("w") as f:
+            json.dump(raw, f)
+            f.flush()
+            os.fsync(f.fileno())
+        os.replace(tmp, self.state_dir / "state.json")
+        _fsync_dir(self.state_dir)
+
+
+def _fsync_dir(path: Path) -> None:
+    fd = os.open(path, os.O_RDONLY)
+    try:
+        os.fsync(fd)
+    finally:
+        os.close(fd)
