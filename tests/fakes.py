@@ -29,3 +29,53 @@ class MemoryStateStore:
     def take_thinned(self) -> int:
         n, self.thinned = self.thinned, 0
         return n
+
+
+class MemoryReleases:
+    """``ReleaseStore`` in memory; ``log`` records installs, switches and state saves in order."""
+
+    def __init__(self, current: str | None = "1.0.0") -> None:
+        from gateway.model import OtaState
+
+        self.installed = {current} if current else set()
+        self._current = current
+        self.state = OtaState()
+        self.log: list[str] = []
+
+    def current(self) -> str | None:
+        return self._current
+
+    def install(self, bundle: str, version: str) -> None:
+        self.installed.add(version)
+        self.log.append(f"install {version}")
+
+    def switch(self, version: str) -> None:
+        assert version in self.installed
+        self._current = version
+        self.log.append(f"switch {version}")
+
+    def prune(self, keep: set[str]) -> None:
+        self.installed &= keep | {self._current}
+
+    def load_state(self) -> object:
+        return self.state
+
+    def save_state(self, state: object) -> None:
+        self.state = state  # type: ignore[assignment]
+        self.log.append("save " + ("probation" if state.probation else "no-probation"))  # type: ignore[attr-defined]
+
+
+class StaticUpdateClient:
+    """``UpdateClient`` offering one release (or raising the error it is given)."""
+
+    def __init__(self, release: object, error: Exception | None = None) -> None:
+        self.release, self.error, self.downloads = release, error, 0
+
+    def check(self, target: str) -> object:
+        if self.error is not None:
+            raise self.error
+        return self.release
+
+    def download(self, release: object) -> str:
+        self.downloads += 1
+        return "/bundle.tar"

@@ -177,7 +177,8 @@ class _Handler(BaseHTTPRequestHandler):
             self.wfile.flush()
             self.close_connection = True
             return
-        self.server.bytes_sent += len(body)
+        if rel.startswith("targets/"):
+            self.server.target_bytes_sent += len(body)
         self.wfile.write(body)
 
     def log_message(self, format: str, *args: Any) -> None:
@@ -194,7 +195,7 @@ class RepoServer(ThreadingHTTPServer):
         self.root = root
         self.requests: list[tuple[str, str | None]] = []
         self.cut_once: dict[str, int] = {}
-        self.bytes_sent = 0
+        self.target_bytes_sent = 0
         self._thread = threading.Thread(target=self.serve_forever, name="tuf-http", daemon=True)
         self._thread.start()
 
