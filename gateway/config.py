@@ -200,7 +200,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "max_crashes": (3, _num(1, 100, integer=True), "starts",
                         "a new release that starts this many times without becoming healthy is rolled back"),
         "max_bundle_mb": (200, _num(1, 10_000, integer=True), "MiB", "largest release bundle accepted"),
-        "restart_command": ("systemctl restart battery-gateway.service", _str(), "",
+        "restart_command": ("sh -c 'systemctl reset-failed battery-gateway.service; "
+                            "systemctl restart battery-gateway.service'", _str(), "",
                             "how the updater restarts the daemon after switching releases"),
         "command_key": ("", _str(False), "path",
                         "backend public key (PEM) that signs cmd/ota; empty = cmd/ota is ignored"),
