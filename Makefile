@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto browser demo test bench lint clean
+.PHONY: all setup mosquitto browser tools demo test bench lint image-check bundle clean
 
 all: test
 
@@ -17,7 +17,14 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(STAMP) mosquitto browser
+setup: $(STAMP) mosquitto browser tools
+
+# systemd-analyze (unit checks) and shellcheck (image scripts), from Debian's packages
+tools:
+	@{ command -v systemd-analyze >/dev/null 2>&1 && command -v shellcheck >/dev/null 2>&1; } || { \
+	  echo "installing systemd (for systemd-analyze) and shellcheck from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
+	    apt-get install -y -qq --no-install-recommends systemd shellcheck >/dev/null; }
 
 mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
@@ -41,6 +48,19 @@ test: setup lint
 lint: $(STAMP)
 	$(BIN)/ruff check gateway tests bench
 	$(BIN)/mypy
+
+# What CI can check of the Raspberry Pi image without docker: shellcheck of every script and the
+# package list resolved for arm64 against Debian bookworm (apt --simulate, ~5 s). The image itself:
+# image/build.sh (docker or root; see image/README.md).
+image-check: tools
+	shellcheck --severity=style image/*.sh image/stage-gateway/*.sh image/stage-gateway/*/*.sh \
+	  image/stage-gateway/01-gateway/files/battery-gateway-firstboot
+	image/check-packages.sh
+
+# A release bundle for the Pi (arm64 wheels), for the TUF repository: docs/ota.md
+bundle: $(STAMP)
+	@test -n "$(COUNTER)" || { echo "usage: make bundle COUNTER=N (the release counter, above every earlier release)"; exit 2; }
+	$(BIN)/python tools/make_bundle.py --platform aarch64 --counter $(COUNTER) --out build
 
 bench: setup
 	$(BIN)/python bench/run.py

@@ -77,6 +77,13 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("keygen", help="create the P-256 device key (PKCS#8 PEM, mode 0600)")
     s.add_argument("--key", required=True, metavar="PATH", help="where to write it; never overwritten")
 
+    s = sub.add_parser("csr", help="TLS key (created if missing) and a certificate request for the fleet CA",
+                       description="Writes a PKCS#10 CSR with CN = the device id; the fleet CA's certificate then "
+                                   "becomes the MQTT identity (docs/delivery.md). Run by first-boot provisioning.")
+    s.add_argument("--key", required=True, metavar="PATH", help="the TLS key (P-256, mode 0600; kept if present)")
+    s.add_argument("--id", required=True, metavar="DEVICE_ID", help="the device id (keygen prints it)")
+    s.add_argument("--out", required=True, metavar="FILE", help="where to write the CSR (PEM)")
+
     s = sub.add_parser("replay", help="decode a recorded capture offline; print what would be published",
                        description="Formats: candump -l, ASC, BLF, TRC, CSV, MF4 (python-can), OVMS CRTD, "
                                    "SavvyCAN/GVRET CSV and text, candump text, ParserFlags tab export.")
@@ -168,6 +175,15 @@ def _cmd_keygen(args: argparse.Namespace) -> int:
     print(f"device id: gw-{kid[:4].hex()}")
     print(f"key id: {kid.hex()}")
     print(pem, end="")
+    return 0
+
+
+def _cmd_csr(args: argparse.Namespace) -> int:
+    from .app import create_csr
+
+    pem = create_csr(args.key, args.id)
+    Path(args.out).write_bytes(pem)
+    print(pem.decode(), end="")
     return 0
 
 
@@ -322,7 +338,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
              "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
-             "update": _cmd_update, "command": _cmd_command}
+             "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -27,7 +27,7 @@ from .adapters.can_bus import PythonCanSource
 from .adapters.capture_files import CaptureStats, read_capture
 from .adapters.health import HealthFile, read_health
 from .adapters.isotp import IsoTpDiagClient
-from .adapters.keystore import generate_key, load_private_key, load_public_key, public_pem
+from .adapters.keystore import certificate_request, generate_key, load_private_key, load_public_key, public_pem
 from .adapters.mqtt import PahoNotice, PahoPublisher, PahoSubscriber
 from .adapters.releases import ReleaseDirs
 from .adapters.sqlite_outbox import SqliteOutbox
@@ -51,7 +51,7 @@ from .profile import load_profile
 from .replay import replay_frames
 from .signing import Chain, Signer, key_id, verify_envelope
 
-__all__ = ["CaptureStats", "InspectionResult", "build_pipeline", "create_device_key", "load_public_key",
+__all__ = ["CaptureStats", "InspectionResult", "build_pipeline", "create_csr", "create_device_key", "load_public_key",
            "policy_from", "replay_capture", "run_daemon", "run_inspection", "run_update", "sign_command"]
 
 log = logging.getLogger(__name__)
@@ -63,6 +63,11 @@ def create_device_key(path: str) -> tuple[bytes, str]:
     """Create the device key file; return its key id and public key PEM (for ``keygen``)."""
     key = generate_key(path)
     return key_id(key.public_key()), public_pem(key)
+
+
+def create_csr(key_path: str, device_id: str) -> bytes:
+    """The TLS key (created if missing) and a CSR for it, CN = ``device_id`` (for ``csr``)."""
+    return certificate_request(key_path, device_id)
 
 
 def policy_from(config: Config) -> PublishPolicy:

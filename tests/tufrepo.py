@@ -9,13 +9,10 @@ from __future__ import annotations
 
 import copy
 import hashlib
-import io
-import json
 import re
 import shutil
 import subprocess
 import sys
-import tarfile
 import threading
 import time
 from datetime import UTC, datetime, timedelta
@@ -35,6 +32,8 @@ from tuf.api.metadata import (
 )
 from tuf.api.serialization.json import JSONSerializer
 from tuf.repository import Repository
+
+from gateway.adapters.releases import write_bundle
 
 ROOT = Path(__file__).resolve().parents[1]
 ROLES = (Root.type, Timestamp.type, Snapshot.type, Targets.type)
@@ -235,17 +234,9 @@ def build_bundle(wheelhouse: Path, work: Path, *, version: str, patch: tuple[str
     wheels = work / f"wheels-{version}"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
                     "--wheel-dir", str(wheels), str(src)], check=True, capture_output=True)
-    buf = io.BytesIO()
-    with tarfile.open(fileobj=buf, mode="w") as tar:
-        meta = json.dumps({"version": version}).encode()
-        info = tarfile.TarInfo("release.json")
-        info.size = len(meta)
-        tar.addfile(info, io.BytesIO(meta))
-        for whl in list(wheelhouse.glob("*.whl")) + list(wheels.glob("*.whl")):
-            if whl.name.startswith("battery_gateway-") and whl.parent == wheelhouse:
-                continue  # the checkout's own wheel: this bundle carries its own version
-            tar.add(whl, arcname=f"wheels/{whl.name}")
-    return buf.getvalue()
+    deps = [w for w in wheelhouse.glob("*.whl") if not w.name.startswith("battery_gateway-")]
+    write_bundle(work / f"bundle-{version}.tar", version=version, wheels=deps + list(wheels.glob("*.whl")))
+    return (work / f"bundle-{version}.tar").read_bytes()
 
 
 def base_release(releases_dir: Path, version: str = "0.0.1") -> None:

@@ -6,12 +6,14 @@ import os
 import stat
 from pathlib import Path
 
-from cryptography.hazmat.primitives import serialization
+from cryptography import x509
+from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
+from cryptography.x509.oid import NameOID
 
 from ..errors import ConfigError
 
-__all__ = ["generate_key", "load_private_key", "load_public_key", "public_pem"]
+__all__ = ["certificate_request", "generate_key", "load_private_key", "load_public_key", "public_pem"]
 
 
 def generate_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
@@ -92,3 +94,18 @@ def public_pem(key: ec.EllipticCurvePrivateKey | ec.EllipticCurvePublicKey) -> s
     """SubjectPublicKeyInfo PEM of the key's public half."""
     pub = key.public_key() if isinstance(key, ec.EllipticCurvePrivateKey) else key
     return pub.public_bytes(serialization.Encoding.PEM, serialization.PublicFormat.SubjectPublicKeyInfo).decode()
+
+
+def certificate_request(key_path: str | Path, device_id: str) -> bytes:
+    """A PEM CSR (PKCS#10) with CN = ``device_id`` for the fleet CA, for the TLS key at ``key_path``,
+    which is created (P-256, mode 0600) when missing. The CA's certificate then maps to the MQTT username
+    (``use_identity_as_username``).
+
+    Raises:
+        ConfigError: the key cannot be created or read.
+    """
+    key = load_private_key(key_path) if Path(key_path).exists() else generate_key(key_path)
+    csr = (x509.CertificateSigningRequestBuilder()
+           .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
+           .sign(key, hashes.SHA256()))
+    return csr.public_bytes(serialization.Encoding.PEM)

@@ -16,6 +16,7 @@ from __future__ import annotations
 
 import contextlib
 import fcntl
+import io
 import json
 import logging
 import os
@@ -29,7 +30,7 @@ from typing import Any
 from ..errors import UpdateError
 from ..model import OtaState, Probation
 
-__all__ = ["ReleaseDirs"]
+__all__ = ["ReleaseDirs", "write_bundle"]
 
 log = logging.getLogger(__name__)
 
@@ -164,6 +165,22 @@ class ReleaseDirs:
             os.fsync(f.fileno())
         os.replace(tmp, self.state_dir / "state.json")
         _fsync_dir(self.state_dir)
+
+
+def write_bundle(out: Path, *, version: str, wheels: list[Path], mtime: int = 0) -> None:
+    """Write a release bundle the same way every time: sorted members, fixed owner and ``mtime``
+    (``SOURCE_DATE_EPOCH``), so the same wheels give the same bytes and the same TUF hash."""
+    def add(tar: tarfile.TarFile, name: str, data: bytes) -> None:
+        info = tarfile.TarInfo(name)
+        info.size, info.mtime, info.mode = len(data), mtime, 0o644
+        tar.addfile(info, io.BytesIO(data))
+
+    tmp = out.with_name(out.name + ".tmp")
+    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+        add(tar, "release.json", json.dumps({"version": version}, sort_keys=True).encode())
+        for whl in sorted(wheels, key=lambda p: p.name):
+            add(tar, f"wheels/{whl.name}", whl.read_bytes())
+    os.replace(tmp, out)
 
 
 def _fsync_dir(path: Path) -> None:

@@ -56,9 +56,12 @@ def test_every_unit_verifies_clean_and_the_daemon_is_hardened(tmp_path: Path) ->
     exe = shutil.which("battery-gateway") or str(Path(REPO / ".venv" / "bin" / "battery-gateway"))
     units = sorted((REPO / "systemd").glob("battery-gateway*"))
     assert {u.name for u in units} == {"battery-gateway.service", "battery-gateway-update.service",
-                                       "battery-gateway-update.timer", "battery-gateway-update.path"}
-    for u in units:  # the release path does not exist here: point ExecStart at this checkout's script
-        (tmp_path / u.name).write_text(u.read_text().replace("/opt/battery-gateway/current/bin/battery-gateway", exe))
+                                       "battery-gateway-update.timer", "battery-gateway-update.path",
+                                       "battery-gateway-firstboot.service"}
+    firstboot = REPO / "image" / "stage-gateway" / "01-gateway" / "files" / "battery-gateway-firstboot"
+    for u in units:  # the image's paths do not exist here: point ExecStart at this checkout's files
+        (tmp_path / u.name).write_text(u.read_text().replace("/opt/battery-gateway/current/bin/battery-gateway", exe)
+                                       .replace("/usr/local/sbin/battery-gateway-firstboot", str(firstboot)))
     verify = subprocess.run([ANALYZE, "verify", *(str(tmp_path / u.name) for u in units)], capture_output=True,
                             text=True, timeout=60)
     problems = [line for line in (verify.stdout + verify.stderr).splitlines() if "battery-gateway" in line]

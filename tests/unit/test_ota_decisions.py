@@ -15,9 +15,9 @@ from tests.fakes import MemoryReleases, StaticUpdateClient
 REL = Release(name="gw/stable.tar", version="2.0.0", counter=7, hardware_ids=("rpi4", "rpi5"), length=1000)
 
 
-def _decide(release: Release = REL, *, current: str = "1.0.0", state: OtaState = OtaState(counter=6),
+def _decide(release: Release = REL, *, current: str = "1.0.0", state: OtaState | None = None,
             hw: str = "rpi4") -> str | None:
-    return decide(release, current=current, state=state, hardware_id=hw, max_bytes=10_000)
+    return decide(release, current=current, state=state or OtaState(counter=6), hardware_id=hw, max_bytes=10_000)
 
 
 def test_newer_counter_for_this_hardware_is_installed() -> None:
