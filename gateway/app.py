@@ -97,10 +97,10 @@ def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Ch
 class _OtaCommands:
     """``cmd/ota``: a COSE_Sign1 command signed by the backend key (``ota.command_key``).
 
-    An accepted command writes ``{state_dir}/ota-request``; the ``battery-gateway-update.path`` unit
-    sees it and starts the updater (the daemon itself has no right to install anything). The last
-    accepted ``ts`` is kept in ``{state_dir}/ota-command.json`` so a recorded command cannot be replayed,
-    not even after a restart.
+    An accepted command rewrites ``{state_dir}/ota-command.json`` (its ``ts``); the
+    ``battery-gateway-update.path`` unit sees the change and starts the updater (the daemon itself has no
+    right to install anything). The same ``ts`` is the replay guard: a recorded command is refused, also
+    after a restart.
     """
 
     def __init__(self, config: Config) -> None:
@@ -127,10 +127,8 @@ class _OtaCommands:
             log.warning("cmd/ota ignored: %s", problem)
             return
         self._last_ts = payload["ts"]
-        body = json.dumps({"ts": self._last_ts}).encode()
         try:
-            _write_atomic(self._dir / "ota-command.json", body)
-            _write_atomic(self._dir / "ota-request", body)
+            _write_atomic(self._dir / "ota-command.json", json.dumps({"ts": self._last_ts}).encode())
         except OSError as exc:
             log.error("cmd/ota accepted but %s cannot be written (%s): no update starts", self._dir, exc.strerror)
             return
@@ -317,7 +315,6 @@ def run_update(config: Config, *, check_only: bool = False) -> int:
 
     try:
         with releases.lock():
-            Path(config.device.state_dir, "ota-request").unlink(missing_ok=True)
             client = TufUpdateClient(metadata_url=o.metadata_url, targets_url=o.targets_url,
                                      trusted_root=o.trusted_root, cache_dir=o.dir,
                                      max_bundle_bytes=o.max_bundle_mb * 1024 * 1024)

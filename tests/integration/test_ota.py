@@ -21,7 +21,7 @@ import pytest
 
 from gateway.localbroker import LocalBroker
 from gateway.sim import LeafBattery
-from tests.rig import Car, Rig, Subscriber
+from tests.rig import Car, Rig, Subscriber, signed
 from tests.tufrepo import RepoServer, Supervisor, TufRepo, base_release, build_bundle, build_wheelhouse
 
 TARGET = "battery-gateway/stable.tar"
@@ -231,7 +231,8 @@ def test_update_resumes_interrupted_download_installs_and_commits_on_health(
     car = Car(rig, LeafBattery("aze0", soh_pct=85, soc_pct=70.0), duration_s=120)
     sup = Supervisor(device.releases, rig.config, rig.tmp / "daemon.log")
     try:
-        assert sub.collect(lambda got: any(t == "reading" for t, *_ in got), 20), "base release never published"
+        before = signed(rig, sub.collect(lambda got: any(t == "reading" for t, *_ in got), 20))
+        assert before, "the base release never published"
         server.cut_once["stable.tar"] = len(bundle) // 3  # the link dies a third of the way through
         first = device.update()
         assert first.returncode == 1 and "download interrupted" in first.stderr and "resumes" in first.stderr
@@ -253,6 +254,10 @@ def test_update_resumes_interrupted_download_installs_and_commits_on_health(
         assert (device.releases / "releases" / "0.0.1").exists(), "the previous release is kept for a rollback"
         again = device.update("--check")
         assert again.returncode == 0 and "up_to_date" in again.stderr
+        after = signed(rig, sub.collect(lambda got: any(t == "reading" and b"/9.1.0" in p for t, p, _ in got), 30))
+        new = [m for m, _ in after if m["sw"] == "battery-gateway/9.1.0"]
+        assert new and new[0]["ep"] == before[0][0]["ep"] and new[0]["seq"] > before[-1][0]["seq"], \
+            "the new release continues the device's chain: state_dir was kept"
     finally:
         sup.close()
         car.close()
@@ -329,7 +334,7 @@ def test_signed_ota_command_requests_an_update_and_forged_or_replayed_ones_do_no
                         "--out", str(out)], check=True, capture_output=True)
         return out.read_bytes()
 
-    request = rig.tmp / "state" / "ota-request"
+    request = rig.tmp / "state" / "ota-command.json"  # what battery-gateway-update.path watches
     c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="backend", protocol=mqtt.MQTTv5)
     c.connect("127.0.0.1", broker.port)
     c.loop_start()
@@ -349,10 +354,10 @@ def test_signed_ota_command_requests_an_update_and_forged_or_replayed_ones_do_no
         while not request.exists() and time.monotonic() < deadline:
             time.sleep(0.1)
         assert request.exists(), (rig.tmp / "daemon.log").read_text()[-2000:]
-        request.unlink()  # what the updater does when it starts
+        accepted = request.stat().st_mtime_ns
         c.publish(topic, good, qos=1).wait_for_publish(5)  # recorded and replayed
         time.sleep(1.0)
-        assert not request.exists()
+        assert request.stat().st_mtime_ns == accepted, "a replayed command must not start another update"
     finally:
         assert stop_daemon(proc) == 0
         c.loop_stop()
