@@ -15,6 +15,7 @@ from typing import Any
 
 from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
+from .soh import SohEstimator
 
 __all__ = ["SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
 
@@ -48,6 +49,7 @@ class Counters:
     soc_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(SOC_BINS_PCT) + 1))
     temp_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(TEMP_BINS_C) + 1))
     events: list[dict[str, Any]] = field(default_factory=list)  # last negative events: kind, ts
+    soh: dict[str, Any] = field(default_factory=dict)  # the SoH estimator's filter state (soh.py)
 
     def to_dict(self) -> dict[str, Any]:
         """Plain JSON-able form."""
@@ -64,7 +66,9 @@ class Counters:
             c = cls(**data)
         except TypeError as exc:
             raise ValueError(f"counters: {exc}") from exc
-        numbers = [v for k, v in asdict(c).items() if k not in ("soc_hist_min", "temp_hist_min", "events")]
+        if not isinstance(c.soh, dict):
+            raise ValueError("counters: soh is not a table")
+        numbers = [v for k, v in asdict(c).items() if k not in ("soc_hist_min", "temp_hist_min", "events", "soh")]
         if not all(isinstance(v, int | float) and v >= 0 for v in numbers):
             raise ValueError("counters: negative or non-numeric value")
         if len(c.soc_hist_min) != len(SOC_BINS_PCT) + 1 or len(c.temp_hist_min) != len(TEMP_BINS_C) + 1:
@@ -96,6 +100,7 @@ class BatteryTracker:
         self.last_ts: float | None = None
         self._last_current: tuple[float, float] | None = None  # (ts, amps)
         self._deep = self._over = False
+        self.soh = SohEstimator(rated_ah=self.pack()[0].capacity_ah, state=self.counters.soh)
 
     # -- updates ---------------------------------------------------------------------------------
     def update(self, ts: float, values: list[tuple[str, float]]) -> None:
@@ -107,8 +112,13 @@ class BatteryTracker:
             self.times[name] = ts
             if name == "pack_a":
                 self._integrate(ts, value)
-            elif name in ("pack_v",):
+                self.soh.on_current(ts, value, self.values.get("pack_v"))
+            elif name == "pack_v":
                 self._check_voltage_events(ts, value)
+            elif name == "soc_pct":
+                self.soh.on_soc(ts, value)
+            elif name in ("temp_c_max", "temp_c_min", "temp_c_avg"):
+                self.soh.on_temperature(value)
 
     def _integrate(self, ts: float, amps: float) -> None:
         prev = self._last_current
@@ -191,6 +201,8 @@ class BatteryTracker:
             if name == "temperature":
                 if not any(k in self.values for k in ("temp_c_min", "temp_c_max", "temp_c_avg")):
                     out.append(name)
+            elif name == "bms_soh_pct" and name not in self.values and self.soh_estimate() is not None:
+                continue  # no BMS SOH (or only its "no value" marker), but the gateway's own estimate
             elif name not in self.values:
                 out.append(name)
         return out
@@ -216,6 +228,10 @@ class BatteryTracker:
             return packs[0], "profile-default"
         new_kwh = full / (soh / 100.0)
         return min(packs, key=lambda p: abs(p.energy_kwh - new_kwh)), "detected"
+
+    def soh_estimate(self) -> dict[str, Any] | None:
+        """The gateway's own capacity-based SoH against the rated capacity, or None without evidence."""
+        return self.soh.estimate(self.pack()[0].capacity_ah)
 
     def full_cycles(self) -> float:
         """Full equivalent cycles: Ah throughput (charge + discharge) / 2 / rated capacity."""

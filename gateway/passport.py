@@ -30,10 +30,10 @@ RESOLUTION = {"soc_pct": 0.01, "pack_v": 0.01, "pack_a": 0.1, "cell_v_min": 0.00
               "temp_c_min": 0.5, "temp_c_max": 0.5, "temp_c_avg": 0.5, "bms_soh_pct": 0.01, "lbc_soh_pct": 0.01,
               "capacity_ah": 0.0001, "hx_pct": 0.0001, "full_energy_kwh": 0.1, "capacity_bars": 1.0,
               "dash_soc_pct": 0.5, "chg_limit_kw": 0.25, "dis_limit_kw": 0.25, "balancing_cells": 1.0,
-              "energy_kwh": 0.001}
+              "energy_kwh": 0.001, "soh.est_pct": 0.01, "soh.lo_pct": 0.01, "soh.hi_pct": 0.01, "soh.r_mohm": 0.1}
 
 
-def build_batch(rows: list[tuple[float, dict[str, float]]], *, device_id: str, chain: dict[str, Any], sw: str,
+def build_batch(rows: list[tuple[float, dict[str, Any]]], *, device_id: str, chain: dict[str, Any], sw: str,
                 bat: str | None) -> dict[str, Any]:
     """Several readings in one payload (``[publish] batch``): each keeps its own sequence number, ``seq``
     + its row index, so ``(dev, ep, seq)`` still identifies every reading.
@@ -41,20 +41,33 @@ def build_batch(rows: list[tuple[float, dict[str, float]]], *, device_id: str, c
     Columnar and integer-coded for cellular links: ``cols`` names the fields, ``res`` their resolution,
     each row is ``[ms after ts, value / res ...]`` with null where a field was not measured.
     """
-    cols = sorted({k for _, m in rows for k in m})
+    soh_tags = next(({"method": m["soh"]["method"], "model": m["soh"]["model"]}
+                     for _, m in reversed(rows) if "soh" in m), None)
+    flat = [(t, {**{k: v for k, v in m.items() if k != "soh"},
+                 **{f"soh.{k}": v for k, v in m.get("soh", {}).items() if k not in ("method", "model")}})
+            for t, m in rows]
+    cols = sorted({k for _, m in flat for k in m})
     res = [RESOLUTION.get(c, 0.001) for c in cols]
-    t0 = rows[0][0]
+    t0 = flat[0][0]
     table = [[round((t - t0) * 1000),
-              *(None if c not in m else round(m[c] / r) for c, r in zip(cols, res, strict=True))] for t, m in rows]
-    return {"v": PAYLOAD_VERSION, "kind": "batch", "dev": device_id, **chain, "n": len(rows), "ts": ts_ms(t0),
-            "sw": sw, "bat": bat, "cols": cols, "res": res, "rows": table}
+              *(None if c not in m else round(m[c] / r) for c, r in zip(cols, res, strict=True))] for t, m in flat]
+    out = {"v": PAYLOAD_VERSION, "kind": "batch", "dev": device_id, **chain, "n": len(rows), "ts": ts_ms(t0),
+           "sw": sw, "bat": bat, "cols": cols, "res": res, "rows": table}
+    if soh_tags:
+        out["soh"] = soh_tags  # method and model once per batch; the numbers are columns soh.*
+    return out
 
 
 def expand_batch(payload: dict[str, Any]) -> list[dict[str, Any]]:
     """The readings of a batch payload, each with its own ``seq`` and ``ts`` (for backends and tests)."""
     cols, res, out = payload["cols"], payload["res"], []
     for i, row in enumerate(payload["rows"]):
-        m = {c: round(v * r, 6) for c, r, v in zip(cols, res, row[1:], strict=True) if v is not None}
+        m: dict[str, Any] = {c: round(v * r, 6) for c, r, v in zip(cols, res, row[1:], strict=True)
+                             if v is not None and not c.startswith("soh.")}
+        soh = {c[4:]: round(v * r, 6) for c, r, v in zip(cols, res, row[1:], strict=True)
+               if v is not None and c.startswith("soh.")}
+        if soh:
+            m["soh"] = {**soh, **payload.get("soh", {})}
         out.append({"dev": payload["dev"], "ep": payload["ep"], "seq": payload["seq"] + i,
                     "ts": payload["ts"] + row[0], "m": m})
     return out
@@ -85,9 +98,12 @@ def _measurements(tracker: BatteryTracker, now: float) -> dict[str, float]:
 def build_reading(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
                   bat: str | None = None) -> dict[str, Any] | None:
     """The ``reading`` payload at ``now``, or None when nothing fresh was measured."""
-    m = _measurements(tracker, now)
+    m: dict[str, Any] = dict(_measurements(tracker, now))
     if not m:
         return None
+    soh = tracker.soh_estimate()
+    if soh is not None:
+        m["soh"] = soh
     return {**_header("reading", device_id=device_id, chain=chain, ts=now, sw=sw), "bat": bat, "m": m}
 
 
@@ -174,7 +190,6 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
                                            f"{tracker.profile.cell_v_max} V per cell"}
     ext: dict[str, Any] = {
         "reason": reason,
-        "bms_soh_pct": v["bms_soh_pct"],
         "rated_energy_kwh": pack.energy_kwh,
         "rated_capacity_ah": pack.capacity_ah,
         "rated_source": pack_source,
@@ -184,11 +199,25 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
         "soc_hist_min": [round(x, 2) for x in c.soc_hist_min], "soc_hist_edges_pct": list(SOC_BINS_PCT),
         "temp_hist_min": [round(x, 2) for x in c.temp_hist_min], "temp_hist_edges_c": list(TEMP_BINS_C),
     }
-    prov["ext.bms_soh_pct"] = _src(signals.get("bms_soh_pct", ""), "bms-soh", "%",
-                                   note="the BMS's own SOH; not SOCE (EU 2023/1542 Annex VII), so it has "
-                                        "no slot in ProductCondition")
+    if "bms_soh_pct" in v:  # a missing or "no value" BMS SOH is left out, never taken as 0
+        ext["bms_soh_pct"] = v["bms_soh_pct"]
+        prov["ext.bms_soh_pct"] = _src(signals.get("bms_soh_pct", ""), "bms-soh", "%",
+                                       note="the BMS's own SOH; not SOCE (EU 2023/1542 Annex VII), so it has "
+                                            "no slot in ProductCondition")
     if "capacity_bars" in v:
         ext["capacity_bars"] = v["capacity_bars"]
+    soh = tracker.soh_estimate()
+    if soh is not None:
+        ext["soh"] = soh
+        prov["ext.soh"] = _src(signals.get("pack_a", ""), soh["method"], "%", src="calculated",
+                               basis=f"capacity-based SoH against {pack.capacity_ah} Ah ({pack_source}); "
+                                     "not SOCE", **tracker.soh.details())
+        if "capacity_ah" not in v:  # no BMS capacity: the estimate's capacity, in Ah (DIN DKE SPEC 99100)
+            doc["RemainingCapacity"] = {"RemainingCapacityValue": tracker.soh.details()["capacity_ah"],
+                                        "LastUpdate": rfc3339(tracker.soh.state["t"] or now)}
+            prov["RemainingCapacity"] = _src(signals.get("pack_a", ""), soh["method"], "Ah", src="calculated",
+                                             note="estimated on this device from counted charge between SoC "
+                                                  "anchors (docs/soh.md)")
     for p in prov.values():
         p["sw"] = sw
     return {**_header("passport", device_id=device_id, chain=chain, ts=now, sw=sw), "bat": bat, "doc": doc,

@@ -71,7 +71,7 @@ class Pipeline:
         self._emit = emit
         self.epoch_note = ""  # why this epoch started (state lost), said in its first message
         self._last_tick: float | None = None
-        self._batch: list[tuple[float, dict[str, float]]] = []
+        self._batch: list[tuple[float, dict[str, Any]]] = []
         self._signals: dict[str, str] = {}
         for sm in profile.signals:
             self._signals.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
@@ -230,6 +230,7 @@ class Pipeline:
         if self._last_frame_ts is not None and not self._asleep and now - self._last_frame_ts >= p.silence_s:
             self._asleep = True
             log.info("no battery frames for %.0f s: car off or asleep", now - self._last_frame_ts)
+            self.tracker.soh.end_session()  # before the key-off passport, so it carries the session
             self._want_passport("key-off")
         if self._next_reading is not None and now >= self._next_reading and not self._asleep:
             out.extend(self._reading(now))
@@ -258,6 +259,7 @@ class Pipeline:
 
     def finish(self, now: float) -> list[OutgoingMessage]:
         """A final reading and passport (end of a replay, or shutdown)."""
+        self.tracker.soh.end_session()
         out = self._reading(now)
         out += self._flush_batch()
         if not self.tracker.missing():

@@ -107,6 +107,8 @@ class LeafBattery:
     cells: int = 96
     resistance_ohm: float = 0.1
     wh_per_gid: float = 80.0
+    report_soh: bool = True  # False: the BMS SOH field says "no value" (0), as some packs do
+    tick_s: float = 0.01     # 0x1DB period; longer ticks make long synthetic captures small
 
     def voltage(self, amps: float) -> float:
         """Terminal voltage: OCV(SOC) + I * R."""
@@ -120,14 +122,14 @@ class LeafBattery:
         return max(0, min(12, round((self.soh_pct - 30) / 70 * 12)))
 
     def frames(self, duration_s: float, *, start_ts: float = 0.0) -> Iterator[Frame]:
-        """Every frame the LBC sends in ``duration_s``, with timestamps from ``start_ts`` (10 ms ticks)."""
-        ticks = round(duration_s * 100)
+        """Every frame the LBC sends in ``duration_s``, with timestamps from ``start_ts`` (``tick_s`` apart)."""
+        ticks = round(duration_s / self.tick_s)
         capacity_ah = self.rated_ah * self.soh_pct / 100.0
         for k in range(ticks):
-            t = k / 100.0
+            t = k * self.tick_s
             ts = start_ts + t
             amps = self.current(t)
-            self.soc_pct = min(100.0, max(0.0, self.soc_pct + amps * 0.01 / 3600.0 / capacity_ah * 100.0))
+            self.soc_pct = min(100.0, max(0.0, self.soc_pct + amps * self.tick_s / 3600.0 / capacity_ah * 100.0))
             yield Frame(ts, 0x1DB, encode_1db(amps, self.voltage(amps), counter=k))
             yield Frame(ts, 0x1DC, encode_1dc(80.0, 40.0, 6.6))
             if k % 10 == 0:
@@ -135,7 +137,8 @@ class LeafBattery:
                 gids_full = round(self.full_kwh * 1000 / self.wh_per_gid)
                 max_flag = self.generation != "ze0" and k % 100 == 50
                 gids = gids_full if max_flag else round(self.soc_pct / 100 * gids_full)
-                yield Frame(ts, 0x5BC, encode_5bc(gids, self.soh_pct, generation=self.generation,
+                yield Frame(ts, 0x5BC, encode_5bc(gids, self.soh_pct if self.report_soh else 0,
+                                                  generation=self.generation,
                                                   bars=self.bars(), capacity_bars=k % 20 == 0,
                                                   max_gids_flag=max_flag, avg_temp_c=self.temp_c))
             if k % 50 == 0:

@@ -1,0 +1,238 @@
+"""The gateway's own capacity-based State of Health, from the vehicle's own current and SoC.
+
+Physics first: the charge that flowed between two SoC anchors, divided by the SoC difference, is the
+capacity. One *segment* runs from an anchor to the SoC extremum before the SoC turns back (a drive, or
+a charge), and is used only if it is long enough (``min_delta_soc_pct``), has no gap in the current
+samples, stays within the temperature range, and the SoC follows the counted charge (not "noisy").
+
+Across segments and sessions, a two-state Kalman filter estimates ``[capacity_ah, offset_a]``: the
+counted charge is ``capacity * dSoC + offset * duration`` plus noise from the SoC anchors. The current
+sensor's offset is therefore estimated, not ignored (charging and driving segments see it with opposite
+signs relative to dSoC). Its gain error cannot be told apart from capacity and is systematic, so it is
+added to the interval as a floor that no number of segments averages away. Between segments the
+capacity may drift (random walk per day). Resistance from current steps (dV/dI) is a second signal.
+
+Pure: samples in, estimates out. The filter state is a plain dict persisted with the counters.
+"""
+
+from __future__ import annotations
+
+import math
+import statistics
+from collections import Counter
+from dataclasses import dataclass, field, replace
+from typing import Any
+
+__all__ = ["SohEstimator", "SohSettings"]
+
+METHOD = "coulomb-kf/1"  # docs/soh.md: coulomb counting between BMS SoC anchors, Kalman filter with offset
+MODEL = "physics-1"
+
+
+@dataclass(frozen=True, slots=True)
+class SohSettings:
+    """Segment acceptance and the error model (1-sigma values)."""
+
+    min_delta_soc_pct: float = 15.0
+    reversal_pct: float = 1.5           # SoC turning back this far from its extremum ends a segment
+    max_gap_s: float = 5.0              # a hole in the current samples longer than this breaks a segment
+    temp_min_c: float = 5.0
+    temp_max_c: float = 45.0
+    soc_sigma_pct: float = 0.4          # error of one BMS SoC anchor
+    gain_sigma: float = 0.01            # current sensor gain error, systematic
+    offset_prior_a: float = 0.5         # prior on the current sensor offset
+    fade_pct_per_sqrt_day: float = 0.05  # capacity random walk between segments, % of rated
+    noisy_pct: float = 1.5              # rms distance of the SoC samples from the counted-charge line
+    interval_z: float = 1.2816          # two-sided 80 % interval
+    step_min_a: float = 20.0            # a current step at least this big gives a resistance sample
+    step_max_dt_s: float = 0.25
+
+
+@dataclass(slots=True)
+class _Fit:
+    """Running sums for the least-squares line SoC = a + c * ah over a segment's samples."""
+
+    n: int = 0
+    sa: float = 0.0
+    ss: float = 0.0
+    saa: float = 0.0
+    sas: float = 0.0
+    sss: float = 0.0
+
+    def add(self, ah: float, soc: float) -> None:
+        self.n += 1
+        self.sa += ah
+        self.ss += soc
+        self.saa += ah * ah
+        self.sas += ah * soc
+        self.sss += soc * soc
+
+    def minus(self, other: _Fit) -> _Fit:
+        return _Fit(self.n - other.n, self.sa - other.sa, self.ss - other.ss, self.saa - other.saa,
+                    self.sas - other.sas, self.sss - other.sss)
+
+    def line(self) -> tuple[float, float, float] | None:
+        """(intercept, slope, residual rms), or None when the samples do not span any charge."""
+        if self.n < 3:
+            return None
+        sxx = self.saa - self.sa * self.sa / self.n
+        if sxx <= 1e-12:
+            return None
+        slope = (self.sas - self.sa * self.ss / self.n) / sxx
+        intercept = (self.ss - slope * self.sa) / self.n
+        syy = self.sss - self.ss * self.ss / self.n
+        sse = max(0.0, syy - slope * (self.sas - self.sa * self.ss / self.n))
+        return intercept, slope, math.sqrt(sse / self.n)
+
+
+@dataclass(slots=True)
+class _Point:
+    t: float
+    soc: float
+    ah: float  # counted charge since the estimator started (+ = into the pack)
+
+
+@dataclass(slots=True)
+class _Segment:
+    anchor: _Point
+    extremum: _Point
+    fit: _Fit = field(default_factory=_Fit)
+    fit_at_extremum: _Fit = field(default_factory=_Fit)
+    temp_ok: bool = True
+
+
+@dataclass
+class SohEstimator:
+    """Feed samples in time order; ``estimate()`` says what the evidence supports so far."""
+
+    rated_ah: float
+    settings: SohSettings = field(default_factory=SohSettings)
+    state: dict[str, Any] = field(default_factory=dict)
+    rejected: Counter[str] = field(default_factory=Counter)
+
+    def __post_init__(self) -> None:
+        s = self.state
+        if "x" not in s:  # no evidence yet: capacity = rated, with a wide prior
+            s.update(x=[self.rated_ah, 0.0], n=0, t=None, r_mohm=None,
+                     p=[[(0.3 * self.rated_ah) ** 2, 0.0], [0.0, self.settings.offset_prior_a ** 2]])
+        self._seg: _Segment | None = None
+        self._ah = 0.0
+        self._last_i: tuple[float, float, float | None] | None = None  # (t, amps, volts)
+        self._soc: float | None = None
+        self._r: list[float] = []
+
+    # -- samples ---------------------------------------------------------------------------------
+    def on_current(self, t: float, amps: float, volts: float | None) -> None:
+        prev = self._last_i
+        self._last_i = (t, amps, volts)
+        if prev is None:
+            return
+        dt = t - prev[0]
+        if dt <= 0:
+            return
+        if dt > self.settings.max_gap_s:
+            self._break("gap")
+            return
+        self._ah += prev[1] * dt / 3600.0
+        if dt <= self.settings.step_max_dt_s and volts is not None and prev[2] is not None and \
+                abs(amps - prev[1]) >= self.settings.step_min_a:
+            self._r.append((volts - prev[2]) / (amps - prev[1]))
+
+    def on_temperature(self, temp_c: float) -> None:
+        if self._seg is not None and not self.settings.temp_min_c <= temp_c <= self.settings.temp_max_c:
+            self._seg.temp_ok = False
+
+    def on_soc(self, t: float, soc_pct: float) -> None:
+        here = _Point(t, soc_pct, self._ah)
+        seg = self._seg
+        if seg is None or self._last_i is None or t - self._last_i[0] > self.settings.max_gap_s:
+            self._seg = _Segment(here, here)
+            return
+        start, ext = seg.anchor, seg.extremum
+        seg.fit.add(here.ah - start.ah, soc_pct)
+        if ext.soc == start.soc or (soc_pct - ext.soc) * (ext.soc - start.soc) > 0:
+            if soc_pct != ext.soc:  # the first move sets the direction; further along it extends
+                seg.extremum = here
+                seg.fit_at_extremum = replace(seg.fit)
+        elif abs(soc_pct - ext.soc) >= self.settings.reversal_pct:  # turned back: the segment ends there
+            self._close(seg)
+            following = _Segment(ext, here)
+            after = seg.fit.minus(seg.fit_at_extremum)  # the samples since the extremum, re-based on it
+            shift = ext.ah - start.ah
+            following.fit = _Fit(after.n, after.sa - after.n * shift, after.ss,
+                                 after.saa - 2 * shift * after.sa + after.n * shift * shift,
+                                 after.sas - shift * after.ss, after.sss)
+            self._seg = following
+
+    def end_session(self) -> None:
+        """The car went to sleep (or the capture ended): use the open segment if it qualifies."""
+        self._break(None)
+
+    # -- the filter ------------------------------------------------------------------------------
+    def _break(self, reason: str | None) -> None:
+        if self._seg is not None:
+            self._close(self._seg, reason)
+        self._seg = None
+
+    def _close(self, seg: _Segment, broken: str | None = None) -> None:
+        s = self.settings
+        a, b = seg.anchor, seg.extremum
+        if abs(b.soc - a.soc) < s.min_delta_soc_pct:
+            if broken is not None or abs(b.soc - a.soc) >= 2 * s.reversal_pct:
+                self.rejected["short"] += 1
+            return
+        if not seg.temp_ok:
+            self.rejected["temperature"] += 1
+            return
+        line = seg.fit_at_extremum.line()
+        if line is None or line[2] > s.noisy_pct:
+            self.rejected["noisy"] += 1
+            return
+        # The SoC change along the fitted line, not between two single noisy readings (the extremum of
+        # noisy samples is biased outwards).
+        d_ah = b.ah - a.ah
+        d_soc = line[1] * d_ah
+        self._update(d_soc / 100.0, (b.t - a.t) / 3600.0, d_ah, b.t)
+
+    def _update(self, h0: float, h1: float, z: float, t: float) -> None:
+        st, s = self.state, self.settings
+        x, p = st["x"], st["p"]
+        if st["t"] is not None:  # the capacity may have faded since the last segment
+            days = max(0.0, (t - st["t"]) / 86400.0)
+            p[0][0] += (s.fade_pct_per_sqrt_day / 100.0 * self.rated_ah) ** 2 * days
+        r = 2 * (x[0] * s.soc_sigma_pct / 100.0) ** 2  # two anchors
+        ph = [p[0][0] * h0 + p[0][1] * h1, p[1][0] * h0 + p[1][1] * h1]
+        var = h0 * ph[0] + h1 * ph[1] + r
+        k = [ph[0] / var, ph[1] / var]
+        innovation = z - (h0 * x[0] + h1 * x[1])
+        st["x"] = [x[0] + k[0] * innovation, x[1] + k[1] * innovation]
+        st["p"] = [[p[i][j] - k[i] * ph[j] for j in range(2)] for i in range(2)]
+        st["n"] += 1
+        st["t"] = t
+
+    # -- output ----------------------------------------------------------------------------------
+    def estimate(self, rated_ah: float | None = None) -> dict[str, Any] | None:
+        """``{est_pct, lo_pct, hi_pct, method, model, segments[, r_mohm]}``, or None without evidence."""
+        st = self.state
+        if self._r:
+            st["r_mohm"] = round(statistics.median(self._r[-51:]) * 1000.0, 1)
+        if st["n"] == 0:
+            return None
+        rated = rated_ah or self.rated_ah
+        cap = st["x"][0]
+        sigma = math.sqrt(max(st["p"][0][0], 0.0) + (self.settings.gain_sigma * cap) ** 2)
+        half = self.settings.interval_z * sigma
+        out: dict[str, Any] = {"est_pct": round(100.0 * cap / rated, 2),
+                               "lo_pct": round(100.0 * (cap - half) / rated, 2),
+                               "hi_pct": round(100.0 * (cap + half) / rated, 2),
+                               "method": METHOD, "model": MODEL}
+        if st.get("r_mohm") is not None:
+            out["r_mohm"] = st["r_mohm"]
+        return out
+
+    def details(self) -> dict[str, Any]:
+        """What the estimate rests on, for the passport's provenance."""
+        st = self.state
+        return {"capacity_ah": round(st["x"][0], 3), "segments": st["n"], "current_offset_a": round(st["x"][1], 3),
+                "rejected_segments": dict(self.rejected), "gain_sigma": self.settings.gain_sigma,
+                "interval": "80 %"}
