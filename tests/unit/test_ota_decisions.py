@@ -4,6 +4,7 @@ with our own ports faked (tests/fakes.py). The TUF side is tested for real in te
 from __future__ import annotations
 
 from dataclasses import replace
+from pathlib import Path
 
 import pytest
 
@@ -130,3 +131,26 @@ def _cmd(**changes: object) -> dict[str, object]:
 def test_ota_command_checks(payload: dict[str, object], last: int, why: str | None) -> None:
     got = check_command(payload, device_id="gw-1", now_ms=1_000_000, last_ts_ms=last)
     assert got is None if why is None else why in (got or "")
+
+
+@pytest.mark.parametrize("evil", ["../escape.txt", "/etc/cron.d/x", "link"])
+def test_bundle_with_a_path_outside_or_a_link_is_refused(tmp_path: Path, evil: str) -> None:
+    import io
+    import tarfile
+
+    from gateway.adapters.releases import ReleaseDirs
+
+    bundle = tmp_path / "b.tar"
+    with tarfile.open(bundle, "w") as tar:
+        info = tarfile.TarInfo(evil)
+        if evil == "link":
+            info.type, info.linkname = tarfile.SYMTYPE, "/etc/passwd"
+            tar.addfile(info)
+        else:
+            info.size = 1
+            tar.addfile(info, io.BytesIO(b"x"))
+    releases = ReleaseDirs(str(tmp_path / "opt"), str(tmp_path / "ota"), python="/nonexistent")
+    with pytest.raises(UpdateError, match="not a plain file inside the bundle") as err:
+        releases.install(str(bundle), "1.0.0")
+    assert err.value.kind == "install" and not (tmp_path / "opt" / "releases" / "1.0.0").exists()
+    assert not (tmp_path / "escape.txt").exists()
