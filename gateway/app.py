@@ -19,6 +19,7 @@ import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -40,14 +41,16 @@ from .config import Config
 from .decoding import Decoder
 from .diagnostics import DiagService
 from .errors import ConfigError, EnvelopeError, InspectionError, TransportError, UpdateError
+from .forecast import WarrantyRule
 from .forwarder import Forwarder
 from .localbroker import port_open
 from .model import OutgoingMessage
 from .ota import OtaService, check_command
+from .outlook import build_outlook
 from .pipeline import Pipeline, PublishPolicy
 from .polls import PollSpec
 from .ports import StateStore
-from .profile import load_profile
+from .profile import load_prior, load_profile
 from .replay import replay_frames
 from .signing import Chain, Signer, key_id, verify_envelope
 
@@ -89,9 +92,16 @@ def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Ch
     decoder = Decoder(profile, dbs)
     tracker = BatteryTracker(profile, counters=counters, rated_capacity_ah=config.vehicle.rated_capacity_ah,
                              stale_after_s=config.publish.stale_after_s)
+    prior = load_prior()
+    w = config.warranty
+    rule = WarrantyRule(threshold_pct=w.threshold_pct, horizon_years=w.horizon_years, min_probability=w.min_probability)
+
+    def outlook(t: BatteryTracker, now: float) -> dict[str, Any] | None:
+        return build_outlook(t, prior=prior, chemistry=profile.chemistry, rule=rule, now=now)
+
     return Pipeline(decoder, tracker, Signer(key), chain, device_id=device_id, sw=SW,
                     policy=policy_from(config), store=store, passive_diag=passive_diag, vin_salt=vin_salt,
-                    emit=emit)
+                    emit=emit, outlook=outlook)
 
 
 class _OtaCommands:
@@ -402,7 +412,8 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
         now = time.time()
         payload = build_certificate(pipeline.tracker, now=now, device_id=config.device.id,
                                     chain=pipeline.chain.header(), sw=SW, signals=pipeline.signals, polls=polls,
-                                    profile_title=pipeline.decoder.profile.title)
+                                    profile_title=pipeline.decoder.profile.title,
+                                    outlook=pipeline.outlook(pipeline.tracker, now) if pipeline.outlook else None)
         message = pipeline.sign_message("certificate", payload)  # also stored in the outbox
         out = Path(out_dir)
         out.mkdir(parents=True, exist_ok=True)

@@ -17,11 +17,12 @@ from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
 from .soh import SohEstimator
 
-__all__ = ["SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
+__all__ = ["FAST_CHARGE_A", "SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
 
 SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
 TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC
 _CHARGING_A = 1.0  # pack_a above this counts as charging
+FAST_CHARGE_A = 40.0  # above this a Leaf is on a DC fast charger (on-board chargers give <= 30 A)
 _MAX_EVENTS = 20
 
 
@@ -38,6 +39,8 @@ class Counters:
 
     ah_charged: float = 0.0
     ah_discharged: float = 0.0
+    ah_charged_fast: float = 0.0  # charged above FAST_CHARGE_A (DC fast charging)
+    since_ts: float = 0.0  # first measurement these counters saw (0 = none yet)
     kwh_charged: float = 0.0
     kwh_discharged: float = 0.0
     deep_discharge_events: int = 0
@@ -107,6 +110,8 @@ class BatteryTracker:
         """Record decoded values measured at ``ts`` and advance the counters."""
         if self.last_ts is None or ts > self.last_ts:
             self.last_ts = ts
+        if not self.counters.since_ts:
+            self.counters.since_ts = ts
         for name, value in values:
             self.values[name] = value
             self.times[name] = ts
@@ -133,6 +138,8 @@ class BatteryTracker:
         volts = self.values.get("pack_v")
         if ah >= 0:
             c.ah_charged += ah
+            if prev[1] >= FAST_CHARGE_A:
+                c.ah_charged_fast += ah
         else:
             c.ah_discharged -= ah
         if volts is not None:

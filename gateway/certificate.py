@@ -1,9 +1,9 @@
 """The inspection certificate payload (``kind`` = ``certificate``, CONTRACT §5): every polled value with
 all cell voltages, the passport ``doc``, provenance, and the forecast and warranty blocks.
 
-Pure: the tracker and what the inspection saw in, a plain map out. The SoH forecast and the warranty
-decision belong to a later release; until then both blocks say ``not available`` and why, so a
-reader never mistakes their absence for a pass.
+Pure: the tracker and what the inspection saw in, a plain map out. Without a present SoH (no estimate,
+no BMS capacity, no BMS SOH) the forecast and warranty blocks say ``not available`` and why, so a reader
+never mistakes their absence for a pass.
 """
 
 from __future__ import annotations
@@ -20,12 +20,14 @@ _MAX_PLAUSIBLE_SOH_PCT = 110.0
 
 
 def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
-                      signals: dict[str, str], polls: dict[str, str], profile_title: str) -> dict[str, Any]:
+                      signals: dict[str, str], polls: dict[str, str], profile_title: str,
+                      outlook: dict[str, Any] | None = None) -> dict[str, Any]:
     """The certificate payload.
 
     Args:
         polls: poll name -> result (``ok`` or the error kind) of this inspection.
         profile_title: the vehicle profile's human name.
+        outlook: ``{"forecast", "warranty"}`` from ``outlook.build_outlook``, or None.
     """
     bat = tracker.texts.get("bat")
     reading = build_reading(tracker, now=now, device_id=device_id, chain=chain, sw=sw, bat=bat) or {"m": {}}
@@ -61,11 +63,12 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
                 "part_number": tracker.texts.get("part_number"), "vin_hash": tracker.texts.get("vin_hash"),
                 "rated_energy_kwh": pack.energy_kwh, "rated_capacity_ah": pack.capacity_ah,
                 "rated_source": pack_source}
-    reason = "the SoH forecast and warranty decision are not implemented in this release"
+    reason = "no present SoH: no gateway estimate, BMS capacity or BMS SOH was read"
+    forecast = outlook["forecast"] if outlook else {"status": NOT_AVAILABLE, "reason": reason}
+    warranty = outlook["warranty"] if outlook else {"status": NOT_AVAILABLE, "decision": None, "reason": reason}
     return {
         "v": reading.get("v", 1), "kind": "certificate", "dev": device_id, **chain,
         "ts": reading.get("ts", round(now * 1000)), "sw": sw, "bat": bat, "m": m, "doc": doc,
         "prov": {**passport_prov, **prov}, "identity": identity, "polls": dict(polls),
-        "forecast": {"status": NOT_AVAILABLE, "reason": reason},
-        "warranty": {"status": NOT_AVAILABLE, "decision": None, "reason": reason},
+        "forecast": forecast, "warranty": warranty,
     }

@@ -28,7 +28,12 @@ _T: dict[str, dict[str, str]] = {
         "na": "not available", "verify": "Verify this certificate", "kid": "Device key id",
         "digest": "SHA-256 of certificate.cose", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
         "missing": "not read", "polls": "Battery ECU reads",
-        "na_reason": "The SoH forecast and the warranty decision are not part of this gateway release.",
+        "na_reason": "No present SoH was read (no gateway estimate, BMS capacity or BMS SOH).",
+        "horizon": "In", "p10": "P10 (pessimistic)", "p50": "P50", "p90": "P90", "now": "Now",
+        "drivers": "What drives it (effect on the median against a 20 °C, 60 % SoC, 0.3 cycles/day car)",
+        "accept": "ACCEPT", "decline": "DECLINE",
+        "rule": "Rule: P(SoH ≥ {thr} % after {h} years) ≥ {p}. Probability: {prob}",
+        "fc_basis": "Prior: {prior} ({chem}); usage: {usage}. Forecasts are estimates with the stated spread.",
         "soce": "Not SOCE (EU 2023/1542 Annex VII): no value here is the state of certified energy.",
     },
     "ja": {
@@ -43,7 +48,12 @@ _T: dict[str, dict[str, str]] = {
         "na": "提供なし", "verify": "この証明書の検証", "kid": "デバイス鍵ID",
         "digest": "certificate.cose の SHA-256", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
         "missing": "未取得", "polls": "バッテリーECU読み取り",
-        "na_reason": "劣化予測と保証判定は、このゲートウェイのリリースには含まれていません。",
+        "na_reason": "現在のSOHが取得できませんでした(推定値・BMS容量・BMS SOHなし)。",
+        "horizon": "期間", "p10": "P10(悲観)", "p50": "P50", "p90": "P90", "now": "現在",
+        "drivers": "要因(20 °C・SOC 60 %・0.3サイクル/日の車両に対する中央値への影響)",
+        "accept": "承認", "decline": "不承認",
+        "rule": "判定基準: {h}年後に SOH ≥ {thr} % となる確率 ≥ {p}。確率: {prob}",
+        "fc_basis": "事前分布: {prior}({chem})。使用状況: {usage}。予測は記載の幅を持つ推定値です。",
         "soce": "SOCE(EU 2023/1542 附属書VII)ではありません。",
     },
 }
@@ -100,6 +110,32 @@ def _temps_svg(temps: list[float]) -> str:
 def _row(label: str, value: Any, note: str = "") -> str:
     note_html = f'<br><span class="note">{_e(note)}</span>' if note else ""
     return f"<tr><td>{_e(label)}</td><td>{value}{note_html}</td></tr>"
+
+
+def _forecast_html(fc: dict[str, Any], t: dict[str, str]) -> str:
+    if "horizons" not in fc:
+        return ""
+    rows = "".join(f"<tr><td>{_e(t['horizon'])} {_e(h)}</td><td>{v['p10']:.1f} %</td><td><b>{v['p50']:.1f} %</b></td>"
+                   f"<td>{v['p90']:.1f} %</td></tr>" for h, v in fc["horizons"].items())
+    head = f"<tr><td>{_e(t['now'])}: {fc['present']['soh_pct']:.1f} %</td><td>{_e(t['p10'])}</td>" \
+           f"<td>{_e(t['p50'])}</td><td>{_e(t['p90'])}</td></tr>"
+    drivers = "".join(f"<li>{_e(f['factor'])} ({_e(f['value'])}): {f['effect_pp']:+.1f} pp</li>" for f in fc["factors"])
+    u = fc["usage"]
+    usage = f"{u['temp_c']:g} °C, SoC {u['soc_mean_pct']:g} %, {u['full_cycles_per_day']:g}/d ({u['basis']})"
+    basis = t["fc_basis"].format(prior=fc["prior"], chem=fc["chemistry"], usage=usage)
+    return (f'<table>{head}{rows}</table><p class="note">{_e(fc["present"]["basis"])}</p>'
+            f'<p class="note">{_e(t["drivers"])}</p><ul class="note">{drivers}</ul><p class="note">{_e(basis)}</p>')
+
+
+def _warranty_html(w: dict[str, Any], t: dict[str, str]) -> str:
+    if w.get("decision") not in ("accept", "decline"):
+        return ""
+    color = "#0b6e4f" if w["decision"] == "accept" else "#a11"
+    rule = t["rule"].format(thr=f"{w['threshold_pct']:g}", h=f"{w['horizon_years']:g}", p=f"{w['min_probability']:g}",
+                            prob=f"{w['probability']:.2f}")
+    reasons = "".join(f"<li>{_e(r)}</li>" for r in w["reasons"])
+    return (f'<div class="big" style="color:{color}">{_e(t[w["decision"]])}</div><p>{_e(rule)}</p>'
+            f'<ul class="note">{reasons}</ul>')
 
 
 def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, digest_hex: str) -> str:
@@ -159,8 +195,10 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
 <h2>{_e(t["bars"])}: {num("capacity_bars", "/ 12")}</h2>{_bars_svg(m.get("capacity_bars"))}
 <h2>{_e(t["cells"])}</h2><p class="note">{_e(cells_note) if cells else missing}</p>{_cells_svg(cells)}
 <h2>{_e(t["temps"])}</h2>{_temps_svg(m.get("temps_c", [])) or missing}
-<h2>{_e(t["forecast"])}</h2><p>{na} <span class="note">{_e(t["na_reason"])}</span></p>
-<h2>{_e(t["warranty"])}</h2><p>{na} <span class="note">{_e(t["na_reason"])}</span></p>
+<h2>{_e(t["forecast"])}</h2>{_forecast_html(payload.get("forecast", {}), t) or
+    f'<p>{na} <span class="note">{_e(t["na_reason"])}</span></p>'}
+<h2>{_e(t["warranty"])}</h2>{_warranty_html(payload.get("warranty", {}), t) or
+    f'<p>{na} <span class="note">{_e(t["na_reason"])}</span></p>'}
 <h2>{_e(t["verify"])}</h2>
 <div class="grid"><div class="card">{qr}</div><div class="card">
 <div class="note">{_e(t["kid"])}</div><code>{_e(key_id_hex)}</code>

@@ -16,8 +16,8 @@ from typing import Any
 
 from .errors import ConfigError
 
-__all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "OtaConfig", "PublishConfig", "VehicleConfig",
-           "load_config", "parse_config", "render_toml"]
+__all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "OtaConfig", "PublishConfig",
+           "VehicleConfig", "WarrantyConfig", "load_config", "parse_config", "render_toml"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -90,6 +90,13 @@ class OtaConfig:
 
 
 @dataclass(frozen=True, slots=True)
+class WarrantyConfig:
+    threshold_pct: float
+    horizon_years: float
+    min_probability: float
+
+
+@dataclass(frozen=True, slots=True)
 class LoggingConfig:
     level: str
 
@@ -103,6 +110,7 @@ class Config:
     publish: PublishConfig
     outbox: OutboxConfig
     ota: OtaConfig
+    warranty: WarrantyConfig
     logging: LoggingConfig
 
 
@@ -124,6 +132,11 @@ def _num(lo: float, hi: float, *, integer: bool = False) -> _Check:
 
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
+
+
+def _choice_num(*options: float) -> _Check:
+    return lambda v: None if not isinstance(v, bool) and v in options else \
+        f"expected one of {', '.join(f'{o:g}' for o in options)}, got {v!r}"
 
 
 def _choice(*options: str) -> _Check:
@@ -206,13 +219,19 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "command_key": ("", _str(False), "path",
                         "backend public key (PEM) that signs cmd/ota; empty = cmd/ota is ignored"),
     },
+    "warranty": {
+        "threshold_pct": (70.0, _num(1.0, 100.0), "%", "the SoH the battery must keep (capacity-based)"),
+        "horizon_years": (3.0, _choice_num(1.0, 3.0, 5.0), "years", "when it must still keep it: 1, 3 or 5"),
+        "min_probability": (0.9, _num(0.5, 0.999), "", "accept when P(SoH >= threshold at horizon) reaches this"),
+    },
     "logging": {
         "level": ("INFO", _choice("DEBUG", "INFO", "WARNING", "ERROR"), "", "log level (stderr, for journald)"),
     },
 }
 
 _CLASSES = {"device": DeviceConfig, "can": CanConfig, "vehicle": VehicleConfig, "mqtt": MqttConfig,
-            "publish": PublishConfig, "outbox": OutboxConfig, "ota": OtaConfig, "logging": LoggingConfig}
+            "publish": PublishConfig, "outbox": OutboxConfig, "ota": OtaConfig, "warranty": WarrantyConfig,
+            "logging": LoggingConfig}
 
 
 def parse_config(data: Mapping[str, Any], *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:

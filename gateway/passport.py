@@ -122,7 +122,8 @@ def _temperature(tracker: BatteryTracker) -> tuple[float | None, str]:
 
 
 def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
-                   signals: dict[str, str], bat: str | None = None, reason: str = "") -> dict[str, Any]:
+                   signals: dict[str, str], bat: str | None = None, reason: str = "",
+                   outlook: dict[str, Any] | None = None) -> dict[str, Any]:
     """The ``passport`` payload: IDTA ProductCondition 1.0.1 ``doc``, ``prov`` per value, and ``ext``.
 
     Args:
@@ -130,6 +131,7 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
         now: measurement time of the update.
         signals: canonical field -> "0xID SIGNAL" it was decoded from, for provenance.
         reason: why this update was published (first, key-off, end-of-charge, daily, soh-change, request).
+        outlook: ``{"forecast", "warranty"}`` from ``outlook.build_outlook``, carried in ``ext``.
 
     Raises:
         ValueError: the state is not complete (a schema-required value is missing).
@@ -218,6 +220,13 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
             prov["RemainingCapacity"] = _src(signals.get("pack_a", ""), soh["method"], "Ah", src="calculated",
                                              note="estimated on this device from counted charge between SoC "
                                                   "anchors (docs/soh.md)")
+    if outlook is not None:
+        ext["forecast"], ext["warranty"] = outlook["forecast"], outlook["warranty"]
+        prov["ext.forecast"] = _src("", outlook["forecast"]["method"], "%", src="gateway-estimated",
+                                    basis=f"prior {outlook['forecast']['prior']}; present SoH "
+                                          f"{outlook['forecast']['present']['basis']}")
+        prov["ext.warranty"] = _src("", "warranty-rule/1", "", src="gateway-estimated",
+                                    basis="P(SoH >= threshold at horizon) from the forecast draws")
     for p in prov.values():
         p["sw"] = sw
     return {**_header("passport", device_id=device_id, chain=chain, ts=now, sw=sw), "bat": bat, "doc": doc,

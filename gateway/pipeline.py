@@ -11,6 +11,7 @@ from __future__ import annotations
 import hashlib
 import logging
 from collections import Counter
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -49,13 +50,15 @@ class Pipeline:
 
     def __init__(self, decoder: Decoder, tracker: BatteryTracker, signer: Signer, chain: Chain, *,
                  device_id: str, sw: str, policy: PublishPolicy, store: StateStore | None = None,
-                 passive_diag: bool = False, vin_salt: bytes = b"", emit: bool = True) -> None:
+                 passive_diag: bool = False, vin_salt: bytes = b"", emit: bool = True,
+                 outlook: Callable[[BatteryTracker, float], dict[str, Any] | None] | None = None) -> None:
         """Args:
             emit: False for a one-shot read (``inspect``): the state is updated, no reading or passport
                 is signed, so the chain has no gaps the backend would take for lost messages.
             passive_diag: reassemble poll replies seen on the bus (replay); the daemon polls actively
                 and hands replies to ``on_diag_reply`` instead.
             vin_salt: salt of the VIN hash; the VIN itself is never kept.
+            outlook: forecast and warranty for the passport (``outlook.build_outlook`` bound to the prior).
         """
         self.decoder, self.tracker, self.signer, self.chain = decoder, tracker, signer, chain
         self.device_id, self.sw, self.policy, self.store = device_id, sw, policy, store
@@ -69,6 +72,7 @@ class Pipeline:
         self._passive = PassiveIsoTp(self._diag_ids) if passive_diag else None
         self._vin_salt = vin_salt
         self._emit = emit
+        self.outlook = outlook
         self.epoch_note = ""  # why this epoch started (state lost), said in its first message
         self._last_tick: float | None = None
         self._batch: list[tuple[float, dict[str, Any]]] = []
@@ -299,7 +303,8 @@ class Pipeline:
     def _passport(self, now: float, reason: str) -> list[OutgoingMessage]:
         flushed = self._flush_batch()  # the readings before a passport come before it in the chain
         payload = build_passport(self.tracker, now=now, device_id=self.device_id, chain=self._header(),
-                                 sw=self.sw, signals=self._signals, reason=reason, bat=self.tracker.texts.get("bat"))
+                                 sw=self.sw, signals=self._signals, reason=reason, bat=self.tracker.texts.get("bat"),
+                                 outlook=self.outlook(self.tracker, now) if self.outlook else None)
         thinned = self.store.take_thinned() if self.store is not None else 0
         if thinned or self.epoch_note:
             payload["prov"]["outbox"] = {"thinned_readings": thinned, "epoch_note": self.epoch_note,

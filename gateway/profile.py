@@ -7,6 +7,7 @@ frame checks apply. A new car is a new TOML file, not new code (docs/profiles.md
 
 from __future__ import annotations
 
+import json
 import math
 import tomllib
 from collections.abc import Mapping
@@ -18,10 +19,11 @@ from typing import Any
 import cantools
 
 from .errors import ConfigError
+from .forecast import CHEMISTRIES, Prior
 from .model import FIELDS
 from .polls import PollSpec, parse_polls
 
-__all__ = ["BUILTIN_PROFILES", "PackVariant", "Profile", "SignalMap", "load_profile", "parse_profile"]
+__all__ = ["BUILTIN_PROFILES", "PackVariant", "Profile", "SignalMap", "load_prior", "load_profile", "parse_profile"]
 
 BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 _COMPLETE_GROUPS = {"temperature"}  # "complete" may name a field or a group of fields
@@ -67,6 +69,7 @@ class Profile:
     temp_low_c: float = -10.0
     temp_high_c: float = 40.0
     polls: tuple[PollSpec, ...] = ()
+    chemistry: str = "lmo-leaf"  # the forecast prior's table (gateway/data/soh_prior.json)
 
     @property
     def frame_ids(self) -> frozenset[int]:
@@ -143,7 +146,7 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
     """
     problems: list[str] = []
     known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "cells_series",
-             "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include"}
+             "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include", "chemistry"}
     problems.extend(f"{k}: unknown key" for k in sorted(set(data) - known))
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -194,6 +197,9 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
             problems.append(f"{key}: expected a number, got {value!r}")
             value = default
         numbers[key] = value
+    chemistry = data.get("chemistry", "lmo-leaf")
+    if chemistry not in CHEMISTRIES:
+        problems.append(f"chemistry: expected one of {', '.join(CHEMISTRIES)}, got {chemistry!r}")
     if problems:
         raise ConfigError([f"profile {name or '?'}: {p}" for p in problems])
     return Profile(
@@ -203,7 +209,7 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
         crc8_init=int(crc.get("init", 0)), wh_per_gid=float(numbers["wh_per_gid"]),
         cells_series=int(numbers["cells_series"]), cell_v_min=float(numbers["cell_v_min"]),
         cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
-        temp_high_c=float(numbers["temp_high_c"]), polls=polls,
+        temp_high_c=float(numbers["temp_high_c"]), polls=polls, chemistry=str(chemistry),
     )
 
 
@@ -222,6 +228,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
         raise ConfigError(f"vehicle.profile: cannot read {path}: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
         raise ConfigError(f"vehicle.profile: {path}: {exc}") from exc
+
+
+def load_prior() -> Prior:
+    """The forecast prior shipped with the package (``gateway/data/soh_prior.json``, tools/soh_prior.py)."""
+    return Prior.from_json(json.loads((resources.files("gateway.data") / "soh_prior.json").read_text()))
 
 
 def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:

@@ -209,6 +209,10 @@ class SohEstimator:
         st["p"] = [[p[i][j] - k[i] * ph[j] for j in range(2)] for i in range(2)]
         st["n"] += 1
         st["t"] = t
+        hist = st.setdefault("hist", [])  # [t, capacity_ah] at most weekly: the forecast's own history
+        if not hist or t - hist[-1][0] >= 7 * 86400:
+            hist.append([t, round(st["x"][0], 3)])
+            del hist[:-200]
 
     # -- output ----------------------------------------------------------------------------------
     def estimate(self, rated_ah: float | None = None) -> dict[str, Any] | None:
@@ -229,6 +233,11 @@ class SohEstimator:
         if st.get("r_mohm") is not None:
             out["r_mohm"] = st["r_mohm"]
         return out
+
+    def history(self, rated_ah: float) -> list[tuple[float, float]]:
+        """(days since the first entry, SoH %) at most weekly, oldest first."""
+        hist = self.state.get("hist", [])
+        return [((t - hist[0][0]) / 86400.0, 100.0 * cap / rated_ah) for t, cap in hist]
 
     def details(self) -> dict[str, Any]:
         """What the estimate rests on, for the passport's provenance."""

@@ -91,7 +91,15 @@ def test_certificate_within_15_s_with_every_polled_value(tmp_path: Path, generat
     assert m["hx_pct"] == pytest.approx(responder.hx_pct, abs=0.01)
     assert m["bms_soh_pct"] == battery.soh_pct
     assert m["capacity_soh_pct"] == pytest.approx(battery.soh_pct, abs=0.01)
-    assert payload["forecast"]["status"] == payload["warranty"]["status"] == "not available"
+    fc, w = payload["forecast"], payload["warranty"]
+    assert fc["present"]["basis"].startswith("BMS capacity")  # a single inspection: AHr / rated
+    assert fc["present"]["soh_pct"] == pytest.approx(battery.soh_pct, abs=0.01)
+    for h in ("+1y", "+3y", "+5y"):
+        q = fc["horizons"][h]
+        assert q["p10"] <= q["p50"] <= q["p90"] <= battery.soh_pct + 5
+    assert fc["horizons"]["+1y"]["p50"] > fc["horizons"]["+5y"]["p50"]
+    assert fc["usage"]["basis"].startswith("reference vehicle")  # minutes of counters say nothing of usage
+    assert w["decision"] == ("accept" if w["probability"] >= 0.9 else "decline") and w["reasons"]
     assert payload["identity"]["generation"] == generation
     assert payload["identity"]["vin_hash"] and "SJNFAAZE1U0012345" not in json.dumps(as_json)
     if SCHEMA.is_file():
@@ -99,6 +107,7 @@ def test_certificate_within_15_s_with_every_polled_value(tmp_path: Path, generat
     page = (tmp_path / "out" / "certificate.html").read_text()
     assert hashlib.sha256(envelope).hexdigest() in page
     assert responder.serial in page and "<svg" in page and "http" not in page.replace("http://www.w3.org", "")
+    assert ("ACCEPT" if w["decision"] == "accept" else "DECLINE") in page and "P50" in page
 
 
 def test_japanese_page(tmp_path: Path) -> None:
@@ -112,6 +121,7 @@ def test_japanese_page(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "out" / "certificate.html").read_text()
     assert '<html lang="ja">' in page and "バッテリー健全性証明書" in page
+    assert "承認" in page and "劣化予測" in page
 
 
 def test_missing_ecu_exits_1_naming_it_and_writes_nothing(tmp_path: Path) -> None:

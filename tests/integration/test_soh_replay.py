@@ -62,3 +62,7 @@ def test_replay_of_days_of_driving_gives_an_soh_estimate_without_a_bms_soh(tmp_p
     assert "StateOfCertifiedEnergy" not in doc, "a capacity-based SoH is not SOCE"
     assert abs(doc["RemainingCapacity"]["RemainingCapacityValue"] - 79.0 * 0.78) < 1.5
     assert prov["RemainingCapacity"]["src"] == "calculated" and prov["ext.soh"]["segments"] >= 3
+    forecast, warranty = ext["forecast"], ext["warranty"]
+    assert forecast["present"]["basis"].startswith("gateway estimate 78.0 %")
+    assert forecast["chemistry"] == "lmo-leaf" and forecast["prior"].startswith("blast-lite")
+    assert forecast["horizons"]["+3y"]["p50"] < 78.0 and warranty["decision"] in ("accept", "decline")

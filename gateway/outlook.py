@@ -1,0 +1,53 @@
+"""Forecast and warranty for one battery, from the tracker's state: which present SoH to trust, the
+usage from the counters, and the vehicle's own SoH history (``forecast.py`` does the arithmetic).
+
+Pure: the tracker and the prior in, plain maps out.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from .battery import SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
+from .forecast import Prior, WarrantyRule, forecast, usage_from_counters, warranty
+
+__all__ = ["build_outlook", "present_soh"]
+
+_Z80 = 1.2816
+
+
+def present_soh(tracker: BatteryTracker) -> tuple[float, float, str] | None:
+    """(SoH %, 1-sigma, basis): the gateway's estimate, else the BMS capacity ratio, else the BMS SOH."""
+    est = tracker.soh_estimate()
+    if est is not None:
+        return (est["est_pct"], (est["hi_pct"] - est["lo_pct"]) / 2 / _Z80,
+                f"gateway estimate {est['est_pct']:.1f} % (80 % interval {est['lo_pct']:.1f}-{est['hi_pct']:.1f}, "
+                f"{est['method']})")
+    rated = tracker.pack()[0].capacity_ah
+    cap = tracker.values.get("capacity_ah")
+    if cap and cap / rated <= 1.1:
+        return cap / rated * 100.0, 2.0, f"BMS capacity {cap:.1f} Ah / {rated:g} Ah rated (single reading, +/-2 pp)"
+    for name in ("lbc_soh_pct", "bms_soh_pct"):
+        if tracker.values.get(name):
+            value = tracker.values[name]
+            return value, 4.0, f"BMS SOH {value:.0f} % as reported (method not stated by the vehicle, +/-4 pp)"
+    return None
+
+
+def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule: WarrantyRule,
+                  now: float) -> dict[str, Any] | None:
+    """``{"forecast": ..., "warranty": ...}``, or None when no present SoH is known."""
+    present = present_soh(tracker)
+    if present is None:
+        return None
+    soh, sigma, basis = present
+    c = tracker.counters
+    rated = tracker.pack()[0].capacity_ah
+    usage = usage_from_counters(c, rated_ah=rated, soc_edges=SOC_BINS_PCT, temp_edges=TEMP_BINS_C,
+                                days=(now - c.since_ts) / 86400.0 if c.since_ts else 0.0)
+    outlook = forecast(prior, chemistry, usage, soh_pct=soh, soh_sigma_pct=sigma,
+                       history=tracker.soh.history(rated), extra_horizons=(rule.horizon_years,))
+    decision = warranty(outlook, rule, basis=basis)
+    del outlook["_samples"]
+    outlook["present"] = {"soh_pct": round(soh, 2), "sigma_pct": round(sigma, 2), "basis": basis}
+    return {"forecast": outlook, "warranty": decision}
