@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto browser tools demo test bench lint image-check bundle clean
+.PHONY: all setup mosquitto browser tools demo test bench soh-eval lint image-check bundle clean
 
 all: test
 
@@ -64,6 +64,10 @@ bundle: $(STAMP)
 
 bench: setup
 	$(BIN)/python bench/run.py
+
+# The SoH estimate, forecast and warranty on a simulated fleet, beside baselines (docs/soh.md)
+soh-eval: $(STAMP)
+	$(BIN)/python bench/soh_eval.py
 
 clean:
 	rm -rf $(VENV) build *.egg-info .pytest_cache

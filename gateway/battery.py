@@ -15,7 +15,7 @@ from typing import Any
 
 from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
-from .soh import SohEstimator
+from .soh import OCV_CELL_V, SohEstimator
 
 __all__ = ["FAST_CHARGE_A", "SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
 
@@ -103,7 +103,8 @@ class BatteryTracker:
         self.last_ts: float | None = None
         self._last_current: tuple[float, float] | None = None  # (ts, amps)
         self._deep = self._over = False
-        self.soh = SohEstimator(rated_ah=self.pack()[0].capacity_ah, state=self.counters.soh)
+        self.soh = SohEstimator(rated_ah=self.pack()[0].capacity_ah, state=self.counters.soh,
+                                ocv=OCV_CELL_V.get(profile.chemistry), cells_series=profile.cells_series)
 
     # -- updates ---------------------------------------------------------------------------------
     def update(self, ts: float, values: list[tuple[str, float]]) -> None:

@@ -17,16 +17,37 @@ Pure: samples in, estimates out. The filter state is a plain dict persisted with
 
 from __future__ import annotations
 
+import itertools
 import math
 import statistics
 from collections import Counter
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-__all__ = ["SohEstimator", "SohSettings"]
+__all__ = ["OCV_CELL_V", "SohEstimator", "SohSettings", "soc_from_ocv"]
 
 METHOD = "coulomb-kf/1"  # docs/soh.md: coulomb counting between BMS SoC anchors, Kalman filter with offset
 MODEL = "physics-1"
+
+# Open-circuit voltage of one cell against SoC (%), for vehicles that give no SoC: anchors from rest
+# voltages. Typical curves of the chemistries (LMO-NMC blend of the 24/30 kWh Leaf, NMC of the 40/62 kWh);
+# +/-2 pp SoC is assumed for an anchor taken from them.
+OCV_CELL_V: dict[str, tuple[tuple[float, float], ...]] = {
+    "lmo-leaf": ((0, 3.30), (10, 3.55), (20, 3.64), (30, 3.70), (40, 3.76), (50, 3.83), (60, 3.90),
+                 (70, 3.97), (80, 4.04), (90, 4.10), (100, 4.17)),
+    "nmc-gr": ((0, 3.30), (10, 3.50), (20, 3.59), (30, 3.64), (40, 3.69), (50, 3.75), (60, 3.84),
+               (70, 3.93), (80, 4.01), (90, 4.09), (100, 4.18)),
+}
+
+
+def soc_from_ocv(table: tuple[tuple[float, float], ...], cell_v: float) -> float:
+    """SoC (%) at a rested cell voltage, by linear interpolation of the OCV table (clamped)."""
+    if cell_v <= table[0][1]:
+        return table[0][0]
+    for (s0, v0), (s1, v1) in itertools.pairwise(table):
+        if cell_v <= v1:
+            return s0 + (s1 - s0) * (cell_v - v0) / (v1 - v0)
+    return table[-1][0]
 
 
 @dataclass(frozen=True, slots=True)
@@ -44,6 +65,9 @@ class SohSettings:
     fade_pct_per_sqrt_day: float = 0.05  # capacity random walk between segments, % of rated
     noisy_pct: float = 1.5              # rms distance of the SoC samples from the counted-charge line
     interval_z: float = 1.2816          # two-sided 80 % interval
+    rest_s: float = 1800.0              # asleep this long: the first voltage after is a rest (OCV) voltage
+    rest_max_a: float = 2.0
+    ocv_sigma_pct: float = 2.0          # error of one SoC anchor read from the OCV table
     step_min_a: float = 20.0            # a current step at least this big gives a resistance sample
     step_max_dt_s: float = 0.25
 
@@ -109,6 +133,8 @@ class SohEstimator:
     settings: SohSettings = field(default_factory=SohSettings)
     state: dict[str, Any] = field(default_factory=dict)
     rejected: Counter[str] = field(default_factory=Counter)
+    ocv: tuple[tuple[float, float], ...] | None = None  # OCV table: used only while no BMS SoC is seen
+    cells_series: int = 96
 
     def __post_init__(self) -> None:
         s = self.state
@@ -118,8 +144,10 @@ class SohEstimator:
         self._seg: _Segment | None = None
         self._ah = 0.0
         self._last_i: tuple[float, float, float | None] | None = None  # (t, amps, volts)
-        self._soc: float | None = None
+        self._soc_seen = False
         self._r: list[float] = []
+        self._secs = 0.0  # seconds of current samples (not asleep): the offset acts only then
+        self._rest_anchor: tuple[float, float, float, float] | None = None  # t, soc, ah, secs
 
     # -- samples ---------------------------------------------------------------------------------
     def on_current(self, t: float, amps: float, volts: float | None) -> None:
@@ -132,8 +160,12 @@ class SohEstimator:
             return
         if dt > self.settings.max_gap_s:
             self._break("gap")
+            if self.ocv is not None and not self._soc_seen and dt >= self.settings.rest_s and volts is not None \
+                    and abs(amps) <= self.settings.rest_max_a:
+                self._ocv_anchor(t, volts)
             return
         self._ah += prev[1] * dt / 3600.0
+        self._secs += dt
         if dt <= self.settings.step_max_dt_s and volts is not None and prev[2] is not None and \
                 abs(amps - prev[1]) >= self.settings.step_min_a:
             self._r.append((volts - prev[2]) / (amps - prev[1]))
@@ -142,7 +174,23 @@ class SohEstimator:
         if self._seg is not None and not self.settings.temp_min_c <= temp_c <= self.settings.temp_max_c:
             self._seg.temp_ok = False
 
+    def _ocv_anchor(self, t: float, pack_v: float) -> None:
+        """After a rest (asleep, no current): an SoC anchor from the rested voltage; a segment runs from
+        the previous rest anchor, the sleep between counting as zero current."""
+        assert self.ocv is not None
+        soc = soc_from_ocv(self.ocv, pack_v / self.cells_series)
+        prev, self._rest_anchor = self._rest_anchor, (t, soc, self._ah, self._secs)
+        if prev is None:
+            return
+        d_soc = soc - prev[1]
+        if abs(d_soc) < self.settings.min_delta_soc_pct:
+            self.rejected["short"] += 1
+            return
+        self._update(d_soc / 100.0, (self._secs - prev[3]) / 3600.0, self._ah - prev[2], t,
+                     soc_sigma_pct=self.settings.ocv_sigma_pct)
+
     def on_soc(self, t: float, soc_pct: float) -> None:
+        self._soc_seen = True
         here = _Point(t, soc_pct, self._ah)
         seg = self._seg
         if seg is None or self._last_i is None or t - self._last_i[0] > self.settings.max_gap_s:
@@ -194,13 +242,13 @@ class SohEstimator:
         d_soc = line[1] * d_ah
         self._update(d_soc / 100.0, (b.t - a.t) / 3600.0, d_ah, b.t)
 
-    def _update(self, h0: float, h1: float, z: float, t: float) -> None:
+    def _update(self, h0: float, h1: float, z: float, t: float, *, soc_sigma_pct: float | None = None) -> None:
         st, s = self.state, self.settings
         x, p = st["x"], st["p"]
         if st["t"] is not None:  # the capacity may have faded since the last segment
             days = max(0.0, (t - st["t"]) / 86400.0)
             p[0][0] += (s.fade_pct_per_sqrt_day / 100.0 * self.rated_ah) ** 2 * days
-        r = 2 * (x[0] * s.soc_sigma_pct / 100.0) ** 2  # two anchors
+        r = 2 * (x[0] * (soc_sigma_pct or s.soc_sigma_pct) / 100.0) ** 2  # two anchors
         ph = [p[0][0] * h0 + p[0][1] * h1, p[1][0] * h0 + p[1][1] * h1]
         var = h0 * ph[0] + h1 * ph[1] + r
         k = [ph[0] / var, ph[1] / var]

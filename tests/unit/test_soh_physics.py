@@ -3,6 +3,7 @@ sensor gain and offset, SoC anchor noise and 0.1 % quantisation, temperature."""
 
 from __future__ import annotations
 
+import itertools
 import random
 
 import pytest
@@ -119,3 +120,44 @@ def test_soh_survives_batch_encoding() -> None:
     payload = build_batch(rows, device_id="gw", chain=Chain().header(), sw="t", bat=None)
     back = expand_batch(payload)
     assert "soh" not in back[0]["m"] and back[1]["m"]["soh"] == soh
+
+
+def test_without_a_bms_soc_rest_voltages_give_the_anchors() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    table = OCV_CELL_V["lmo-leaf"]
+
+    def ocv(soc: float) -> float:  # the inverse of the table: what a rested cell reads
+        for (s0, v0), (s1, v1) in itertools.pairwise(table):
+            if soc <= s1:
+                return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
+        return table[-1][1]
+
+    capacity, rated = 55.0, 66.0  # 83.3 %
+    rng = random.Random(11)
+    est = SohEstimator(rated_ah=rated, ocv=table, cells_series=96)
+    soc, t = 90.0, 1.7e9
+    for day in range(8):
+        est.on_current(t, 0.3, 96 * ocv(soc) + rng.gauss(0, 0.3))  # wakes up rested: an OCV anchor
+        amps = -rng.uniform(20, 40) if day % 2 == 0 else 16.0
+        target = rng.uniform(25, 40) if amps < 0 else 90.0
+        while (soc > target) if amps < 0 else (soc < target):
+            t += 1.0
+            soc += amps / 3600 / capacity * 100
+            est.on_current(t, amps + 0.2, 96 * ocv(soc) + amps * 0.1)
+        t += 8 * 3600  # asleep overnight
+    got = est.estimate()
+    assert got is not None, est.rejected
+    assert abs(got["est_pct"] - 100 * capacity / rated) < 2.5, got
+    assert got["lo_pct"] <= 100 * capacity / rated <= got["hi_pct"]
+    assert got["hi_pct"] - got["lo_pct"] > 2.0  # OCV anchors are coarser than the BMS SoC
+
+
+def test_a_bms_soc_takes_precedence_over_rest_voltages() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    est = SohEstimator(rated_ah=79.0, ocv=OCV_CELL_V["nmc-gr"])
+    est.on_soc(0.0, 50.0)
+    est.on_current(1.0, 0.0, 370.0)
+    est.on_current(10_000.0, 0.0, 390.0)  # a rest voltage, but the vehicle gives its SoC
+    assert est._rest_anchor is None
