@@ -33,7 +33,6 @@ from .adapters.mqtt import PahoNotice, PahoPublisher, PahoSubscriber
 from .adapters.releases import ReleaseDirs
 from .adapters.sqlite_outbox import SqliteOutbox
 from .adapters.systemd import SystemdNotifier
-from .adapters.tuf_client import TufUpdateClient
 from .battery import BatteryTracker, Counters
 from .certificate import build_certificate
 from .certificate_html import render_certificate
@@ -322,6 +321,8 @@ def run_update(config: Config, *, check_only: bool = False) -> int:
 
     def report(body: dict[str, object]) -> None:
         notice.publish({**body, "dev": config.device.id})
+
+    from .adapters.tuf_client import TufUpdateClient  # here: the daemon never loads tuf (~5 MB resident)
 
     try:
         with releases.lock():
