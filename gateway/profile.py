@@ -232,7 +232,11 @@ def _read_toml(path: Path) -> dict[str, Any]:
 
 def load_prior() -> Prior:
     """The forecast prior shipped with the package (``gateway/data/soh_prior.json``, tools/soh_prior.py)."""
-    return Prior.from_json(json.loads((resources.files("gateway.data") / "soh_prior.json").read_text()))
+    try:
+        return Prior.from_json(json.loads((resources.files("gateway.data") / "soh_prior.json").read_text()))
+    except (OSError, ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"gateway/data/soh_prior.json: unreadable forecast prior ({exc}); reinstall the "
+                          "release") from exc
 
 
 def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:

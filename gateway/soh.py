@@ -125,6 +125,19 @@ class _Segment:
     temp_ok: bool = True
 
 
+def _valid(s: dict[str, Any]) -> bool:
+    def num(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    try:
+        return (len(s["x"]) == 2 and all(map(num, s["x"])) and s["x"][0] > 0
+                and len(s["p"]) == 2 and all(len(r) == 2 and all(map(num, r)) for r in s["p"])
+                and isinstance(s["n"], int) and s["n"] >= 0 and (s["t"] is None or num(s["t"]))
+                and all(len(h) == 2 and num(h[0]) and num(h[1]) for h in s.get("hist", [])))
+    except (KeyError, TypeError):
+        return False
+
+
 @dataclass
 class SohEstimator:
     """Feed samples in time order; ``estimate()`` says what the evidence supports so far."""
@@ -138,6 +151,9 @@ class SohEstimator:
 
     def __post_init__(self) -> None:
         s = self.state
+        if s and not _valid(s):  # a damaged or foreign record: start over rather than crash or mislead
+            s.clear()
+            self.rejected["state-reset"] += 1
         if "x" not in s:  # no evidence yet: capacity = rated, with a wide prior
             s.update(x=[self.rated_ah, 0.0], n=0, t=None, r_mohm=None,
                      p=[[(0.3 * self.rated_ah) ** 2, 0.0], [0.0, self.settings.offset_prior_a ** 2]])

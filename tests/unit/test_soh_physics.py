@@ -161,3 +161,18 @@ def test_a_bms_soc_takes_precedence_over_rest_voltages() -> None:
     est.on_current(1.0, 0.0, 370.0)
     est.on_current(10_000.0, 0.0, 390.0)  # a rest voltage, but the vehicle gives its SoC
     assert est._rest_anchor is None
+
+
+@pytest.mark.parametrize("state", [
+    {"x": [0.0, 0.0], "p": [[1, 0], [0, 1]], "n": 1, "t": None},
+    {"x": [60.0], "p": [[1, 0], [0, 1]], "n": 1, "t": None},
+    {"x": [60.0, 0.1], "p": "oops", "n": 1, "t": None},
+    {"x": [60.0, 0.1], "p": [[1, 0], [0, 1]], "n": -1, "t": None},
+    {"x": [60.0, float("nan")], "p": [[1, 0], [0, 1]], "n": 3, "t": 5.0},
+    {"unexpected": True},
+])
+def test_a_damaged_stored_state_starts_over_instead_of_crashing(state: dict[str, object]) -> None:
+    est = SohEstimator(rated_ah=79.0, state=state)
+    assert est.estimate() is None and est.rejected["state-reset"] == 1
+    drive_and_charge(est, capacity_ah=60.0, days=1, gain=0, offset_a=0, seed=12)
+    assert est.estimate() is not None
