@@ -215,8 +215,8 @@ def _cmd_run(args: argparse.Namespace) -> int:
 
 def _cmd_update(args: argparse.Namespace) -> int:
     _without_mf4()
-    from .app import run_update
     from .config import load_config
+    from .updater import run_update
 
     config = load_config(args.config)
     _setup_logging("DEBUG" if args.verbose else config.logging.level)
@@ -224,7 +224,7 @@ def _cmd_update(args: argparse.Namespace) -> int:
 
 
 def _cmd_command(args: argparse.Namespace) -> int:
-    from .app import sign_command
+    from .updater import sign_command
 
     Path(args.out).write_bytes(sign_command(args.key, device_id=args.device, command=args.name))
     return 0

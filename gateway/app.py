@@ -11,9 +11,6 @@ import json
 import logging
 import os
 import queue
-import shlex
-import subprocess
-import sys
 import threading
 import time
 from collections.abc import Callable, Iterator
@@ -26,11 +23,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from . import __version__
 from .adapters.can_bus import PythonCanSource
 from .adapters.capture_files import CaptureStats, read_capture
-from .adapters.health import HealthFile, read_health
+from .adapters.health import HealthFile
 from .adapters.isotp import IsoTpDiagClient
 from .adapters.keystore import certificate_request, generate_key, load_private_key, load_public_key, public_pem
-from .adapters.mqtt import PahoNotice, PahoPublisher, PahoSubscriber
-from .adapters.releases import ReleaseDirs
+from .adapters.mqtt import PahoPublisher, PahoSubscriber
 from .adapters.sqlite_outbox import SqliteOutbox
 from .adapters.systemd import SystemdNotifier
 from .battery import BatteryTracker, Counters
@@ -39,12 +35,12 @@ from .certificate_html import render_certificate
 from .config import Config
 from .decoding import Decoder
 from .diagnostics import DiagService
-from .errors import ConfigError, EnvelopeError, InspectionError, TransportError, UpdateError
+from .errors import ConfigError, EnvelopeError, InspectionError, TransportError
 from .forecast import WarrantyRule
 from .forwarder import Forwarder
 from .localbroker import port_open
 from .model import OutgoingMessage
-from .ota import OtaService, check_command
+from .ota import check_command
 from .outlook import build_outlook
 from .pipeline import Pipeline, PublishPolicy
 from .polls import PollSpec
@@ -54,7 +50,7 @@ from .replay import replay_frames
 from .signing import Chain, Signer, key_id, verify_envelope
 
 __all__ = ["CaptureStats", "InspectionResult", "build_pipeline", "create_csr", "create_device_key", "load_public_key",
-           "policy_from", "replay_capture", "run_daemon", "run_inspection", "run_update", "sign_command"]
+           "policy_from", "replay_capture", "run_daemon", "run_inspection"]
 
 log = logging.getLogger(__name__)
 
@@ -286,65 +282,6 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
                  ", ".join(f"{k} {v}" for k, v in sorted((pipeline.counts + forwarder.counts).items())))
         store.close()
     return code
-
-
-def sign_command(key_file: str, *, device_id: str, command: str) -> bytes:
-    """A backend-signed command envelope (``cmd/<command>``) for ``device_id``, stamped now."""
-    payload = {"v": 1, "kind": "command", "cmd": command, "dev": device_id, "ts": round(time.time() * 1000)}
-    return Signer(load_private_key(key_file)).sign(payload)
-
-
-def _restart(command: str) -> None:
-    try:
-        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120, check=False)
-    except (OSError, subprocess.TimeoutExpired) as exc:
-        log.error("ota.restart_command %r failed: %s", command, exc)
-        return
-    if done.returncode:
-        log.error("ota.restart_command %r exited %d: %s", command, done.returncode, done.stderr.strip()[-200:])
-
-
-def run_update(config: Config, *, check_only: bool = False) -> int:
-    """One updater run (timer, ``cmd/ota`` request, or ``OnFailure=`` of the daemon). Returns the exit code.
-
-    Raises:
-        ConfigError: over-the-air updates are not configured.
-    """
-    o = config.ota
-    if not o.metadata_url:
-        raise ConfigError("ota.metadata_url: required for update (empty = over-the-air updates off)")
-    m = config.mqtt
-    notice = PahoNotice(host=m.host, port=m.port, device_id=config.device.id,
-                        topic=f"{m.topic_prefix}/{config.device.id}/ota",
-                        tls_files=(m.ca_file, m.cert_file, m.key_file) if m.tls else None)
-    releases = ReleaseDirs(o.releases_dir, o.dir, python=sys.executable)
-
-    def report(body: dict[str, object]) -> None:
-        notice.publish({**body, "dev": config.device.id})
-
-    from .adapters.tuf_client import TufUpdateClient  # here: the daemon never loads tuf (~5 MB resident)
-
-    try:
-        with releases.lock():
-            client = TufUpdateClient(metadata_url=o.metadata_url, targets_url=o.targets_url,
-                                     trusted_root=o.trusted_root, cache_dir=o.dir,
-                                     max_bundle_bytes=o.max_bundle_mb * 1024 * 1024)
-            service = OtaService(client=client, releases=releases, report=report,
-                                 health=lambda: read_health(config.device.state_dir),
-                                 restart=lambda: _restart(o.restart_command), hardware_id=o.hardware_id,
-                                 target=o.target, probation_s=o.probation_s, max_crashes=o.max_crashes,
-                                 max_bytes=o.max_bundle_mb * 1024 * 1024)
-            return 0 if service.run(check_only=check_only) else 1
-    except UpdateError as exc:
-        if exc.kind == "busy":
-            log.warning("%s: nothing to do", exc)
-            return 0
-        log.error("ota: %s", exc)
-        report({"state": "refused" if exc.kind == "refused" else "failed", "reason": str(exc),
-                "ts": round(time.time() * 1000)})
-        return 1
-    finally:
-        notice.close()
 
 
 def replay_capture(capture: str, *, config: Config, profile: str | None, bus: int | None,

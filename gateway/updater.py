@@ -1,0 +1,84 @@
+"""Composition of the updater process (``battery-gateway update``) and of the backend's signed
+commands. Like ``app``, a composition root: it builds adapters (python-tuf, release directories, the
+retained ``ota`` notice) and wires ``ota.OtaService``; the daemon's side of ``cmd/ota`` is in ``app``.
+The daemon never imports this module (nor python-tuf). docs/ota.md describes the whole flow.
+"""
+
+from __future__ import annotations
+
+import logging
+import shlex
+import subprocess
+import sys
+import time
+
+from .adapters.health import read_health
+from .adapters.keystore import load_private_key
+from .adapters.mqtt import PahoNotice
+from .adapters.releases import ReleaseDirs
+from .adapters.tuf_client import TufUpdateClient
+from .config import Config
+from .errors import ConfigError, UpdateError
+from .ota import OtaService
+from .signing import Signer
+
+__all__ = ["run_update", "sign_command"]
+
+log = logging.getLogger(__name__)
+
+
+def sign_command(key_file: str, *, device_id: str, command: str) -> bytes:
+    """A backend-signed command envelope (``cmd/<command>``) for ``device_id``, stamped now."""
+    payload = {"v": 1, "kind": "command", "cmd": command, "dev": device_id, "ts": round(time.time() * 1000)}
+    return Signer(load_private_key(key_file)).sign(payload)
+
+
+def _restart(command: str) -> None:
+    try:
+        done = subprocess.run(shlex.split(command), capture_output=True, text=True, timeout=120, check=False)
+    except (OSError, subprocess.TimeoutExpired) as exc:
+        log.error("ota.restart_command %r failed: %s", command, exc)
+        return
+    if done.returncode:
+        log.error("ota.restart_command %r exited %d: %s", command, done.returncode, done.stderr.strip()[-200:])
+
+
+def run_update(config: Config, *, check_only: bool = False) -> int:
+    """One updater run (timer, ``cmd/ota`` request, or ``OnFailure=`` of the daemon). Returns the exit code.
+
+    Raises:
+        ConfigError: over-the-air updates are not configured.
+    """
+    o = config.ota
+    if not o.metadata_url:
+        raise ConfigError("ota.metadata_url: required for update (empty = over-the-air updates off)")
+    m = config.mqtt
+    notice = PahoNotice(host=m.host, port=m.port, device_id=config.device.id,
+                        topic=f"{m.topic_prefix}/{config.device.id}/ota",
+                        tls_files=(m.ca_file, m.cert_file, m.key_file) if m.tls else None)
+    releases = ReleaseDirs(o.releases_dir, o.dir, python=sys.executable)
+
+    def report(body: dict[str, object]) -> None:
+        notice.publish({**body, "dev": config.device.id})
+
+    try:
+        with releases.lock():
+            client = TufUpdateClient(metadata_url=o.metadata_url, targets_url=o.targets_url,
+                                     trusted_root=o.trusted_root, cache_dir=o.dir,
+                                     max_bundle_bytes=o.max_bundle_mb * 1024 * 1024)
+            service = OtaService(client=client, releases=releases, report=report,
+                                 health=lambda: read_health(config.device.state_dir),
+                                 restart=lambda: _restart(o.restart_command), hardware_id=o.hardware_id,
+                                 target=o.target, probation_s=o.probation_s, max_crashes=o.max_crashes,
+                                 max_bytes=o.max_bundle_mb * 1024 * 1024)
+            return 0 if service.run(check_only=check_only) else 1
+    except UpdateError as exc:
+        if exc.kind == "busy":
+            log.warning("%s: nothing to do", exc)
+            return 0
+        log.error("ota: %s", exc)
+        report({"state": "refused" if exc.kind == "refused" else "failed", "reason": str(exc),
+                "ts": round(time.time() * 1000)})
+        return 1
+    finally:
+        notice.close()
