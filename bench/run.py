@@ -381,7 +381,7 @@ def bench_ota() -> None:
         try:
             def client(d: str) -> TufUpdateClient:
                 return TufUpdateClient(metadata_url=f"{server.url}/metadata", targets_url=f"{server.url}/targets",
-                                       trusted_root=str(root), cache_dir=str(tmp / d), max_bundle_bytes=1 << 30)
+                                       trusted_root=str(root), cache_dir=str(tmp / d))
 
             t = time.perf_counter()
             ours = client("ours")

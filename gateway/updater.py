@@ -64,8 +64,7 @@ def run_update(config: Config, *, check_only: bool = False) -> int:
     try:
         with releases.lock():
             client = TufUpdateClient(metadata_url=o.metadata_url, targets_url=o.targets_url,
-                                     trusted_root=o.trusted_root, cache_dir=o.dir,
-                                     max_bundle_bytes=o.max_bundle_mb * 1024 * 1024)
+                                     trusted_root=o.trusted_root, cache_dir=o.dir)
             service = OtaService(client=client, releases=releases, report=report,
                                  health=lambda: read_health(config.device.state_dir),
                                  restart=lambda: _restart(o.restart_command), hardware_id=o.hardware_id,

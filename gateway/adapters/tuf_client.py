@@ -103,8 +103,7 @@ class ResumableFetcher(FetcherInterface):
 class TufUpdateClient:
     """Checks and downloads release bundles through a TUF repository."""
 
-    def __init__(self, *, metadata_url: str, targets_url: str, trusted_root: str, cache_dir: str,
-                 max_bundle_bytes: int) -> None:
+    def __init__(self, *, metadata_url: str, targets_url: str, trusted_root: str, cache_dir: str) -> None:
         """Raises: UpdateError (kind ``refused``) when the shipped root cannot be read."""
         try:
             self._root = Path(trusted_root).read_bytes()
@@ -119,7 +118,7 @@ class TufUpdateClient:
         self._metadata_url = metadata_url.rstrip("/") + "/"
         self._targets_url = (targets_url or metadata_url.rstrip("/").rsplit("/", 1)[0] + "/targets").rstrip("/") + "/"
         self.fetcher = ResumableFetcher(partial_dir=cache / "partial", resume_prefix=self._targets_url)
-        self._config = UpdaterConfig(targets_max_length=max_bundle_bytes)
+        self._config = UpdaterConfig()  # metadata size limits: ngclient's defaults; the bundle's is ota.max_bundle_mb
         self._updater: Updater | None = None
         self._info: TargetFile | None = None
 
