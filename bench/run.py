@@ -1,4 +1,4 @@
-"""Benchmarks of issue "The gateway, end to end". Prints figures; compares with named baselines in the same run.
+"""Benchmarks of the gateway. Prints figures; compares with named baselines in the same run.
 
     make bench                    # all
     .venv/bin/python bench/run.py replay
@@ -10,6 +10,10 @@ replay: frames/s of ``battery-gateway replay`` (reader + decode + state + signin
         DBC files define, and ceiling "logreader": python-can LogReader alone.
 daemon: resident memory after N seconds, first signed reading after start (wall clock, local broker),
         bytes per reading (envelope, and the whole MQTT PUBLISH packet).
+inspect: start to certificate written; CPU of one poll cycle against the bus-level minimum.
+delivery: signing, outbox write cost, a 24 h backlog drained against raw paho, bytes per reading.
+ota: arm64 bundle size, TUF refresh, a cut download resumed against python-tuf's own fetcher, install time.
+The SoH evaluation is separate: bench/soh_eval.py (make soh-eval).
 """
 
 from __future__ import annotations
