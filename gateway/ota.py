@@ -59,7 +59,8 @@ def probation_verdict(p: Probation, health: Health | None, *, now_ms: int, max_c
     if mine and health is not None and health.healthy:
         return "commit"
     if mine and health is not None and health.starts >= max_crashes:
-        return f"rollback: {p.version} started {health.starts} times without becoming healthy"
+        return (f"rollback: {p.version} started {health.starts} times without becoming healthy "
+                f"(ota.max_crashes = {max_crashes})")
     if now_ms >= p.deadline_ms:
         got = "no health record" if not mine or health is None else \
             ", ".join(k for k in ("bus", "broker", "acked") if not getattr(health, k))

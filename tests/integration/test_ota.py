@@ -11,6 +11,7 @@ from __future__ import annotations
 import fcntl
 import json
 import os
+import re
 import subprocess
 import sys
 import time
@@ -303,7 +304,10 @@ def test_release_that_crash_loops_is_rolled_back_before_its_deadline(
     try:
         t0 = time.monotonic()
         out = device.update(timeout_s=600)
-        assert out.returncode == 1 and "started 3 times without becoming healthy" in out.stderr, out.stderr
+        # the supervisor restarts every 0.5 s and the updater looks every second: 3 or a few more starts
+        assert out.returncode == 1, out.stderr
+        why = r"started [3-9] times without becoming healthy \(ota.max_crashes = 3\)"
+        assert re.search(why, out.stderr), out.stderr
         assert time.monotonic() - t0 < 120, "rolled back on the crashes, not on the 600 s deadline"
         assert device.current() == "0.0.1" and device.state()["rolled_back"] == ["9.3.0"]
     finally:
