@@ -66,3 +66,7 @@ def test_replay_of_days_of_driving_gives_an_soh_estimate_without_a_bms_soh(tmp_p
     assert forecast["present"]["basis"].startswith("gateway estimate 78.0 %")
     assert forecast["chemistry"] == "lmo-leaf" and forecast["prior"].startswith("blast-lite")
     assert forecast["horizons"]["+3y"]["p50"] < 78.0 and warranty["decision"] in ("accept", "decline")
+    human = subprocess.run([sys.executable, "-m", "gateway", "replay", str(capture), "--config", str(config)],
+                           capture_output=True, text=True, timeout=300)
+    assert human.returncode == 0, human.stderr  # the summary lines without a BMS SOH
+    assert "SoH 78.0 %" in human.stdout and f"warranty {warranty['decision']}" in human.stdout
