@@ -22,7 +22,9 @@ _T: dict[str, dict[str, str]] = {
         "inspected": "Inspected", "device": "Gateway", "health": "Health", "bms_soh": "State of health (BMS)",
         "bms_soh_m": "reported by the battery ECU (0x5BC)", "cap_soh": "State of health (capacity)",
         "cap_soh_m": "BMS capacity {ah} Ah ÷ rated {rated} Ah", "hx": "Hx", "hx_m": "battery ECU figure; not SOH",
-        "lbc_soh": "State of health (battery ECU group 0x61)", "bars": "Capacity bars", "soc": "State of charge",
+        "lbc_soh": "State of health (battery ECU group 0x61)", "own_soh": "State of health (gateway estimate)",
+        "own_soh_m": "80 % interval {lo}-{hi} %, from counted charge (docs/soh.md)",
+        "bars": "Capacity bars", "soc": "State of charge",
         "cells": "Cell voltages", "cells_m": "{n} cells, min {lo} V, max {hi} V, spread {mv} mV",
         "temps": "Pack temperatures", "forecast": "Forecast", "warranty": "Warranty decision",
         "na": "not available", "verify": "Verify this certificate", "kid": "Device key id",
@@ -42,7 +44,8 @@ _T: dict[str, dict[str, str]] = {
         "inspected": "検査日時", "device": "ゲートウェイ", "health": "健全性", "bms_soh": "SOH(BMS値)",
         "bms_soh_m": "バッテリーECUの報告値 (0x5BC)", "cap_soh": "SOH(容量比)",
         "cap_soh_m": "BMS容量 {ah} Ah ÷ 定格 {rated} Ah", "hx": "Hx", "hx_m": "バッテリーECUの指標。SOHではありません",
-        "lbc_soh": "SOH(バッテリーECU グループ0x61)", "bars": "容量セグメント", "soc": "充電率",
+        "lbc_soh": "SOH(バッテリーECU グループ0x61)", "own_soh": "SOH(ゲートウェイ推定値)",
+        "own_soh_m": "80 %区間 {lo}-{hi} %(充放電電荷量から推定)", "bars": "容量セグメント", "soc": "充電率",
         "cells": "セル電圧", "cells_m": "{n}セル 最小 {lo} V 最大 {hi} V 差 {mv} mV",
         "temps": "パック温度", "forecast": "劣化予測", "warranty": "保証判定",
         "na": "提供なし", "verify": "この証明書の検証", "kid": "デバイス鍵ID",
@@ -180,6 +183,11 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
             (t["hx"], num("hx_pct", "%"), t["hx_m"]),
             (t["soc"], num("soc_pct", "%"), ""),
         ])
+    own = m.get("soh")
+    if isinstance(own, dict) and "est_pct" in own:
+        note = t["own_soh_m"].format(lo=f"{own['lo_pct']:.1f}", hi=f"{own['hi_pct']:.1f}")
+        health = (f'<div class="card"><div class="note">{_e(t["own_soh"])}</div>'
+                  f'<div class="big">{own["est_pct"]:.1f} %</div><div class="note">{_e(note)}</div></div>') + health
     if "lbc_soh_pct" in m:
         health += (f'<div class="card"><div class="note">{_e(t["lbc_soh"])}</div>'
                    f'<div class="big">{m["lbc_soh_pct"]:g} %</div></div>')

@@ -27,3 +27,14 @@ def test_passport_without_a_bms_soh_shows_the_gateway_estimate_and_the_warranty(
                     "warranty": {"decision": "accept", "probability": 0.97}}}
     line = describe(body)
     assert "BMS SOH" not in line and "SoH 84.2 %" in line and "warranty accept (p 0.97)" in line
+
+
+def test_certificate_page_shows_the_gateway_estimate_with_its_interval() -> None:
+    from gateway.certificate_html import render_certificate
+
+    payload = {"m": {"soh": FIELDS["soh"], "soc_pct": 70.0}, "dev": "gw", "sw": "t", "ep": 1, "seq": 1,
+               "ts": 1.7e12, "bat": None, "identity": {"vehicle": "Leaf", "rated_energy_kwh": 30.0,
+                                                        "rated_capacity_ah": 79.0, "rated_source": "config"}}
+    for lang, label in (("en", "gateway estimate"), ("ja", "ゲートウェイ推定値")):
+        page = render_certificate(payload, lang=lang, key_id_hex="ab", digest_hex="cd")
+        assert label in page and "84.2 %" in page and "83.0-85.4" in page
