@@ -187,15 +187,15 @@ def _q(values: list[float], p: float) -> float:
 
 def _observed_rate(loss: list[float], years: Sequence[float], history: Sequence[tuple[float, float]]
                    ) -> tuple[float, float] | None:
-    """log(fade rate factor) from this vehicle's own SoH history, when it spans at least 180 days."""
+    """log(fade-rate factor) and its sigma from this vehicle's own SoH history (>= 180 days): the drop it
+    showed against the drop the prior predicts from the same starting SoH over the same time."""
     if len(history) < 2 or history[-1][0] - history[0][0] < 180:
         return None
     (d0, s0), (d1, s1) = history[0], history[-1]
-    span_y = (d1 - d0) / 365.0
-    prior_per_year = 100.0 * (loss[min(len(loss) - 1, 2)] - loss[1]) / (years[2] - years[1]) if len(loss) > 2 else 1.0
-    seen = max(0.05, (s0 - s1) / span_y)
-    noise = max(0.3, 1.0 / span_y)  # pp/year uncertainty of the observed slope
-    return math.log(seen / max(prior_per_year, 0.05)), noise / seen
+    predicted = max(0.05, s0 - _project(loss, years, s0, 1.0, (d1 - d0) / 365.0))
+    seen = max(0.05, s0 - s1)
+    sigma_drop = 1.0  # pp: two estimates of about 0.7 pp each
+    return math.log(seen / predicted), max(0.1, sigma_drop / seen)
 
 
 def _factors(prior: Prior, chemistry: str, usage: Usage, soh_pct: float, horizon: float) -> list[dict[str, Any]]:
