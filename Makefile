@@ -53,8 +53,7 @@ lint: $(STAMP)
 # package list resolved for arm64 against Debian bookworm (apt --simulate, ~5 s). The image itself:
 # image/build.sh (docker or root; see image/README.md).
 image-check: tools
-	shellcheck --severity=style image/*.sh image/stage-gateway/*.sh image/stage-gateway/*/*.sh \
-	  image/stage-gateway/01-gateway/files/battery-gateway-firstboot
+	shellcheck --severity=style $$(find image -name '*.sh') image/stage-gateway/01-gateway/files/battery-gateway-firstboot
 	image/check-packages.sh
 
 # A release bundle for the Pi (arm64 wheels), for the TUF repository: docs/ota.md
