@@ -211,11 +211,12 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
     soh = tracker.soh_estimate()
     if soh is not None:
         ext["soh"] = soh
+        details = tracker.soh.details()
         prov["ext.soh"] = _src(signals.get("pack_a", ""), soh["method"], "%", src="calculated",
                                basis=f"capacity-based SoH against {pack.capacity_ah} Ah ({pack_source}); "
-                                     "not SOCE", **tracker.soh.details())
+                                     "not SOCE", **details)
         if "capacity_ah" not in v:  # no BMS capacity: the estimate's capacity, in Ah (DIN DKE SPEC 99100)
-            doc["RemainingCapacity"] = {"RemainingCapacityValue": tracker.soh.details()["capacity_ah"],
+            doc["RemainingCapacity"] = {"RemainingCapacityValue": details["capacity_ah"],
                                         "LastUpdate": rfc3339(tracker.soh.state["t"] or now)}
             prov["RemainingCapacity"] = _src(signals.get("pack_a", ""), soh["method"], "Ah", src="calculated",
                                              note="estimated on this device from counted charge between SoC "
