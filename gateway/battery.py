@@ -10,12 +10,13 @@ Pure: values and times in, values out.
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field
 from typing import Any
 
 from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
-from .soh import OCV_CELL_V, SohEstimator
+from .soh import OCV_CELL_V, SegmentModel, SohEstimator
 
 __all__ = ["FAST_CHARGE_A", "SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
 
@@ -84,7 +85,8 @@ class BatteryTracker:
 
     def __init__(self, profile: Profile, *, counters: Counters | None = None,
                  rated_capacity_ah: float | None = None, stale_after_s: float = 10.0,
-                 polled_stale_after_s: float = 1800.0, max_gap_s: float = 2.0) -> None:
+                 polled_stale_after_s: float = 1800.0, max_gap_s: float = 2.0,
+                 soh_model: Callable[[], SegmentModel | None] | None = None) -> None:
         self.profile = profile
         self.counters = counters or Counters()
         self._configured_ah = rated_capacity_ah
@@ -104,7 +106,8 @@ class BatteryTracker:
         self._last_current: tuple[float, float] | None = None  # (ts, amps)
         self._deep = self._over = False
         self.soh = SohEstimator(rated_ah=self.pack()[0].capacity_ah, state=self.counters.soh,
-                                ocv=OCV_CELL_V.get(profile.chemistry), cells_series=profile.cells_series)
+                                ocv=OCV_CELL_V.get(profile.chemistry), cells_series=profile.cells_series,
+                                model=soh_model)
 
     # -- updates ---------------------------------------------------------------------------------
     def update(self, ts: float, values: list[tuple[str, float]]) -> None:

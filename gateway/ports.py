@@ -7,8 +7,10 @@ from typing import Protocol
 from .battery import Counters
 from .model import Frame, OtaState, OutboxRow, OutgoingMessage, Release
 from .signing import Chain
+from .soh import SegmentModel  # defined beside its one user (the estimator), listed here with the others
 
-__all__ = ["DiagClient", "FrameSource", "Outbox", "Publisher", "ReleaseStore", "StateStore", "UpdateClient"]
+__all__ = ["DiagClient", "FrameSource", "Outbox", "Publisher", "ReleaseStore", "SegmentModel", "StateStore",
+           "UpdateClient"]
 
 
 class FrameSource(Protocol):

@@ -12,6 +12,11 @@ signs relative to dSoC). Its gain error cannot be told apart from capacity and i
 added to the interval as a floor that no number of segments averages away. Between segments the
 capacity may drift (random walk per day). Resistance from current steps (dV/dI) is a second signal.
 
+Where the vehicle gives no SoC, anchors come from rested voltages through an OCV table. A small learned
+model (``SegmentModel``, the TensorFlow Lite file of tools/train_soh_model.py) then corrects each such
+segment's capacity and gives its uncertainty from the segment's features; without it, a fixed error
+per anchor is assumed.
+
 Pure: samples in, estimates out. The filter state is a plain dict persisted with the counters.
 """
 
@@ -21,10 +26,11 @@ import itertools
 import math
 import statistics
 from collections import Counter
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field, replace
-from typing import Any
+from typing import Any, Protocol
 
-__all__ = ["OCV_CELL_V", "SohEstimator", "SohSettings", "soc_from_ocv"]
+__all__ = ["OCV_CELL_V", "SegmentModel", "SohEstimator", "SohSettings", "ocv_slope", "soc_from_ocv"]
 
 METHOD = "coulomb-kf/1"  # docs/soh.md: coulomb counting between BMS SoC anchors, Kalman filter with offset
 MODEL = "physics-1"
@@ -50,6 +56,25 @@ def soc_from_ocv(table: tuple[tuple[float, float], ...], cell_v: float) -> float
     return table[-1][0]
 
 
+def ocv_slope(table: tuple[tuple[float, float], ...], cell_v: float) -> float:
+    """The table's slope (mV per pp SoC) in the interval ``soc_from_ocv`` reads ``cell_v`` from."""
+    pairs = list(itertools.pairwise(table))
+    (s0, v0), (s1, v1) = next((pair for pair in pairs if cell_v <= pair[1][1]), pairs[-1])
+    return 1000.0 * (v1 - v0) / (s1 - s0)
+
+
+class SegmentModel(Protocol):
+    """Corrects a rest-anchored segment (docs/soh.md): features in the order of tools/train_soh_model.py
+    (soc1, soc2, slope1, slope2 [mV/pp], temp1, temp2 [degC], ln rest1, ln rest2 [h], capacity / rated)
+    -> (mu, sigma): 100 * ln(true / counted capacity) and its standard deviation, both in percent.
+    ``shared``: the share of that variance common to all segments of one vehicle (it does not average out)."""
+
+    name: str
+    shared: float
+
+    def predict(self, features: Sequence[float]) -> tuple[float, float]: ...
+
+
 @dataclass(frozen=True, slots=True)
 class SohSettings:
     """Segment acceptance and the error model (1-sigma values)."""
@@ -67,7 +92,8 @@ class SohSettings:
     interval_z: float = 1.2816          # two-sided 80 % interval
     rest_s: float = 1800.0              # asleep this long: the first voltage after is a rest (OCV) voltage
     rest_max_a: float = 2.0
-    ocv_sigma_pct: float = 2.0          # error of one SoC anchor read from the OCV table
+    ocv_sigma_pct: float = 2.0          # error of one SoC anchor read from the OCV table (without the model)
+    rest_max_h: float = 24.0            # longer rests are as good as this (the model's training range)
     step_min_a: float = 20.0            # a current step at least this big gives a resistance sample
     step_max_dt_s: float = 0.25
 
@@ -133,7 +159,9 @@ def _valid(s: dict[str, Any]) -> bool:
         return (len(s["x"]) == 2 and all(map(num, s["x"])) and s["x"][0] > 0
                 and len(s["p"]) == 2 and all(len(r) == 2 and all(map(num, r)) for r in s["p"])
                 and isinstance(s["n"], int) and s["n"] >= 0 and (s["t"] is None or num(s["t"]))
-                and all(len(h) == 2 and num(h[0]) and num(h[1]) for h in s.get("hist", [])))
+                and all(len(h) == 2 and num(h[0]) and num(h[1]) for h in s.get("hist", []))
+                and ("ml" not in s or (isinstance(s["ml"]["name"], str) and isinstance(s["ml"]["segments"], int)
+                                       and num(s["ml"]["floor"]) and s["ml"]["floor"] >= 0)))
     except (KeyError, TypeError):
         return False
 
@@ -148,6 +176,7 @@ class SohEstimator:
     rejected: Counter[str] = field(default_factory=Counter)
     ocv: tuple[tuple[float, float], ...] | None = None  # OCV table: used only while no BMS SoC is seen
     cells_series: int = 96
+    model: Callable[[], SegmentModel | None] | None = None  # loaded at the first rest-anchored segment
 
     def __post_init__(self) -> None:
         s = self.state
@@ -163,7 +192,9 @@ class SohEstimator:
         self._soc_seen = False
         self._r: list[float] = []
         self._secs = 0.0  # seconds of current samples (not asleep): the offset acts only then
-        self._rest_anchor: tuple[float, float, float, float] | None = None  # t, soc, ah, secs
+        self._rest_anchor: tuple[float, ...] | None = None  # t, soc, ah, secs, slope, temp, rest_h
+        self._temp: float | None = None
+        self._model: SegmentModel | None = None
 
     # -- samples ---------------------------------------------------------------------------------
     def on_current(self, t: float, amps: float, volts: float | None) -> None:
@@ -178,7 +209,7 @@ class SohEstimator:
             self._break("gap")
             if self.ocv is not None and not self._soc_seen and dt >= self.settings.rest_s and volts is not None \
                     and abs(amps) <= self.settings.rest_max_a:
-                self._ocv_anchor(t, volts)
+                self._ocv_anchor(t, volts, dt)
             return
         self._ah += prev[1] * dt / 3600.0
         self._secs += dt
@@ -187,23 +218,46 @@ class SohEstimator:
             self._r.append((volts - prev[2]) / (amps - prev[1]))
 
     def on_temperature(self, temp_c: float) -> None:
+        self._temp = temp_c
         if self._seg is not None and not self.settings.temp_min_c <= temp_c <= self.settings.temp_max_c:
             self._seg.temp_ok = False
 
-    def _ocv_anchor(self, t: float, pack_v: float) -> None:
+    def _ocv_anchor(self, t: float, pack_v: float, rest_s: float) -> None:
         """After a rest (asleep, no current): an SoC anchor from the rested voltage; a segment runs from
         the previous rest anchor, the sleep between counting as zero current."""
         assert self.ocv is not None
-        soc = soc_from_ocv(self.ocv, pack_v / self.cells_series)
-        prev, self._rest_anchor = self._rest_anchor, (t, soc, self._ah, self._secs)
+        cell_v = pack_v / self.cells_series
+        soc = soc_from_ocv(self.ocv, cell_v)
+        here = (t, soc, self._ah, self._secs, ocv_slope(self.ocv, cell_v),
+                25.0 if self._temp is None else self._temp, min(rest_s / 3600.0, self.settings.rest_max_h))
+        prev, self._rest_anchor = self._rest_anchor, here
         if prev is None:
             return
-        d_soc = soc - prev[1]
+        d_soc, d_ah = soc - prev[1], self._ah - prev[2]
         if abs(d_soc) < self.settings.min_delta_soc_pct:
             self.rejected["short"] += 1
             return
-        self._update(d_soc / 100.0, (self._secs - prev[3]) / 3600.0, self._ah - prev[2], t,
-                     soc_sigma_pct=self.settings.ocv_sigma_pct)
+        h0, r = d_soc / 100.0, 2 * (self.state["x"][0] * self.settings.ocv_sigma_pct / 100.0) ** 2
+        model = self._segment_model()
+        if model is not None and d_ah * d_soc > 0:
+            mu, sigma = model.predict([prev[1], soc, prev[4], here[4], prev[5], here[5], math.log(prev[6]),
+                                       math.log(here[6]), d_ah / h0 / self.rated_ah])
+            if math.isfinite(mu) and math.isfinite(sigma) and abs(mu) < 50.0 and 0.0 < sigma < 50.0:
+                h0 *= math.exp(-mu / 100.0)  # the SoC change the model believes, given the counted charge
+                r = (1.0 - model.shared) * (self.state["x"][0] * h0 * sigma / 100.0) ** 2
+                # the shared part is kept out of the filter and added to the interval (estimate())
+                ml = self.state.setdefault("ml", {"name": model.name, "segments": 0, "floor": 0.0})
+                n = ml["segments"] + 1
+                ml.update(name=model.name, segments=n,
+                          floor=ml["floor"] + (model.shared * (sigma / 100.0) ** 2 - ml["floor"]) / n)
+            else:
+                self.rejected["model-output"] += 1
+        self._update(h0, (self._secs - prev[3]) / 3600.0, d_ah, t, r_ah2=r)
+
+    def _segment_model(self) -> SegmentModel | None:
+        if self.model is not None:  # load once, at the first use
+            self._model, self.model = self.model(), None
+        return self._model
 
     def on_soc(self, t: float, soc_pct: float) -> None:
         self._soc_seen = True
@@ -258,13 +312,15 @@ class SohEstimator:
         d_soc = line[1] * d_ah
         self._update(d_soc / 100.0, (b.t - a.t) / 3600.0, d_ah, b.t)
 
-    def _update(self, h0: float, h1: float, z: float, t: float, *, soc_sigma_pct: float | None = None) -> None:
+    def _update(self, h0: float, h1: float, z: float, t: float, *, r_ah2: float | None = None) -> None:
+        """One segment: ``z`` Ah counted = capacity * ``h0`` (SoC change) + offset * ``h1`` (hours), with
+        noise variance ``r_ah2`` (Ah^2; default: two BMS SoC anchors)."""
         st, s = self.state, self.settings
         x, p = st["x"], st["p"]
         if st["t"] is not None:  # the capacity may have faded since the last segment
             days = max(0.0, (t - st["t"]) / 86400.0)
             p[0][0] += (s.fade_pct_per_sqrt_day / 100.0 * self.rated_ah) ** 2 * days
-        r = 2 * (x[0] * (soc_sigma_pct or s.soc_sigma_pct) / 100.0) ** 2  # two anchors
+        r = r_ah2 if r_ah2 is not None else 2 * (x[0] * s.soc_sigma_pct / 100.0) ** 2  # two anchors
         ph = [p[0][0] * h0 + p[0][1] * h1, p[1][0] * h0 + p[1][1] * h1]
         var = h0 * ph[0] + h1 * ph[1] + r
         k = [ph[0] / var, ph[1] / var]
@@ -288,12 +344,13 @@ class SohEstimator:
             return None
         rated = rated_ah or self.rated_ah
         cap = st["x"][0]
-        sigma = math.sqrt(max(st["p"][0][0], 0.0) + (self.settings.gain_sigma * cap) ** 2)
+        shared = st["ml"]["floor"] if "ml" in st else 0.0  # rest-anchored errors common to this vehicle
+        sigma = math.sqrt(max(st["p"][0][0], 0.0) + (self.settings.gain_sigma * cap) ** 2 + shared * cap**2)
         half = self.settings.interval_z * sigma
         out: dict[str, Any] = {"est_pct": round(100.0 * cap / rated, 2),
                                "lo_pct": round(100.0 * (cap - half) / rated, 2),
                                "hi_pct": round(100.0 * (cap + half) / rated, 2),
-                               "method": METHOD, "model": MODEL}
+                               "method": METHOD, "model": MODEL + (f"+{st['ml']['name']}" if "ml" in st else "")}
         if st.get("r_mohm") is not None:
             out["r_mohm"] = st["r_mohm"]
         return out
@@ -306,6 +363,10 @@ class SohEstimator:
     def details(self) -> dict[str, Any]:
         """What the estimate rests on, for the passport's provenance."""
         st = self.state
-        return {"capacity_ah": round(st["x"][0], 3), "segments": st["n"], "current_offset_a": round(st["x"][1], 3),
-                "rejected_segments": dict(self.rejected), "gain_sigma": self.settings.gain_sigma,
-                "interval": "80 %"}
+        out = {"capacity_ah": round(st["x"][0], 3), "segments": st["n"], "current_offset_a": round(st["x"][1], 3),
+               "rejected_segments": dict(self.rejected), "gain_sigma": self.settings.gain_sigma, "interval": "80 %"}
+        if "ml" in st:
+            ml = st["ml"]
+            out["learned"] = {"model": ml["name"], "segments": ml["segments"],
+                              "shared_sigma_pct": round(100 * math.sqrt(ml["floor"]), 2)}
+        return out

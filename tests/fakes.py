@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
+
 from gateway.battery import Counters
 from gateway.errors import StateError
 from gateway.model import OutgoingMessage
@@ -79,3 +81,18 @@ class StaticUpdateClient:
     def download(self, release: object) -> str:
         self.downloads += 1
         return "/bundle.tar"
+
+
+class FixedSegmentModel:
+    """``SegmentModel`` that answers the same correction for every segment and records the features."""
+
+    name = "fixed-test"
+
+    def __init__(self, mu_pct: float, sigma_pct: float, shared: float = 0.0) -> None:
+        self.answer = (mu_pct, sigma_pct)
+        self.shared = shared
+        self.calls: list[list[float]] = []
+
+    def predict(self, features: Sequence[float]) -> tuple[float, float]:
+        self.calls.append(list(features))
+        return self.answer

@@ -4,11 +4,13 @@ sensor gain and offset, SoC anchor noise and 0.1 % quantisation, temperature."""
 from __future__ import annotations
 
 import itertools
+import math
 import random
 
 import pytest
 
 from gateway.soh import SohEstimator
+from tests.fakes import FixedSegmentModel
 
 
 def drive_and_charge(est: SohEstimator, *, capacity_ah: float, days: int, gain: float, offset_a: float,
@@ -122,10 +124,10 @@ def test_soh_survives_batch_encoding() -> None:
     assert "soh" not in back[0]["m"] and back[1]["m"]["soh"] == soh
 
 
-def test_without_a_bms_soc_rest_voltages_give_the_anchors() -> None:
-    from gateway.soh import OCV_CELL_V
-
-    table = OCV_CELL_V["lmo-leaf"]
+def rest_anchored_days(est: SohEstimator, *, capacity_ah: float, days: int = 8, seed: int = 11) -> None:
+    """A vehicle with no BMS SoC: it wakes up rested (an OCV anchor), drives down or charges, sleeps 8 h."""
+    assert est.ocv is not None
+    table = est.ocv
 
     def ocv(soc: float) -> float:  # the inverse of the table: what a rested cell reads
         for (s0, v0), (s1, v1) in itertools.pairwise(table):
@@ -133,24 +135,99 @@ def test_without_a_bms_soc_rest_voltages_give_the_anchors() -> None:
                 return v0 + (v1 - v0) * (soc - s0) / (s1 - s0)
         return table[-1][1]
 
-    capacity, rated = 55.0, 66.0  # 83.3 %
-    rng = random.Random(11)
-    est = SohEstimator(rated_ah=rated, ocv=table, cells_series=96)
+    rng = random.Random(seed)
     soc, t = 90.0, 1.7e9
-    for day in range(8):
+    for day in range(days):
+        est.on_temperature(21.0)
         est.on_current(t, 0.3, 96 * ocv(soc) + rng.gauss(0, 0.3))  # wakes up rested: an OCV anchor
         amps = -rng.uniform(20, 40) if day % 2 == 0 else 16.0
         target = rng.uniform(25, 40) if amps < 0 else 90.0
         while (soc > target) if amps < 0 else (soc < target):
             t += 1.0
-            soc += amps / 3600 / capacity * 100
+            soc += amps / 3600 / capacity_ah * 100
             est.on_current(t, amps + 0.2, 96 * ocv(soc) + amps * 0.1)
         t += 8 * 3600  # asleep overnight
+
+
+def test_without_a_bms_soc_rest_voltages_give_the_anchors() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    capacity, rated = 55.0, 66.0  # 83.3 %
+    est = SohEstimator(rated_ah=rated, ocv=OCV_CELL_V["lmo-leaf"], cells_series=96)
+    rest_anchored_days(est, capacity_ah=capacity)
     got = est.estimate()
     assert got is not None, est.rejected
     assert abs(got["est_pct"] - 100 * capacity / rated) < 2.5, got
     assert got["lo_pct"] <= 100 * capacity / rated <= got["hi_pct"]
     assert got["hi_pct"] - got["lo_pct"] > 2.0  # OCV anchors are coarser than the BMS SoC
+    assert got["model"] == "physics-1" and "learned" not in est.details()
+
+
+def test_the_segment_model_corrects_each_rest_anchored_segment_and_sets_its_noise() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    capacity, rated = 55.0, 66.0
+    plain = SohEstimator(rated_ah=rated, ocv=OCV_CELL_V["lmo-leaf"])
+    rest_anchored_days(plain, capacity_ah=capacity)
+    model = FixedSegmentModel(mu_pct=5.0, sigma_pct=0.5)
+    loads: list[int] = []
+    est = SohEstimator(rated_ah=rated, ocv=OCV_CELL_V["lmo-leaf"], model=lambda: loads.append(1) or model)
+    rest_anchored_days(est, capacity_ah=capacity)
+    a, b = plain.estimate(), est.estimate()
+    assert a is not None and b is not None
+    assert loads == [1]  # loaded once, at the first rest-anchored segment
+    assert len(model.calls) == est.state["n"] == plain.state["n"] >= 5
+    # every segment's capacity scaled by exp(5 %): the estimate follows
+    assert b["est_pct"] == pytest.approx(a["est_pct"] * math.exp(0.05), abs=0.3)
+    assert b["hi_pct"] - b["lo_pct"] < (a["hi_pct"] - a["lo_pct"]) / 2  # 0.5 % per segment, not 2 pp per anchor
+    assert b["model"] == "physics-1+fixed-test"
+    assert est.details()["learned"] == {"model": "fixed-test", "segments": len(model.calls), "shared_sigma_pct": 0.0}
+    for f in model.calls:  # the features, in the order the model was trained on
+        soc1, soc2, slope1, slope2, temp1, temp2, rest1, rest2, ratio = f
+        assert 0 <= soc1 <= 100 and 0 <= soc2 <= 100 and abs(soc2 - soc1) >= 15
+        assert 4.0 <= slope1 <= 26.0 and 4.0 <= slope2 <= 26.0  # mV per pp of the lmo-leaf table
+        assert temp1 == temp2 == 21.0 and rest1 == rest2 == pytest.approx(math.log(8.0), abs=0.01)
+        assert ratio == pytest.approx(capacity / rated, abs=0.05)  # this segment's own counted capacity
+
+
+def test_the_share_of_the_error_a_vehicle_keeps_does_not_average_out() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    width = {}
+    for shared in (0.0, 0.75):
+        est = SohEstimator(rated_ah=66.0, ocv=OCV_CELL_V["lmo-leaf"],
+                           model=lambda shared=shared: FixedSegmentModel(mu_pct=0.0, sigma_pct=4.0, shared=shared))
+        rest_anchored_days(est, capacity_ah=55.0, days=30)
+        got = est.estimate()
+        assert got is not None and est.state["n"] >= 20
+        width[shared] = (got["hi_pct"] - got["lo_pct"]) / 2 / 1.2816 / got["est_pct"] * 100  # sigma, % of estimate
+        if shared:
+            assert est.details()["learned"]["shared_sigma_pct"] == pytest.approx(math.sqrt(0.75) * 4.0, abs=0.01)
+    # independent: 4 % / sqrt(n) and the gain floor; shared: at least sqrt(0.75) * 4 % whatever n is
+    assert width[0.0] < 1.5 and width[0.75] >= math.sqrt(0.75) * 4.0
+
+
+def test_a_segment_model_that_answers_nonsense_is_not_used() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    est = SohEstimator(rated_ah=66.0, ocv=OCV_CELL_V["lmo-leaf"],
+                       model=lambda: FixedSegmentModel(mu_pct=float("nan"), sigma_pct=1.0))
+    rest_anchored_days(est, capacity_ah=55.0)
+    got = est.estimate()
+    assert got is not None and got["model"] == "physics-1"
+    assert est.rejected["model-output"] == est.state["n"] >= 5
+    assert abs(got["est_pct"] - 100 * 55 / 66) < 2.5
+
+
+def test_the_segment_model_is_never_loaded_when_the_vehicle_gives_its_soc() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    def load() -> None:
+        raise AssertionError("loaded")
+
+    est = SohEstimator(rated_ah=79.0, ocv=OCV_CELL_V["nmc-gr"], model=load)
+    drive_and_charge(est, capacity_ah=60.0, days=3, gain=0, offset_a=0, seed=5)
+    assert est.estimate() is not None and est.model is load
 
 
 def test_a_bms_soc_takes_precedence_over_rest_voltages() -> None:
@@ -170,6 +247,8 @@ def test_a_bms_soc_takes_precedence_over_rest_voltages() -> None:
     {"x": [60.0, 0.1], "p": [[1, 0], [0, 1]], "n": -1, "t": None},
     {"x": [60.0, float("nan")], "p": [[1, 0], [0, 1]], "n": 3, "t": 5.0},
     {"unexpected": True},
+    {"x": [60.0, 0.1], "p": [[1, 0], [0, 1]], "n": 1, "t": None, "ml": "rest-anchor-1"},
+    {"x": [60.0, 0.1], "p": [[1, 0], [0, 1]], "n": 1, "t": None, "ml": {"name": "m", "segments": 1, "floor": -1}},
 ])
 def test_a_damaged_stored_state_starts_over_instead_of_crashing(state: dict[str, object]) -> None:
     est = SohEstimator(rated_ah=79.0, state=state)
