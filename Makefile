@@ -46,7 +46,7 @@ test: setup lint
 	$(BIN)/python -m pytest -q
 
 lint: $(STAMP)
-	$(BIN)/ruff check gateway tests bench
+	$(BIN)/ruff check gateway tests bench tools
 	$(BIN)/mypy
 
 # What CI can check of the Raspberry Pi image without docker: shellcheck of every script and the

@@ -29,6 +29,7 @@ from .adapters.keystore import certificate_request, generate_key, load_private_k
 from .adapters.mqtt import PahoPublisher, PahoSubscriber
 from .adapters.sqlite_outbox import SqliteOutbox
 from .adapters.systemd import SystemdNotifier
+from .adapters.tflite import load_segment_model
 from .battery import BatteryTracker, Counters
 from .certificate import build_certificate
 from .certificate_html import render_certificate
@@ -86,7 +87,7 @@ def build_pipeline(config: Config, key: ec.EllipticCurvePrivateKey, *, chain: Ch
     profile, dbs = load_profile(config.vehicle.profile)
     decoder = Decoder(profile, dbs)
     tracker = BatteryTracker(profile, counters=counters, rated_capacity_ah=config.vehicle.rated_capacity_ah,
-                             stale_after_s=config.publish.stale_after_s)
+                             stale_after_s=config.publish.stale_after_s, soh_model=load_segment_model)
     prior = load_prior()
     w = config.warranty
     rule = WarrantyRule(threshold_pct=w.threshold_pct, horizon_years=w.horizon_years, min_probability=w.min_probability)
