@@ -235,6 +235,8 @@ def main() -> None:
         print(f"  {fam or 'all':<10} n={len(sel):3d} ({sum(labels)} keep >= 70 %)  AUROC {auroc(scores, labels):.3f}  "
               f"false-accept {far:5.1%}  accept rate among good {kept:5.1%}")
 
+    learned_model_rows()
+
     print("\nOn-device cost (this machine):")
     print(f"  estimator CPU per day of driving and charging: {cpu_total / samples_days * 1000:.1f} ms "
           f"(5 s sampling; at the Leaf's 10 ms frames, x500 samples: ~{cpu_total / samples_days * 500:.1f} s/day)")
@@ -244,6 +246,112 @@ def main() -> None:
     print(f"  forecast + warranty: {(time.perf_counter() - t1) / 20 * 1000:.1f} ms per passport or certificate")
     print(f"  prior table: {(REPO / 'gateway' / 'data' / 'soh_prior.json').stat().st_size} B; "
           f"max RSS of this run {resource.getrusage(resource.RUSAGE_SELF).ru_maxrss / 1024:.0f} MB")
+    learned_model_cost()
+
+
+def learned_model_rows() -> None:
+    """The rest-anchor model (tools/train_soh_model.py) on the PyBaMM sessions it never saw, through the
+    device's runtime, beside the table alone (2 pp per anchor): per segment, and per vehicle (each held-out
+    cell as a vehicle that saw two of its segments, a drive and a charge, after rests of its own length,
+    combined as the filter does: by inverse variance, the model's shared share kept as a floor)."""
+    import numpy as np
+
+    from gateway.adapters.tflite import load_segment_model
+
+    model = load_segment_model()
+    if model is None:
+        print("\nRest-anchored segments: no TensorFlow Lite runtime here, not evaluated")
+        return
+    held = np.load(REPO / "bench" / "data" / "soh_rest_holdout.npz")
+    rng = np.random.default_rng(1)
+
+    def cell(e: np.ndarray, sigma: np.ndarray) -> str:
+        a = np.abs(e)
+        return (f"MAE {a.mean():5.2f} P90 {np.percentile(a, 90):5.2f} bias {e.mean():+6.2f} "
+                f"cover80 {np.mean(a <= 1.2816 * sigma):4.0%}")
+
+    print(f"\nNo BMS SoC, rest-voltage anchors: capacity error (%), PyBaMM sessions held out, {model.name}")
+    print("  split                     n    | OCV table alone (2 pp per anchor)      | table + model")
+    for split in ("vehicle", "chemistry", "family", "cold", "hot"):
+        rows = held[split].astype(float)
+        x, label, cells = rows[:, :9], rows[:, 9], rows[:, 10]
+        pred = np.array([model.predict(r) for r in x])
+        base_sigma = 100 * math.sqrt(2) * 2.0 / np.abs(x[:, 1] - x[:, 0])
+        print(f"  {SPLIT_NAMES[split]:<22} {len(rows):5d} seg | {cell(label, base_sigma)} | "
+              f"{cell(label - pred[:, 0], pred[:, 1])}")
+        per_vehicle: dict[str, list[tuple[float, float]]] = {"table": [], "model": []}
+        for c in np.unique(cells):
+            mine = np.flatnonzero(cells == c)
+            first_rest = float(rng.choice(np.unique(x[mine, 7])))  # when this vehicle woke up after the drive
+            drive = [i for i in mine if x[i, 6] > math.log(20) and x[i, 7] == first_rest]
+            charge = [i for i in mine if x[i, 6] == first_rest]
+            picked = drive[:1] + ([int(rng.choice(charge))] if charge else [])
+            for name, errs, sig, rho in (("table", label[picked], base_sigma[picked], 0.0),
+                                         ("model", label[picked] - pred[picked, 0], pred[picked, 1], model.shared)):
+                if picked:  # as the estimator combines them: the shared share does not average out
+                    w = 1 / ((1 - rho) * sig**2)
+                    var = 1 / np.sum(w) + rho * np.mean(sig**2)
+                    per_vehicle[name].append((float(np.sum(w * errs) / np.sum(w)), float(np.sqrt(var))))
+        pv = {k: np.array(v) for k, v in per_vehicle.items()}
+        print(f"  {'':<22} {len(pv['model']):5d} veh | {cell(pv['table'][:, 0], pv['table'][:, 1])} | "
+              f"{cell(pv['model'][:, 0], pv['model'][:, 1])}")
+
+
+SPLIT_NAMES = {"vehicle": "new cells (in family)", "chemistry": "chemistry: Mohtat2020", "family": "generator: DFN",
+               "cold": "cold: 0-10 degC", "hot": "hot: 35-45 degC"}
+
+
+def learned_model_cost() -> None:
+    """Size, time per call and memory of the model on the device's runtime; baseline: the physics-only
+    estimator over the same rest-anchored days."""
+    import subprocess
+
+    from gateway.soh import OCV_CELL_V
+    from tests.unit.test_soh_physics import rest_anchored_days
+
+    path = REPO / "gateway" / "data" / "soh_model.tflite"
+    probe = ("import resource, sys\n"
+             "def rss():\n"
+             "    return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20\n"
+             "sys.modules['asammdf'] = None  # as the daemon does (gateway/__main__.py)\n"
+             "import gateway.app\n"
+             "before = rss()\n"
+             "from gateway.adapters.tflite import load_segment_model\n"
+             "m = load_segment_model(); m.predict([50, 20, 8, 6, 20, 20, 2, 1, 0.9])\n"
+             "print(before, rss())\n")
+    out = subprocess.run([sys.executable, "-c", probe], cwd=REPO, capture_output=True, text=True, check=True)
+    before, after = (float(v) for v in out.stdout.split())
+    from gateway.adapters.tflite import load_segment_model
+
+    model = load_segment_model()
+    if model is None:
+        return
+    x = [50.0, 20.0, 8.0, 6.0, 20.0, 20.0, 2.0, 1.0, 0.9]
+    t0 = time.perf_counter()
+    for _ in range(2000):
+        model.predict(x)
+    per_call = (time.perf_counter() - t0) / 2000
+    cpu = {}
+    for name, factory in (("physics only", None), ("with the model", load_segment_model)):
+        est = SohEstimator(rated_ah=66.0, ocv=OCV_CELL_V["lmo-leaf"], model=factory)
+        est._segment_model()  # loaded before timing: loading is a one-off, not per segment
+        inside = [0.0]
+
+        def timed(*args: Any, _f: Any = est._ocv_anchor, _inside: list[float] = inside) -> None:
+            t = time.process_time()
+            _f(*args)
+            _inside[0] += time.process_time() - t
+
+        est._ocv_anchor = timed  # type: ignore[method-assign]
+        t0 = time.process_time()
+        rest_anchored_days(est, capacity_ah=55.0, days=30)
+        cpu[name] = ((time.process_time() - t0) / 30, inside[0] / max(1, est.state["n"]), est.state["n"])
+    print(f"  SoH model: {path.stat().st_size} B float32 .tflite; {per_call * 1e6:.1f} us per call (one per "
+          f"rest-anchored segment); RSS +{after - before:.1f} MB for the runtime and model "
+          f"({before:.1f} -> {after:.1f} MB after importing the daemon; loaded only at the first such segment)")
+    print("  estimator CPU per day of a vehicle without SoC (1 s samples), and per rest-anchored segment (features, "
+          "model, filter): " + ", ".join(f"{k} {v[0] * 1000:.1f} ms/day, {v[1] * 1e6:.0f} us/segment"
+                                        for k, v in cpu.items()))
 
 
 if __name__ == "__main__":
