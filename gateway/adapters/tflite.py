@@ -80,10 +80,13 @@ class TfliteSegmentModel:
 def load_segment_model() -> TfliteSegmentModel | None:
     """The shipped model, or None (logged once, with the cause) when it cannot run here."""
     try:
-        return TfliteSegmentModel()
+        model = TfliteSegmentModel()
     except ImportError:
         log.warning("SoH model not used, physics only: no TensorFlow Lite runtime "
                     "(pip install tflite-runtime on Python 3.11, ai-edge-litert on 3.12+)")
     except (OSError, ValueError, KeyError) as exc:
         log.warning("SoH model not used, physics only: %s", exc)
+    else:
+        log.info("SoH model %s loaded (%d B)", model.name, model.manifest["bytes"])
+        return model
     return None
