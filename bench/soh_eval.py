@@ -267,11 +267,11 @@ def learned_model_rows() -> None:
 
     def cell(e: np.ndarray, sigma: np.ndarray) -> str:
         a = np.abs(e)
-        return (f"MAE {a.mean():5.2f} P90 {np.percentile(a, 90):5.2f} bias {e.mean():+6.2f} "
-                f"cover80 {np.mean(a <= 1.2816 * sigma):4.0%}")
+        return (f"MAE {a.mean():5.2f} RMSE {np.sqrt(np.mean(e**2)):5.2f} P90 {np.percentile(a, 90):5.2f} "
+                f"bias {e.mean():+6.2f} cover80 {np.mean(a <= 1.2816 * sigma):4.0%}")
 
     print(f"\nNo BMS SoC, rest-voltage anchors: capacity error (%), PyBaMM sessions held out, {model.name}")
-    print("  split                     n    | OCV table alone (2 pp per anchor)      | table + model")
+    print("  split                     n    | OCV table alone (2 pp per anchor)                 | table + model")
     for split in ("vehicle", "chemistry", "family", "cold", "hot"):
         rows = held[split].astype(float)
         x, label, cells = rows[:, :9], rows[:, 9], rows[:, 10]
