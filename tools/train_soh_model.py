@@ -38,6 +38,7 @@ from __future__ import annotations
 
 import argparse
 import hashlib
+import importlib.util
 import json
 import math
 import os
@@ -369,6 +370,12 @@ def main() -> int:
     ap.add_argument("--dry-run", action="store_true",
                     help="train and report, write nothing into the repo; says whether the model is the committed one")
     args = ap.parse_args()
+    if sys.version_info < (3, 12):  # PyBaMM needs numpy >= 2, the gateway's Python 3.11 runtime numpy < 2
+        sys.exit("train_soh_model.py: needs Python >= 3.12: python3.12 -m venv .venv-train && "
+                 ".venv-train/bin/pip install -e '.[train]'")
+    for module in ("pybamm", "tensorflow", "ai_edge_litert"):
+        if importlib.util.find_spec(module) is None:
+            sys.exit(f"train_soh_model.py: {module} is not installed: pip install -e '.[train]' (Python >= 3.12)")
 
     splits = {k: [v[0], v[1], v[2], list(v[3])] for k, v in SPLITS.items()}
     settings = {"scale": args.scale, "seed": args.seed, "pybamm": version("pybamm"), "splits": splits}
