@@ -237,6 +237,9 @@ class SohEstimator:
         if abs(d_soc) < self.settings.min_delta_soc_pct:
             self.rejected["short"] += 1
             return
+        if not all(self.settings.temp_min_c <= temp <= self.settings.temp_max_c for temp in (prev[5], here[5])):
+            self.rejected["temperature"] += 1  # as for BMS SoC segments; also the model's range
+            return
         h0, r = d_soc / 100.0, 2 * (self.state["x"][0] * self.settings.ocv_sigma_pct / 100.0) ** 2
         model = self._segment_model()
         if model is not None and d_ah * d_soc > 0:

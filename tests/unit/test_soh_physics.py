@@ -207,6 +207,22 @@ def test_the_share_of_the_error_a_vehicle_keeps_does_not_average_out() -> None:
     assert width[0.0] < 1.5 and width[0.75] >= math.sqrt(0.75) * 4.0
 
 
+def test_rest_anchors_in_the_cold_are_not_used() -> None:
+    from gateway.soh import OCV_CELL_V
+
+    def load() -> None:
+        raise AssertionError("loaded")
+
+    est = SohEstimator(rated_ah=66.0, ocv=OCV_CELL_V["lmo-leaf"], model=load)
+    est.on_temperature(-8.0)
+    est.on_current(0.0, 0.0, 96 * 4.0)
+    est.on_current(7200.0, 0.0, 96 * 4.0)  # rested at 80 %
+    for i in range(1, 3601):
+        est.on_current(7200.0 + i, -30.0, 96 * 3.8)
+    est.on_current(7200.0 + 3600 + 7200, 0.0, 96 * 3.7)  # rested at 30 %: 50 pp, but at -8 degC
+    assert est.estimate() is None and est.rejected["temperature"] == 1 and est.model is load
+
+
 def test_a_segment_model_that_answers_nonsense_is_not_used() -> None:
     from gateway.soh import OCV_CELL_V
 
