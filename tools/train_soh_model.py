@@ -1,8 +1,9 @@
 #!/usr/bin/env python3
 """Train the rest-anchor SoH model, ``gateway/data/soh_model.tflite``, offline and reproducibly.
 
-    python3.11 -m venv .venv-train && .venv-train/bin/pip install -e '.[train]'
-    .venv-train/bin/python tools/train_soh_model.py            # ~10 min on 2 cores
+    python3.12 -m venv .venv-train && .venv-train/bin/pip install -e '.[train]'
+    .venv-train/bin/python tools/train_soh_model.py            # ~18 min on 2 cores
+    .venv-train/bin/python tools/train_soh_model.py --dry-run  # is the committed model what this makes?
 
 What the model does (docs/soh.md): on a vehicle that gives no SoC, the estimator reads SoC anchors
 from rested voltages through a fresh cell's 25 degC OCV table and counts the charge between them. That
@@ -22,8 +23,10 @@ Labelled data:
   degradation modes (loss of lithium inventory; loss of active material in each electrode, random
   shares; slower particle diffusion), at rest at a random SoC and ambient temperature, discharged
   (a drive), rested 8 h, charged, rested 8 h. The device would wake up after 0.5 to 8 h of rest;
-  every such rest voltage (with the Leaf's 0.5 V pack-voltage resolution and 1 mV noise) is an anchor.
-  The label comes from the exact charge counted and the aged cell's true capacity (electrode SoH).
+  every such rest voltage is an anchor. The label comes from the exact charge counted and the aged
+  cell's true capacity (electrode SoH).
+- The device's measurement is applied afterwards (``measure``): a typical-curve table off by a per-cell
+  offset and tilt, the Leaf's 0.5 V pack-voltage steps with 1 mV noise, temperature noise.
 
 Held out (never trained on, printed and kept in the manifest and in bench/data for ``bench/soh_eval``):
 new cells of the training distribution; a chemistry (Mohtat2020, NMC532); a generator family (DFN
