@@ -18,12 +18,13 @@ from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
 from .soh import OCV_CELL_V, SegmentModel, SohEstimator
 
-__all__ = ["FAST_CHARGE_A", "SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
+__all__ = ["FAST_CHARGE_A", "MAX_PLAUSIBLE_SOH_PCT", "SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
 
 SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
 TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC
 _CHARGING_A = 1.0  # pack_a above this counts as charging
 FAST_CHARGE_A = 40.0  # above this a Leaf is on a DC fast charger (on-board chargers give <= 30 A)
+MAX_PLAUSIBLE_SOH_PCT = 110.0  # a BMS capacity above this share of the rated one means a wrong rating
 _MAX_EVENTS = 20
 
 

@@ -10,13 +10,12 @@ from __future__ import annotations
 
 from typing import Any
 
-from .battery import BatteryTracker
+from .battery import MAX_PLAUSIBLE_SOH_PCT, BatteryTracker
 from .passport import build_passport, build_reading
 
 __all__ = ["NOT_AVAILABLE", "build_certificate"]
 
 NOT_AVAILABLE = "not available"
-_MAX_PLAUSIBLE_SOH_PCT = 110.0
 
 
 def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, chain: dict[str, Any], sw: str,
@@ -41,7 +40,7 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
     if "capacity_ah" in m:
         ratio = m["capacity_ah"] / pack.capacity_ah * 100
         basis = (f"BMS capacity ({signals.get('capacity_ah', '')}) / {pack.capacity_ah} Ah rated ({pack_source})")
-        if ratio <= _MAX_PLAUSIBLE_SOH_PCT:
+        if ratio <= MAX_PLAUSIBLE_SOH_PCT:
             m["capacity_soh_pct"] = round(ratio, 2)
             prov["m.capacity_soh_pct"] = {"src": "calculated", "method": "capacity-ratio/1", "unit": "%", "sw": sw,
                                           "basis": basis}

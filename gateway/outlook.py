@@ -8,24 +8,21 @@ from __future__ import annotations
 
 from typing import Any
 
-from .battery import SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
+from .battery import MAX_PLAUSIBLE_SOH_PCT, SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
 from .forecast import Prior, WarrantyRule, forecast, usage_from_counters, warranty
 
 __all__ = ["build_outlook", "present_soh"]
-
-_Z80 = 1.2816
-
 
 def present_soh(tracker: BatteryTracker) -> tuple[float, float, str] | None:
     """(SoH %, 1-sigma, basis): the gateway's estimate, else the BMS capacity ratio, else the BMS SOH."""
     est = tracker.soh_estimate()
     if est is not None:
-        return (est["est_pct"], (est["hi_pct"] - est["lo_pct"]) / 2 / _Z80,
+        return (est["est_pct"], (est["hi_pct"] - est["lo_pct"]) / 2 / tracker.soh.settings.interval_z,
                 f"gateway estimate {est['est_pct']:.1f} % (80 % interval {est['lo_pct']:.1f}-{est['hi_pct']:.1f}, "
                 f"{est['method']})")
     rated = tracker.pack()[0].capacity_ah
     cap = tracker.values.get("capacity_ah")
-    if cap and cap / rated <= 1.1:
+    if cap and cap / rated * 100.0 <= MAX_PLAUSIBLE_SOH_PCT:
         return cap / rated * 100.0, 2.0, f"BMS capacity {cap:.1f} Ah / {rated:g} Ah rated (single reading, +/-2 pp)"
     for name in ("lbc_soh_pct", "bms_soh_pct"):
         if tracker.values.get(name):
