@@ -31,7 +31,6 @@ CHEMISTRIES = ("lmo-leaf", "nmc-gr")  # the tables in gateway/data/soh_prior.jso
 FAST_CHARGE_FACTOR = 0.3     # fade-rate multiplier per unit DC fast-charge share (assumption, documented)
 RATE_SIGMA_LN = 0.35         # spread of the fade rate around the prior curve (lognormal sigma)
 MIN_DAYS = 7.0
-REFERENCE = {"temp_c": 20.0, "soc_mean": 0.6, "dod_per_day": 0.3, "fast_share": 0.0}
 _DRAWS = 2000
 
 
@@ -86,25 +85,33 @@ class Usage:
     days: float
 
 
+REFERENCE = Usage(temp_c=20.0, soc_mean=0.6, dod_per_day=0.3, fast_share=0.0, days=0.0)  # the factors' baseline
+
+
 def usage_from_counters(counters: Any, *, rated_ah: float, soc_edges: Sequence[float],
                         temp_edges: Sequence[float], days: float) -> Usage:
     """Mean temperature and SoC from the histograms, cycling from the throughput over ``days``; the
     reference vehicle's usage until ``MIN_DAYS`` of counters exist (minutes at an inspection bay say
     nothing about how a car is used)."""
     if days < MIN_DAYS:
-        return Usage(REFERENCE["temp_c"], REFERENCE["soc_mean"], REFERENCE["dod_per_day"], REFERENCE["fast_share"],
-                     days)
+        return replace(REFERENCE, days=days)
     def mean(hist: Sequence[float], edges: Sequence[float], default: float) -> float:
         centers = [edges[0] - 5.0, *((a + b) / 2 for a, b in itertools.pairwise(edges)), edges[-1] + 5.0]
         total = sum(hist)
         return default if total <= 0 else sum(c * h for c, h in zip(centers, hist, strict=True)) / total
 
     throughput_ah = counters.ah_charged + counters.ah_discharged
-    dod = throughput_ah / 2.0 / rated_ah / days if days >= 1.0 else REFERENCE["dod_per_day"]
+    dod = throughput_ah / 2.0 / rated_ah / days if days >= 1.0 else REFERENCE.dod_per_day
     fast = counters.ah_charged_fast / counters.ah_charged if counters.ah_charged > 1.0 else 0.0
-    return Usage(temp_c=mean(counters.temp_hist_min, temp_edges, REFERENCE["temp_c"]),
-                 soc_mean=mean(counters.soc_hist_min, soc_edges, 100 * REFERENCE["soc_mean"]) / 100.0,
+    return Usage(temp_c=mean(counters.temp_hist_min, temp_edges, REFERENCE.temp_c),
+                 soc_mean=mean(counters.soc_hist_min, soc_edges, 100 * REFERENCE.soc_mean) / 100.0,
                  dod_per_day=dod, fast_share=fast, days=days)
+
+
+def _loss(prior: Prior, chemistry: str, usage: Usage) -> list[float]:
+    """The prior's capacity loss since new at each of its years, for this usage."""
+    curve = prior.curve(chemistry, temp_c=usage.temp_c, soc_mean=usage.soc_mean, dod_per_day=usage.dod_per_day)
+    return [max(0.0, curve[0] - q) for q in curve]
 
 
 def _project(loss: list[float], years: Sequence[float], soh_now: float, rate: float, horizon: float) -> float:
@@ -147,8 +154,7 @@ def forecast(prior: Prior, chemistry: str, usage: Usage, *, soh_pct: float, soh_
         soh_pct, soh_sigma_pct: the present SoH and its 1-sigma uncertainty.
         history: (days since the first estimate, SoH %) of this vehicle, oldest first.
     """
-    curve = prior.curve(chemistry, temp_c=usage.temp_c, soc_mean=usage.soc_mean, dod_per_day=usage.dod_per_day)
-    loss = [max(0.0, curve[0] - q) for q in curve]
+    loss = _loss(prior, chemistry, usage)
     mu = math.log(1.0 + FAST_CHARGE_FACTOR * usage.fast_share)
     sigma = RATE_SIGMA_LN
     observed = _observed_rate(loss, prior.years, history)
@@ -202,18 +208,16 @@ def _factors(prior: Prior, chemistry: str, usage: Usage, soh_pct: float, horizon
     """How much each stress moves the P50 at ``horizon`` against a reference vehicle (20 degC, 60 % SoC,
     0.3 cycles/day, no fast charging), one factor at a time."""
     def p50(u: Usage) -> float:
-        c = prior.curve(chemistry, temp_c=u.temp_c, soc_mean=u.soc_mean, dod_per_day=u.dod_per_day)
-        loss = [max(0.0, c[0] - q) for q in c]
-        return _project(loss, prior.years, soh_pct, 1.0 + FAST_CHARGE_FACTOR * u.fast_share, horizon)
+        return _project(_loss(prior, chemistry, u), prior.years, soh_pct, 1.0 + FAST_CHARGE_FACTOR * u.fast_share,
+                        horizon)
 
-    ref = Usage(REFERENCE["temp_c"], REFERENCE["soc_mean"], REFERENCE["dod_per_day"], REFERENCE["fast_share"], 0)
-    base = p50(ref)
+    base = p50(REFERENCE)
     factors = []
     for name, field_, value in (("temperature", "temp_c", f"{usage.temp_c:.0f} degC"),
                                 ("state of charge", "soc_mean", f"{100 * usage.soc_mean:.0f} % mean"),
                                 ("cycling", "dod_per_day", f"{usage.dod_per_day:.2f} cycles/day"),
                                 ("DC fast charging", "fast_share", f"{100 * usage.fast_share:.0f} % of charge")):
-        changed = replace(ref, **{field_: getattr(usage, field_)})
+        changed = replace(REFERENCE, **{field_: getattr(usage, field_)})
         factors.append({"factor": name, "value": value, "effect_pp": round(p50(changed) - base, 2)})
     return sorted(factors, key=lambda f: f["effect_pp"])
 
