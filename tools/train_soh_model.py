@@ -58,6 +58,9 @@ os.environ.setdefault("TF_CPP_MIN_LOG_LEVEL", "2")
 import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
+sys.path.insert(0, str(ROOT))
+from gateway.soh import SohSettings, ocv_slope, soc_from_ocv  # noqa: E402 - the device's own table reading
+
 MODEL_OUT = ROOT / "gateway" / "data" / "soh_model.tflite"
 MANIFEST_OUT = ROOT / "gateway" / "data" / "soh_model.json"
 HOLDOUT_OUT = ROOT / "bench" / "data" / "soh_rest_holdout.npz"
@@ -70,7 +73,7 @@ HELD_CHEMISTRY = "Mohtat2020"
 REST_H = [0.5, 1.0, 2.0, 4.0, 8.0]   # the device takes the first voltage after >= 30 min asleep
 FIRST_REST_H = 24.0                   # the session starts from a long rest (equilibrium)
 PACK_LSB_V, CELLS = 0.5, 96           # Leaf 0x1DB: 0.5 V per bit over 96 cells in series
-MIN_DSOC = 15.0                       # gateway/soh.py: SohSettings.min_delta_soc_pct
+MIN_DSOC = SohSettings().min_delta_soc_pct  # the estimator uses no shorter segment
 SPLITS = {  # name: (count, model, parameter sets, temperature range degC)
     "train": (900, "SPMe", TRAIN_SETS, (10.0, 35.0)),
     "vehicle": (150, "SPMe", TRAIN_SETS, (10.0, 35.0)),
@@ -114,16 +117,14 @@ def _ocv(pv, lp, x: float, y: float, temp_k: float) -> float:
 
 
 def table_soc(table: np.ndarray, v: float) -> tuple[float, float]:
-    """SoC (%) read from an 11-point OCV table as the device does (gateway/soh.py: soc_from_ocv), and the
-    table's slope there (mV per pp)."""
-    socs = np.arange(0.0, 101.0, 10.0)
-    i = int(np.clip(np.searchsorted(table, v) - 1, 0, 9))
-    slope = (table[i + 1] - table[i]) / 10.0
-    return float(np.clip(socs[i] + (v - table[i]) / slope, 0.0, 100.0)), float(slope * 1000.0)
+    """SoC (%) read from an 11-point OCV table and the table's slope there (mV per pp), by the device's
+    own functions, so the features are exactly what the estimator computes."""
+    pairs = tuple((10.0 * i, float(volts)) for i, volts in enumerate(table))
+    return soc_from_ocv(pairs, v), ocv_slope(pairs, v)
 
 
 def simulate(task: tuple[int, str, str, tuple[float, float], float, int]) -> list[list[float]] | str:
-    """One cell, one session: rows of FEATURES + [label, set index]. A string when PyBaMM fails."""
+    """One cell, one session: raw rows (see VA..TABLE below). A string when PyBaMM fails."""
     import pybamm
 
     index, model_name, set_name, temps, soh_target, seed = task
@@ -344,8 +345,8 @@ def scores(label: np.ndarray, mu: np.ndarray, sigma: np.ndarray) -> dict[str, fl
 
 
 def baseline_sigma(x: np.ndarray) -> np.ndarray:
-    """The table alone: 2 pp per anchor (gateway/soh.py: ocv_sigma_pct) as a relative capacity error."""
-    return 100.0 * math.sqrt(2) * 2.0 / np.abs(x[:, 1] - x[:, 0])
+    """The table alone: the estimator's fixed error per anchor (``ocv_sigma_pct``) as a relative capacity error."""
+    return 100.0 * math.sqrt(2) * SohSettings().ocv_sigma_pct / np.abs(x[:, 1] - x[:, 0])
 
 
 def _version(*names: str) -> str:
