@@ -38,9 +38,10 @@ sys.path.insert(0, str(REPO))
 
 from gateway.forecast import Usage, WarrantyRule, forecast, warranty  # noqa: E402
 from gateway.profile import load_prior  # noqa: E402
-from gateway.soh import SohEstimator  # noqa: E402
+from gateway.soh import SohEstimator, SohSettings  # noqa: E402
 
 PRIOR = load_prior()
+SETTINGS = SohSettings()  # the estimator's interval z and fixed error per rest anchor
 CLIMATES = {"cold": 8.0, "mild": 18.0, "hot": 30.0}
 RATED_AH = {"lmo-leaf": 79.0, "nmc-gr": 115.0}
 RULE = WarrantyRule(threshold_pct=70.0, horizon_years=3.0, min_probability=0.9)
@@ -170,7 +171,7 @@ def main() -> None:
         samples_days += args.days
         e = est.estimate()
         assert e is not None
-        sigma = (e["hi_pct"] - e["lo_pct"]) / 2 / 1.2816
+        sigma = (e["hi_pct"] - e["lo_pct"]) / 2 / SETTINGS.interval_z
         bms = round(truth + v.bms_bias)
         # one year of the vehicle's own history: last year's estimate, with this vehicle's present error
         # (the same sensors) plus fresh noise of a 14-day estimate
@@ -268,7 +269,7 @@ def learned_model_rows() -> None:
     def cell(e: np.ndarray, sigma: np.ndarray) -> str:
         a = np.abs(e)
         return (f"MAE {a.mean():5.2f} RMSE {np.sqrt(np.mean(e**2)):5.2f} P90 {np.percentile(a, 90):5.2f} "
-                f"bias {e.mean():+6.2f} cover80 {np.mean(a <= 1.2816 * sigma):4.0%}")
+                f"bias {e.mean():+6.2f} cover80 {np.mean(a <= SETTINGS.interval_z * sigma):4.0%}")
 
     print(f"\nNo BMS SoC, rest-voltage anchors: capacity error (%), PyBaMM sessions held out, {model.name}")
     print("  split                     n    | OCV table alone (2 pp per anchor)                 | table + model")
@@ -276,7 +277,7 @@ def learned_model_rows() -> None:
         rows = held[split].astype(float)
         x, label, cells = rows[:, :9], rows[:, 9], rows[:, 10]
         pred = np.array([model.predict(r) for r in x])
-        base_sigma = 100 * math.sqrt(2) * 2.0 / np.abs(x[:, 1] - x[:, 0])
+        base_sigma = 100 * math.sqrt(2) * SETTINGS.ocv_sigma_pct / np.abs(x[:, 1] - x[:, 0])
         print(f"  {SPLIT_NAMES[split]:<22} {len(rows):5d} seg | {cell(label, base_sigma)} | "
               f"{cell(label - pred[:, 0], pred[:, 1])}")
         per_vehicle: dict[str, list[tuple[float, float]]] = {"table": [], "model": []}
