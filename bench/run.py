@@ -66,9 +66,10 @@ def bench_replay() -> None:
     import cantools
 
     from gateway.adapters.capture_files import CaptureStats
-    from gateway.app import replay_capture
-    from gateway.config import parse_config
-    from gateway.profile import load_profile
+    from gateway.adapters.files import builtin_dbc_dir
+    from gateway.app.replay import replay_capture
+    from gateway.app.wiring import load_profile
+    from gateway.core.config import parse_config
 
     if not EPLUS2.is_file():
         print(f"replay: skipped, {EPLUS2} is absent")
@@ -76,8 +77,8 @@ def bench_replay() -> None:
     path = _big_capture()
     profile, _ = load_profile("leaf-ze1")
     db = cantools.database.Database()
-    for dbc in profile.dbc_files:
-        db.add_dbc_file(str(dbc))
+    for name in profile.dbc:
+        db.add_dbc_file(str(builtin_dbc_dir() / name))
     ids = {m.frame_id for m in db.messages}
 
     def logreader() -> int:
@@ -96,8 +97,8 @@ def bench_replay() -> None:
 
     def gateway() -> int:
         stats = CaptureStats()
-        _, messages = replay_capture(str(path), config=config, profile="leaf-ze1", bus=None, stats=stats)
-        for _ in messages:
+        run = replay_capture(str(path), config=config, profile="leaf-ze1", bus=None, stats=stats)
+        for _ in run.messages:
             pass
         return stats.frames + stats.skipped
 
@@ -113,14 +114,14 @@ def bench_replay() -> None:
 
 
 def bench_daemon(seconds: float) -> None:
-    import can
     import paho.mqtt.client as mqtt
 
     from gateway.adapters.keystore import generate_key
     from gateway.adapters.mqtt import COSE_CONTENT_TYPE
-    from gateway.localbroker import LocalBroker
-    from gateway.sim import LeafBattery
-    from gateway.simecu import LbcResponder, run_ecu
+    from gateway.sim.battery import LeafBattery
+    from gateway.sim.broker import LocalBroker
+    from gateway.sim.demo import ecu_bus
+    from gateway.sim.ecu import LbcResponder, run_ecu
 
     group, can_port = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173", 43911
     with tempfile.TemporaryDirectory() as tmpdir, LocalBroker() as broker:
@@ -138,7 +139,7 @@ def bench_daemon(seconds: float) -> None:
         sub.subscribe("bp/v1/gw-bench/#", qos=1)
         sub.loop_start()
         stop = threading.Event()
-        bus = can.Bus(interface="udp_multicast", channel=group, port=can_port, ignore_config=True)
+        bus = ecu_bus(interface="udp_multicast", channel=group, port=can_port)
         battery = LeafBattery(generation="aze0")
         car = threading.Thread(target=run_ecu, args=(battery, bus), kwargs={
             "duration_s": seconds + 30, "stop": stop.is_set, "responder": LbcResponder(battery)})
@@ -164,7 +165,7 @@ def bench_daemon(seconds: float) -> None:
         daemon.wait(15)
         stop.set()
         car.join(5)
-        bus.shutdown()
+        bus.close()
         sub.loop_stop()
         sub.disconnect()
     envelope = sum(map(len, readings)) / max(1, len(readings))
@@ -181,26 +182,24 @@ def bench_daemon(seconds: float) -> None:
 
 
 def bench_inspect(runs: int = 3) -> None:
-    import can
+    from cryptography.hazmat.primitives.asymmetric import ec
 
-    from gateway.adapters.can_bus import PythonCanSource
+    from gateway.adapters.can_bus import PythonCanBus
     from gateway.adapters.isotp import IsoTpDiagClient
     from gateway.adapters.keystore import generate_key
-    from gateway.app import poll_once
-    from gateway.battery import BatteryTracker
-    from gateway.decoding import Decoder
-    from gateway.diagnostics import DiagService
-    from gateway.pipeline import Pipeline, PublishPolicy
-    from gateway.profile import load_profile
-    from gateway.signing import Chain, Signer
-    from gateway.sim import LeafBattery
-    from gateway.simecu import LbcResponder, run_ecu, segment
+    from gateway.app.inspection import DroppingSink, poll_once
+    from gateway.app.wiring import assemble, load_config
+    from gateway.model import ChainPosition, Counters
+    from gateway.services.diagnostics import DiagService
+    from gateway.sim.battery import LeafBattery
+    from gateway.sim.demo import ecu_bus
+    from gateway.sim.ecu import LbcResponder, run_ecu, segment
 
     group, port = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6174", 43912
     battery = LeafBattery(generation="ze1", rated_kwh=62.0, rated_ah=176.0)
     stop = threading.Event()
-    ecu_bus = can.Bus(interface="udp_multicast", channel=group, port=port, ignore_config=True)
-    ecu = threading.Thread(target=run_ecu, args=(battery, ecu_bus),
+    bus = ecu_bus(interface="udp_multicast", channel=group, port=port)
+    ecu = threading.Thread(target=run_ecu, args=(battery, bus),
                            kwargs={"duration_s": 120, "stop": stop.is_set, "responder": LbcResponder(battery)})
     ecu.start()
     try:
@@ -217,15 +216,14 @@ def bench_inspect(runs: int = 3) -> None:
                 subprocess.run([sys.executable, "-m", "gateway", "inspect", "--config", str(config), "--out",
                                 str(tmp / f"out{i}")], check=True, capture_output=True)
                 walls.append(time.perf_counter() - t)
-        # CPU of one full poll cycle, in process: every group of the ZE1 profile once, back to back
-        profile, dbs = load_profile("leaf-ze1")
-        from cryptography.hazmat.primitives.asymmetric import ec
-        pipeline = Pipeline(Decoder(profile, dbs), BatteryTracker(profile),
-                            Signer(ec.generate_private_key(ec.SECP256R1())), Chain(), device_id="b", sw="b",
-                            policy=PublishPolicy(), emit=False)
-        source = PythonCanSource(interface="udp_multicast", channel=group, bitrate=500000,
-                                 frame_ids=profile.frame_ids, udp_multicast_port=port)
-        diag = DiagService(pipeline, IsoTpDiagClient(source.send))
+            # CPU of one full poll cycle, in process: every group of the ZE1 profile once, back to back
+            parts = assemble(load_config(config), ec.generate_private_key(ec.SECP256R1()), sink=DroppingSink(),
+                             chain=ChainPosition(), counters=Counters(), device_id="b", vin_salt=b"")
+            profile, pipeline = parts.profile, parts.pipeline
+        source = PythonCanBus(interface="udp_multicast", channel=group, bitrate=500000,
+                              frame_ids=profile.frame_ids, udp_multicast_port=port)
+        diag = DiagService(profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
+                           vehicle_state=pipeline.vehicle_state)
         cycles = []
         try:
             for _ in range(5):
@@ -238,7 +236,7 @@ def bench_inspect(runs: int = 3) -> None:
     finally:
         stop.set()
         ecu.join(5)
-        ecu_bus.shutdown()
+        bus.close()
     print(f"inspect: wall time from start to certificate written (CLI, incl. Python start-up), {runs} runs: "
           f"min {min(walls):.2f} s, max {max(walls):.2f} s (goal <= 15 s)")
     best = min(cycles)
@@ -261,11 +259,10 @@ def bench_delivery(count: int = 86_400) -> None:
 
     from gateway.adapters.mqtt import PahoPublisher
     from gateway.adapters.sqlite_outbox import SqliteOutbox
-    from gateway.battery import Counters
-    from gateway.forwarder import Forwarder
-    from gateway.localbroker import LocalBroker
-    from gateway.model import OutgoingMessage
-    from gateway.signing import Chain, Signer
+    from gateway.core.signing import Signer
+    from gateway.model import ChainPosition, Counters, OutgoingMessage
+    from gateway.services.forwarder import Forwarder
+    from gateway.sim.broker import LocalBroker
 
     signer = Signer(ec.generate_private_key(ec.SECP256R1()))
     m = {"soc_pct": 71.9, "pack_v": 379.0, "pack_a": -38.5, "cell_v_min": 3.978, "cell_v_max": 4.002,
@@ -273,23 +270,23 @@ def bench_delivery(count: int = 86_400) -> None:
          "full_energy_kwh": 25.5, "capacity_bars": 9.0, "chg_limit_kw": 40.0, "dis_limit_kw": 80.0,
          "energy_kwh": 18.32}
 
-    def payload(chain: Chain, i: int) -> dict[str, object]:
+    def payload(chain: ChainPosition, i: int) -> dict[str, object]:
         return {"v": 1, "kind": "reading", "dev": "gw-bench", **chain.header(), "ts": 1_700_000_000_000 + i * 1000,
                 "sw": "battery-gateway/0.1.0", "bat": "230UK1192E001482", "m": m}
 
-    from gateway.passport import build_batch
+    from gateway.core.passport import build_batch
 
     for size in (10, 60):
         rows = [(1_700_000_000.0 + i, {k: v + (i % 7) * 0.1 for k, v in m.items()}) for i in range(size)]
-        env = signer.sign(build_batch(rows, device_id="gw-bench", chain=Chain().header(), sw="battery-gateway/0.1.0",
-                                      bat="230UK1192E001482"))
+        env = signer.sign(build_batch(rows, device_id="gw-bench", chain=ChainPosition().header(),
+                                      sw="battery-gateway/0.1.0", bat="230UK1192E001482"))
         print(f"  [publish] batch = {size}: {len(env)} B per envelope = {len(env) / size:.0f} B per reading "
               f"(goal <= 100 B; one envelope per reading is the baseline below)")
-    chain = Chain()
+    chain = ChainPosition()
     n = 20_000
     t = time.perf_counter()
     for i in range(n):
-        chain.advance(signer.sign(payload(chain, i)))
+        chain = chain.after(signer.sign(payload(chain, i)))
     sign_rate = n / (time.perf_counter() - t)
     print(f"delivery: signing {sign_rate:,.0f} readings/s on one core (goal >= 5,000)")
 
@@ -299,10 +296,9 @@ def bench_delivery(count: int = 86_400) -> None:
         t = time.perf_counter()
         for i in range(1000):  # one transaction per reading, synchronous=FULL: what the daemon does
             env = signer.sign(payload(chain, i))
-            following = Chain(chain.ep, chain.seq, chain.prev)
-            following.advance(env)
-            store.save(following, Counters(), OutgoingMessage("reading", env, False, "reading", following.seq, 1,
-                                                              {"ts": i}))
+            following = chain.after(env)
+            store.put(OutgoingMessage("reading", env, False, "reading", following.seq, 1, {"ts": i}),
+                      chain=following, counters=Counters())
             chain = following
         per_write = (time.perf_counter() - t) / 1000
         print(f"  outbox write cost: {per_write * 1000:.2f} ms per reading (sign + one durable transaction)")
@@ -311,14 +307,14 @@ def bench_delivery(count: int = 86_400) -> None:
         db.execute("BEGIN")
         for i in range(1000, count):  # the rest of the 24 h backlog, written fast for the benchmark
             env = signer.sign(payload(chain, i))
-            chain.advance(env)
+            chain = chain.after(env)
             db.execute("INSERT INTO outbox (ep, seq, kind, topic, retain, ts, payload) VALUES (1,?,?,?,0,?,?)",
                        (chain.seq, "reading", "reading", i, env))
         db.execute("COMMIT")
         backlog = store.count()
         # Baseline: raw paho, QoS 1, the same envelopes all handed to paho at once. paho walks its whole
         # queue on every PUBACK, so this degrades with the queue length: measured on 10,000 messages.
-        envs = [r.payload for r in store.oldest(10_000)]
+        envs = [r.message.payload for r in store.oldest(10_000)]
         acked = threading.Event()
         done = [0]
 

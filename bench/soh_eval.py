@@ -36,15 +36,16 @@ from typing import Any
 REPO = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(REPO))
 
-from gateway.forecast import Usage, WarrantyRule, forecast, warranty  # noqa: E402
-from gateway.profile import load_prior  # noqa: E402
-from gateway.soh import SohEstimator, SohSettings  # noqa: E402
+from gateway.app.wiring import load_prior  # noqa: E402
+from gateway.core.config import WarrantyConfig  # noqa: E402
+from gateway.core.forecast import Usage, forecast, warranty  # noqa: E402
+from gateway.core.soh import SohEstimator, SohSettings  # noqa: E402
 
 PRIOR = load_prior()
 SETTINGS = SohSettings()  # the estimator's interval z and fixed error per rest anchor
 CLIMATES = {"cold": 8.0, "mild": 18.0, "hot": 30.0}
 RATED_AH = {"lmo-leaf": 79.0, "nmc-gr": 115.0}
-RULE = WarrantyRule(threshold_pct=70.0, horizon_years=3.0, min_probability=0.9)
+RULE = WarrantyConfig(threshold_pct=70.0, horizon_years=3.0, min_probability=0.9)
 
 
 @dataclass
@@ -307,15 +308,15 @@ def learned_model_cost() -> None:
     estimator over the same rest-anchored days."""
     import subprocess
 
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
     from tests.unit.test_soh_physics import rest_anchored_days
 
     path = REPO / "gateway" / "data" / "soh_model.tflite"
     probe = ("import resource, sys\n"
              "def rss():\n"
              "    return int(open('/proc/self/statm').read().split()[1]) * resource.getpagesize() / 2**20\n"
-             "sys.modules['asammdf'] = None  # as the daemon does (gateway/__main__.py)\n"
-             "import gateway.app\n"
+             "sys.modules['asammdf'] = None  # as the daemon does (gateway/app/cli.py)\n"
+             "import gateway.app.daemon\n"
              "before = rss()\n"
              "from gateway.adapters.tflite import load_segment_model\n"
              "m = load_segment_model(); m.predict([50, 20, 8, 6, 20, 20, 2, 1, 0.9])\n"

@@ -1,19 +1,28 @@
-"""Plain value types shared by every layer. Frozen dataclasses, no behaviour beyond small helpers.
+"""The values every layer shares: frames, canonical fields, signed messages, the chain position, the
+lifetime counters, release and health records, and the SoH segment-model protocol.
 
+Owns nothing but shapes: dataclasses and one Protocol, with small helpers that only compute. Imports
+nothing of the gateway but ``errors``, so ports, adapters and the core can all depend on it.
 Invariants: times are float seconds since the Unix epoch (measurement time, from the frame), CAN ids
 are ints, payload maps use the canonical field names of ``FIELDS``.
 """
 
 from __future__ import annotations
 
-from collections.abc import Mapping
-from dataclasses import dataclass, field
-from typing import Any
+import hashlib
+from collections.abc import Mapping, Sequence
+from dataclasses import asdict, dataclass, field
+from typing import Any, Protocol
 
 from .errors import UpdateError
 
-__all__ = ["FIELDS", "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation",
-           "Release", "release_from_target"]
+__all__ = ["FIELDS", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Counters", "FieldSpec", "Frame",
+           "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation", "Release", "SegmentModel",
+           "release_from_target"]
+
+ZERO_HASH = bytes(32)  # ``prev`` of the first message of an epoch
+SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
+TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC
 
 
 @dataclass(frozen=True, slots=True)
@@ -81,15 +90,99 @@ class OutgoingMessage:
 
 @dataclass(frozen=True, slots=True)
 class OutboxRow:
-    """One signed message waiting in the outbox for its PUBACK."""
+    """One signed message waiting in the outbox for its PUBACK: the message as it was stored, and its row."""
 
     id: int
-    ep: int
-    seq: int
-    kind: str
-    topic: str
-    retain: bool
-    payload: bytes
+    message: OutgoingMessage
+
+
+@dataclass(frozen=True, slots=True)
+class ChainPosition:
+    """Where a device's hash chain stands: epoch, last sequence number, hash of the last envelope.
+
+    A message is built from ``header()``; once it is stored, the chain moves to ``after(envelope)``.
+    """
+
+    ep: int = 1
+    seq: int = 0
+    prev: bytes = ZERO_HASH
+
+    def header(self) -> dict[str, Any]:
+        """The ``ep``/``seq``/``prev`` fields of the next message."""
+        return {"ep": self.ep, "seq": self.seq + 1, "prev": self.prev}
+
+    def after(self, envelope: bytes, count: int = 1) -> ChainPosition:
+        """The position once ``envelope`` (built from ``header()``) is stored; a batch of ``count``
+        readings takes ``count`` sequence numbers."""
+        return ChainPosition(self.ep, self.seq + count, hashlib.sha256(envelope).digest())
+
+    def next_epoch(self) -> ChainPosition:
+        """The first position of the next epoch (counter state was lost)."""
+        return ChainPosition(self.ep + 1)
+
+
+@dataclass
+class Counters:
+    """Lifetime counters (PASSPORT.md), persisted with the chain position and carried in every passport.
+
+    Mutable: the battery tracker advances them as measurements arrive; the state store saves them.
+    """
+
+    ah_charged: float = 0.0
+    ah_discharged: float = 0.0
+    ah_charged_fast: float = 0.0  # charged above battery.FAST_CHARGE_A (DC fast charging)
+    since_ts: float = 0.0  # first measurement these counters saw (0 = none yet)
+    kwh_charged: float = 0.0
+    kwh_discharged: float = 0.0
+    deep_discharge_events: int = 0
+    overcharge_events: int = 0
+    min_high_temp_idle: float = 0.0
+    min_low_temp_idle: float = 0.0
+    min_high_temp_charging: float = 0.0
+    min_low_temp_charging: float = 0.0
+    soc_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(SOC_BINS_PCT) + 1))
+    temp_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(TEMP_BINS_C) + 1))
+    events: list[dict[str, Any]] = field(default_factory=list)  # last negative events: kind, ts
+    soh: dict[str, Any] = field(default_factory=dict)  # the SoH estimator's filter state (core/soh.py)
+
+    def to_dict(self) -> dict[str, Any]:
+        """Plain JSON-able form."""
+        return asdict(self)
+
+    @classmethod
+    def from_dict(cls, data: dict[str, Any]) -> Counters:
+        """Inverse of ``to_dict``.
+
+        Raises:
+            ValueError: a key is missing or has the wrong type (the stored state is corrupt).
+        """
+        try:
+            c = cls(**data)
+        except TypeError as exc:
+            raise ValueError(f"counters: {exc}") from exc
+        if not isinstance(c.soh, dict):
+            raise ValueError("counters: soh is not a table")
+        numbers = [v for k, v in asdict(c).items() if k not in ("soc_hist_min", "temp_hist_min", "events", "soh")]
+        if not all(isinstance(v, int | float) and v >= 0 for v in numbers):
+            raise ValueError("counters: negative or non-numeric value")
+        if len(c.soc_hist_min) != len(SOC_BINS_PCT) + 1 or len(c.temp_hist_min) != len(TEMP_BINS_C) + 1:
+            raise ValueError("counters: histogram has the wrong number of bins")
+        return c
+
+
+class SegmentModel(Protocol):
+    """Corrects a rest-anchored segment (docs/soh.md): features in the order of tools/train_soh_model.py
+    (soc1, soc2, slope1, slope2 [mV/pp], temp1, temp2 [degC], ln rest1, ln rest2 [h], capacity / rated)
+    -> (mu, sigma): 100 * ln(true / counted capacity) and its standard deviation, both in percent.
+    ``shared``: the share of that variance common to all segments of one vehicle (it does not average out).
+
+    The core's SoH estimator calls it; ``adapters/tflite.py`` implements it with the TensorFlow Lite model.
+    """
+
+    name: str
+    shared: float
+
+    def predict(self, features: Sequence[float]) -> tuple[float, float]: ...
 
 
 @dataclass(frozen=True, slots=True)

@@ -1,36 +1,53 @@
-"""Protocols at the seams between services and adapters. One per role; adapters implement them."""
+"""Protocols at the seams between the services and the adapters: one per role, named for the role.
+
+Imports only ``model`` (and ``errors`` in docstrings): a port is a shape, not an implementation.
+Adapters implement them; the composition roots (``gateway/app``) hand the implementations to the
+services. Every method is called from the daemon's main loop unless its docstring says otherwise.
+"""
 
 from __future__ import annotations
 
 from typing import Protocol
 
-from .battery import Counters
-from .model import Frame, OtaState, OutboxRow, OutgoingMessage, Release
-from .signing import Chain
-from .soh import SegmentModel  # defined beside its one user (the estimator), listed here with the others
+from .model import ChainPosition, Counters, Frame, OtaState, OutboxRow, OutgoingMessage, Release
 
-__all__ = ["DiagClient", "FrameSource", "Outbox", "Publisher", "ReleaseStore", "SegmentModel", "StateStore",
-           "UpdateClient"]
+__all__ = ["DiagClient", "FrameSource", "MessageSink", "Outbox", "Publisher", "ReleaseStore", "UpdateClient"]
 
 
 class FrameSource(Protocol):
-    """Yields CAN frames; ``recv`` returns None on timeout. Called from the main loop only."""
+    """Yields CAN frames; ``recv`` returns None on timeout. Raises BusError when the interface is gone."""
 
     def recv(self, timeout_s: float) -> Frame | None: ...
 
     def close(self) -> None: ...
 
 
-class StateStore(Protocol):
-    """Persists the chain position, the counters and the message that took that position, atomically."""
+class MessageSink(Protocol):
+    """Where the pipeline's signed messages go: its one way out.
 
-    def save(self, chain: Chain, counters: Counters, message: OutgoingMessage | None = None) -> None: ...
+    The daemon backs it with the SQLite outbox, ``replay`` with an in-memory stream, ``inspect`` with a
+    sink that drops them (an inspection signs only its certificate).
+    """
 
-    def take_thinned(self) -> int: ...
+    def put(self, message: OutgoingMessage, *, chain: ChainPosition, counters: Counters) -> bool:
+        """Take ``message`` together with the chain position it leaves behind and the counters.
+
+        Returns:
+            True when the message took its chain position (the pipeline moves on to ``chain``);
+            False when the sink drops it without taking a position (the chain stays where it was).
+
+        Raises:
+            StateError: it could not be stored; nothing was taken, the pipeline tries again later.
+        """
+        ...
+
+    def take_thinned(self) -> int:
+        """Readings dropped under the disk cap since the last call (for the next passport's provenance)."""
+        ...
 
 
 class Outbox(Protocol):
-    """Signed messages waiting for their acknowledgement, oldest first."""
+    """Signed messages waiting for their acknowledgement, oldest first (the forwarder's side)."""
 
     def oldest(self, limit: int, *, exclude: set[int]) -> list[OutboxRow]: ...
 
@@ -50,7 +67,7 @@ class Publisher(Protocol):
 
 
 class DiagClient(Protocol):
-    """One diagnostic request at a time. Called from the main loop only.
+    """One diagnostic request at a time.
 
     ``poll`` returns None while the request is in flight, then ``("ok", reply)``,
     ``("error", kind, message)`` or ``("timeout", message)``.

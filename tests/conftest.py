@@ -10,7 +10,7 @@ from pathlib import Path
 import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.localbroker import LocalBroker
+from gateway.sim.broker import LocalBroker
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"

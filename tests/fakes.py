@@ -4,14 +4,12 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 
-from gateway.battery import Counters
 from gateway.errors import StateError
-from gateway.model import OutgoingMessage
-from gateway.signing import Chain
+from gateway.model import ChainPosition, Counters, OutgoingMessage
 
 
-class MemoryStateStore:
-    """``StateStore`` in memory: records every save."""
+class MemorySink:
+    """``MessageSink`` in memory: records every message with the chain position it took."""
 
     def __init__(self) -> None:
         self.saves: list[tuple[int, int, bytes]] = []
@@ -19,18 +17,24 @@ class MemoryStateStore:
         self.messages: list[OutgoingMessage] = []
         self.fail = False  # a full disk
         self.thinned = 0  # readings the outbox thinned since the last passport
+        self._taken = 0
 
-    def save(self, chain: Chain, counters: Counters, message: OutgoingMessage | None = None) -> None:
+    def put(self, message: OutgoingMessage, *, chain: ChainPosition, counters: Counters) -> bool:
         if self.fail:
             raise StateError("device.state_dir: disk full")
         self.saves.append((chain.ep, chain.seq, chain.prev))
         self.counters = counters.to_dict()
-        if message is not None:
-            self.messages.append(message)
+        self.messages.append(message)
+        return True
 
     def take_thinned(self) -> int:
         n, self.thinned = self.thinned, 0
         return n
+
+    def take(self) -> list[OutgoingMessage]:
+        """The messages put since the last ``take``."""
+        new, self._taken = self.messages[self._taken:], len(self.messages)
+        return new
 
 
 class MemoryReleases:

@@ -17,15 +17,15 @@ from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
-import can
 import paho.mqtt.client as mqtt
 from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
-from gateway.signing import verify_envelope
-from gateway.sim import LeafBattery
-from gateway.simecu import LbcResponder, run_ecu
+from gateway.core.signing import verify_envelope
+from gateway.sim.battery import LeafBattery
+from gateway.sim.demo import ecu_bus
+from gateway.sim.ecu import LbcResponder, run_ecu
 
 GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local: never leaves this host
 
@@ -108,7 +108,7 @@ class Car:
     def __init__(self, rig: Rig, battery: LeafBattery, duration_s: float = 30.0, hx_pct: float = 85.0) -> None:
         self.stop = threading.Event()
         self.responder = LbcResponder(battery, hx_pct=hx_pct)
-        self.bus = can.Bus(interface="udp_multicast", channel=GROUP, port=rig.can_port, ignore_config=True)
+        self.bus = ecu_bus(interface="udp_multicast", channel=GROUP, port=rig.can_port)
         self.thread = threading.Thread(target=run_ecu, args=(battery, self.bus),
                                        kwargs={"duration_s": duration_s, "stop": self.stop.is_set,
                                                "responder": self.responder})
@@ -117,7 +117,7 @@ class Car:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
-        self.bus.shutdown()
+        self.bus.close()
 
 
 def start_daemon(rig: Rig, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:

@@ -215,10 +215,11 @@ def build_wheelhouse(dest: Path) -> Path:
     return dest
 
 
-def build_bundle(wheelhouse: Path, work: Path, *, version: str, patch: tuple[str, str, str] | None = None) -> bytes:
+def build_bundle(wheelhouse: Path, work: Path, *, version: str, damaged_data: str | None = None) -> bytes:
     """A release bundle (tar: release.json + wheels/) of this checkout at ``version``.
 
-    ``patch`` = (file under gateway/, old text, new text) makes a deliberately broken release.
+    ``damaged_data`` names a file of ``gateway/data`` that the release ships truncated: a broken release
+    of the real program, which fails at start the way a badly built release would.
     """
     src = work / f"src-{version}"
     shutil.copytree(ROOT, src, ignore=shutil.ignore_patterns(".venv", ".git", "build", "*.egg-info", "__pycache__",
@@ -226,16 +227,49 @@ def build_bundle(wheelhouse: Path, work: Path, *, version: str, patch: tuple[str
                                                                 "bench", "tests", "docs"))
     init = src / "gateway" / "__init__.py"
     init.write_text(re.sub(r'__version__ = "[^"]+"', f'__version__ = "{version}"', init.read_text()))
-    if patch is not None:
-        f = src / "gateway" / patch[0]
-        text = f.read_text()
-        assert patch[1] in text, f"patch target not found in {patch[0]}"
-        f.write_text(text.replace(patch[1], patch[2]))
+    if damaged_data is not None:
+        data = src / "gateway" / "data" / damaged_data
+        data.write_bytes(data.read_bytes()[:100])
     wheels = work / f"wheels-{version}"
     subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
                     "--wheel-dir", str(wheels), str(src)], check=True, capture_output=True)
     deps = [w for w in wheelhouse.glob("*.whl") if not w.name.startswith("battery_gateway-")]
     write_bundle(work / f"bundle-{version}.tar", version=version, wheels=deps + list(wheels.glob("*.whl")))
+    return (work / f"bundle-{version}.tar").read_bytes()
+
+
+_STUB = """import sys, time
+
+def main():
+    if "--version" in sys.argv:
+        print("battery-gateway {version}")
+        return 0
+    time.sleep(3600)  # a release that starts and then never gets anywhere
+    return 1
+"""
+
+
+def build_hanging_bundle(work: Path, *, version: str) -> bytes:
+    """A release bundle whose ``battery-gateway`` installs and answers ``--version``, and whose ``run``
+    hangs: a stand-in for a release that never becomes healthy (it is not the gateway's code at all)."""
+    src = work / f"stub-{version}"
+    (src / "bgw_stub").mkdir(parents=True)
+    (src / "bgw_stub" / "__init__.py").write_text(_STUB.format(version=version))
+    (src / "pyproject.toml").write_text(f"""[build-system]
+requires = ["setuptools>=68"]
+build-backend = "setuptools.build_meta"
+[project]
+name = "battery-gateway"
+version = "{version}"
+[project.scripts]
+battery-gateway = "bgw_stub:main"
+[tool.setuptools]
+packages = ["bgw_stub"]
+""")
+    wheels = work / f"stub-wheels-{version}"
+    subprocess.run([sys.executable, "-m", "pip", "wheel", "--quiet", "--disable-pip-version-check", "--no-deps",
+                    "--wheel-dir", str(wheels), str(src)], check=True, capture_output=True)
+    write_bundle(work / f"bundle-{version}.tar", version=version, wheels=list(wheels.glob("*.whl")))
     return (work / f"bundle-{version}.tar").read_bytes()
 
 

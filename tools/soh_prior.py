@@ -7,7 +7,7 @@
 For each chemistry, BLAST-Lite simulates 12 years of a daily drive-and-charge cycle over a grid of
 usage stress: mean pack temperature (with a +/-5 degC daily swing), mean SoC and daily depth of
 discharge (which sets full cycles per year). The table holds relative capacity at whole years; the
-device interpolates it for its own stress (gateway/forecast.py). BLAST-Lite runs only here, offline;
+device interpolates it for its own stress (gateway/core/forecast.py). BLAST-Lite runs only here, offline;
 the device reads the JSON. The file records the BLAST-Lite version and the models used.
 """
 

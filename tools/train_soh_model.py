@@ -59,7 +59,7 @@ import numpy as np
 
 ROOT = Path(__file__).resolve().parents[1]
 sys.path.insert(0, str(ROOT))
-from gateway.soh import SohSettings, ocv_slope, soc_from_ocv  # noqa: E402 - the device's own table reading
+from gateway.core.soh import SohSettings, ocv_slope, soc_from_ocv  # noqa: E402 - the device's own table reading
 
 MODEL_OUT = ROOT / "gateway" / "data" / "soh_model.tflite"
 MANIFEST_OUT = ROOT / "gateway" / "data" / "soh_model.json"

@@ -1,6 +1,7 @@
-"""python-can bus -> ``FrameSource``. The only module that opens a CAN interface.
+"""python-can bus -> ``FrameSource`` that can also send. The only module that opens a CAN interface
+(the daemon's, the inspection's, and the simulated battery ECU's in ``gateway/sim``).
 
-The profile's frame ids are installed as bus filters (in the kernel on socketcan), so unrelated
+The frame ids asked for are installed as bus filters (in the kernel on socketcan), so unrelated
 traffic never reaches Python. python-can's config-file lookup is off: the TOML file is the only source.
 """
 
@@ -16,13 +17,13 @@ import can
 from ..errors import BusError
 from ..model import Frame
 
-__all__ = ["PythonCanSource"]
+__all__ = ["PythonCanBus"]
 
 log = logging.getLogger(__name__)
 
 
-class PythonCanSource:
-    """Implements ``FrameSource`` on any python-can interface."""
+class PythonCanBus:
+    """Implements ``FrameSource`` (and ``send``) on any python-can interface."""
 
     def __init__(self, *, interface: str, channel: str, bitrate: int, frame_ids: Iterable[int],
                  udp_multicast_port: int = 43113) -> None:

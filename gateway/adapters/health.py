@@ -1,6 +1,6 @@
 """The daemon's health record, ``{state_dir}/health.json``, which the updater reads during probation.
 
-The daemon writes it (temporary file + rename) when it starts and whenever a milestone is reached:
+The daemon writes it (``fs.write_atomic``) when it starts and whenever a milestone is reached:
 CAN bus open, broker connected, first reading acknowledged by the broker. ``starts`` counts the starts
 of the same release in a row, so a release that crash-loops is visible without systemd's help. A
 record that cannot be written (read-only or full disk) is logged once and otherwise ignored: health
@@ -16,6 +16,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import Health
+from .fs import write_atomic
 
 __all__ = ["HealthFile", "read_health"]
 
@@ -53,10 +54,8 @@ class HealthFile:
             self._write()
 
     def _write(self) -> None:
-        tmp = self._path.with_name(_NAME + ".tmp")
         try:
-            tmp.write_text(json.dumps(self._body))
-            os.replace(tmp, self._path)
+            write_atomic(self._path, json.dumps(self._body).encode())  # the updater (root) reads it
         except OSError as exc:
             if not self._failed:
                 self._failed = True

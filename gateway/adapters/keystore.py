@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import os
 import stat
 from pathlib import Path
 
@@ -12,6 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ..errors import ConfigError
+from .fs import write_atomic
 
 __all__ = ["certificate_request", "generate_key", "load_private_key", "load_public_key", "public_pem"]
 
@@ -28,15 +28,9 @@ def generate_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
-    tmp = p.with_name(f".{p.name}.tmp")
     try:
-        p.parent.mkdir(parents=True, exist_ok=True)
-        fd = os.open(tmp, os.O_WRONLY | os.O_CREAT | os.O_TRUNC, 0o600)
-        with os.fdopen(fd, "wb") as f:
-            f.write(pem)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, p)
+        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        write_atomic(p, pem, mode=0o600)
     except OSError as exc:
         raise ConfigError(f"{p}: cannot write key: {exc.strerror}") from exc
     return key

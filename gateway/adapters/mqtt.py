@@ -17,6 +17,7 @@ import json
 import logging
 import queue
 import random
+import socket
 import threading
 import time
 from typing import Any
@@ -28,12 +29,21 @@ from paho.mqtt.properties import Properties
 from ..errors import PublishError
 from ..model import OutgoingMessage
 
-__all__ = ["COSE_CONTENT_TYPE", "PahoNotice", "PahoPublisher", "PahoSubscriber"]
+__all__ = ["COSE_CONTENT_TYPE", "PahoNotice", "PahoPublisher", "PahoSubscriber", "port_open"]
 
 log = logging.getLogger(__name__)
 
 COSE_CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 JSON_CONTENT_TYPE = "application/json"
+
+
+def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:
+    """True when something accepts TCP connections at host:port (is a broker there at all?)."""
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s):
+            return True
+    except OSError:
+        return False
 
 
 def _props(packet: int, **values: Any) -> Properties:
@@ -197,7 +207,9 @@ class PahoPublisher:
 
 
 class PahoSubscriber:
-    """A backend-side subscriber for ``verify --mqtt``: collects (topic, payload) on a queue."""
+    """A backend-side subscriber (``verify --mqtt``, the demo): collects (topic, payload) on a queue.
+
+    ``messages`` is filled on paho's network thread and read by the caller's thread."""
 
     def __init__(self, *, host: str, port: int, topic: str, client_id: str = "",
                  tls_files: tuple[str, str, str] | None = None) -> None:

@@ -8,8 +8,8 @@ Layout (``ota.releases_dir``, ``/opt/battery-gateway`` on the image)::
 
 A release bundle is a tar archive holding ``release.json`` (``{"version": ...}``) and ``wheels/`` (the
 gateway wheel and every dependency, built for the device). It installs with pip from those wheels only
-(``--no-index``): nothing is fetched from anywhere else. The updater's state (``ota.dir/state.json``)
-is written to a temporary file and renamed.
+(``--no-index``): nothing is fetched from anywhere else. The updater's state (``ota.dir/state.json``),
+the ``.complete`` marker and bundles are written with ``fs.write_atomic``.
 """
 
 from __future__ import annotations
@@ -29,6 +29,7 @@ from typing import Any
 
 from ..errors import UpdateError
 from ..model import OtaState, Probation
+from .fs import replace_symlink, write_atomic
 
 __all__ = ["ReleaseDirs", "write_bundle"]
 
@@ -92,7 +93,7 @@ class ReleaseDirs:
         except UpdateError:
             shutil.rmtree(target, ignore_errors=True)
             raise
-        (target / ".complete").write_text(version + "\n")
+        write_atomic(target / ".complete", f"{version}\n".encode(), mode=0o644)
         log.info("release %s installed in %s", version, target)
 
     @staticmethod
@@ -131,11 +132,7 @@ class ReleaseDirs:
         """Point ``current`` at ``releases/<version>`` in one rename."""
         if not (self.releases / version / ".complete").exists():
             raise RuntimeError(f"switch to {version}, which is not installed")
-        tmp = self.root / ".current.new"
-        tmp.unlink(missing_ok=True)
-        tmp.symlink_to(Path("releases") / version)
-        os.replace(tmp, self.root / "current")
-        _fsync_dir(self.root)
+        replace_symlink(self.root / "current", Path("releases") / version)
         log.info("current release is now %s", version)
 
     def prune(self, keep: set[str]) -> None:
@@ -167,13 +164,7 @@ class ReleaseDirs:
                "probation": None if p is None else {"version": p.version, "previous": p.previous,
                                                     "counter": p.counter, "deadline_ms": p.deadline_ms}}
         self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
-        tmp = self.state_dir / "state.json.tmp"
-        with tmp.open("w") as f:
-            json.dump(raw, f)
-            f.flush()
-            os.fsync(f.fileno())
-        os.replace(tmp, self.state_dir / "state.json")
-        _fsync_dir(self.state_dir)
+        write_atomic(self.state_dir / "state.json", json.dumps(raw).encode())
 
 
 def write_bundle(out: Path, *, version: str, wheels: list[Path], mtime: int = 0) -> None:
@@ -184,17 +175,9 @@ def write_bundle(out: Path, *, version: str, wheels: list[Path], mtime: int = 0)
         info.size, info.mtime, info.mode = len(data), mtime, 0o644
         tar.addfile(info, io.BytesIO(data))
 
-    tmp = out.with_name(out.name + ".tmp")
-    with tarfile.open(tmp, "w", format=tarfile.PAX_FORMAT) as tar:
+    buffer = io.BytesIO()
+    with tarfile.open(fileobj=buffer, mode="w", format=tarfile.PAX_FORMAT) as tar:
         add(tar, "release.json", json.dumps({"version": version}, sort_keys=True).encode())
         for whl in sorted(wheels, key=lambda p: p.name):
             add(tar, f"wheels/{whl.name}", whl.read_bytes())
-    os.replace(tmp, out)
-
-
-def _fsync_dir(path: Path) -> None:
-    fd = os.open(path, os.O_RDONLY)
-    try:
-        os.fsync(fd)
-    finally:
-        os.close(fd)
+    write_atomic(out, buffer.getvalue(), mode=0o644)

@@ -1,5 +1,6 @@
 """The device's durable state in one SQLite database (WAL): chain position, counters, and the outbox of
-signed messages waiting for their PUBACK. Implements ``StateStore`` and ``Outbox``.
+signed messages waiting for their PUBACK. Implements ``MessageSink`` (the pipeline's way out) and
+``Outbox`` (the forwarder's side).
 
 Invariants:
 - A message is written in the same transaction as the chain position it took, and ``(ep, seq)`` is
@@ -24,10 +25,9 @@ import os
 import sqlite3
 from pathlib import Path
 
-from ..battery import Counters
 from ..errors import StateError
-from ..model import OutboxRow, OutgoingMessage
-from ..signing import Chain
+from ..model import ChainPosition, Counters, OutboxRow, OutgoingMessage
+from .fs import write_atomic
 
 __all__ = ["SqliteOutbox"]
 
@@ -99,7 +99,7 @@ class SqliteOutbox:
         db.executescript(_SCHEMA)
         return db
 
-    def load(self) -> tuple[Chain, Counters]:
+    def load(self) -> tuple[ChainPosition, Counters]:
         """The saved chain and counters; a new epoch (``new_epoch_reason`` set) when they were lost."""
         existed = self.path.exists()
         try:
@@ -111,20 +111,20 @@ class SqliteOutbox:
                 raise ValueError(f"schema version {version}, expected {_SCHEMA_VERSION}")
             row = self._db.execute("SELECT ep, seq, prev, counters FROM chain WHERE id = 1").fetchone()
             if row is not None:
-                chain = Chain(int(row[0]), int(row[1]), bytes(row[2]))
+                chain = ChainPosition(int(row[0]), int(row[1]), bytes(row[2]))
                 if chain.ep < 1 or chain.seq < 0 or len(chain.prev) != 32:
                     raise ValueError("chain position out of range")
                 return chain, Counters.from_dict(json.loads(row[3]))
             if not existed and self._last_epoch() is not None:
                 self.new_epoch_reason = f"{self.path} was missing"
             elif self._last_epoch() is None:
-                return Chain(), Counters()  # first start of this device
+                return ChainPosition(), Counters()  # first start of this device
             else:
                 self.new_epoch_reason = f"{self.path} held no chain position"
         except (sqlite3.DatabaseError, ValueError, TypeError, KeyError) as exc:
             self.new_epoch_reason = f"{self.path} was unreadable ({exc})"
             self._move_aside()
-        chain = Chain(ep=(self._last_epoch() or 1) + 1)
+        chain = ChainPosition(ep=(self._last_epoch() or 1) + 1)
         log.error("state lost: %s; starting epoch %d, counters restart from zero", self.new_epoch_reason, chain.ep)
         self._save_epoch(chain.ep)
         return chain, Counters()
@@ -150,13 +150,8 @@ class SqliteOutbox:
             return None
 
     def _save_epoch(self, ep: int) -> None:
-        tmp = self.epoch_path.with_name(".epoch.tmp")
         try:
-            with open(tmp, "w") as f:
-                f.write(f"{ep}\n")
-                f.flush()
-                os.fsync(f.fileno())
-            os.replace(tmp, self.epoch_path)
+            write_atomic(self.epoch_path, f"{ep}\n".encode())
             self._saved_epoch = ep
         except OSError as exc:
             raise StateError(f"device.state_dir: cannot write {self.epoch_path}: {exc.strerror}") from exc
@@ -173,9 +168,22 @@ class SqliteOutbox:
     def _set_meta(self, key: str, value: str) -> None:
         self._conn().execute("INSERT OR REPLACE INTO meta (k, v) VALUES (?, ?)", (key, value))
 
-    # -- StateStore ------------------------------------------------------------------------------
-    def save(self, chain: Chain, counters: Counters, message: OutgoingMessage | None = None) -> None:
-        """Persist the chain position and counters, and the message that took that position, atomically.
+    # -- MessageSink -----------------------------------------------------------------------------
+    def put(self, message: OutgoingMessage, *, chain: ChainPosition, counters: Counters) -> bool:
+        """Store ``message`` with the chain position it took and the counters, in one transaction.
+
+        Returns:
+            True (a stored message always takes its position).
+
+        Raises:
+            StateError: disk full even after thinning, read-only file system, I/O error.
+        """
+        self.save(chain, counters, message)
+        return True
+
+    def save(self, chain: ChainPosition, counters: Counters, message: OutgoingMessage | None = None) -> None:
+        """Persist the chain position and counters (at shutdown), and the message that took that
+        position when there is one, atomically.
 
         Raises:
             StateError: disk full even after thinning, read-only file system, I/O error.
@@ -195,7 +203,7 @@ class SqliteOutbox:
         if message is not None and self.used_bytes() > self.max_bytes:
             self.thin()
 
-    def _write(self, chain: Chain, counters: Counters, message: OutgoingMessage | None) -> None:
+    def _write(self, chain: ChainPosition, counters: Counters, message: OutgoingMessage | None) -> None:
         db = self._conn()
         db.execute("BEGIN IMMEDIATE")
         try:
@@ -226,7 +234,9 @@ class SqliteOutbox:
         rows = self._conn().execute(
             "SELECT id, ep, seq, kind, topic, retain, payload FROM outbox ORDER BY id LIMIT ?",
             (limit + len(exclude),)).fetchall()
-        out = [OutboxRow(r[0], r[1], r[2], r[3], r[4], bool(r[5]), bytes(r[6])) for r in rows if r[0] not in exclude]
+        out = [OutboxRow(r[0], OutgoingMessage(topic=r[4], payload=bytes(r[6]), retain=bool(r[5]), kind=r[3],
+                                               seq=r[2], ep=r[1]))
+               for r in rows if r[0] not in exclude]
         return out[:limit]
 
     def delete(self, ids: list[int]) -> None:

@@ -15,6 +15,7 @@ from __future__ import annotations
 
 import hashlib
 import logging
+import os
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -88,8 +89,10 @@ class ResumableFetcher(FetcherInterface):
             response.release_conn()
 
     def _resume(self, part: Path, have: int, response: urllib3.BaseHTTPResponse) -> Iterator[bytes]:
-        self.partial_dir.mkdir(parents=True, exist_ok=True)
-        with part.open("r+b" if have else "wb") as f:
+        self.partial_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        # appended to across runs, so not fs.write_atomic; never through a link, verified before use
+        fd = os.open(part, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | (0 if have else os.O_TRUNC), 0o600)
+        with os.fdopen(fd, "r+b") as f:
             if have:
                 while chunk := f.read(_CHUNK):
                     yield chunk

@@ -11,7 +11,7 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.keystore import load_public_key
-from gateway.localbroker import LocalBroker
+from gateway.sim.broker import LocalBroker
 from tests.rig import Rig, Subscriber, write_config
 
 

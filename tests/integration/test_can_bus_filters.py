@@ -7,13 +7,13 @@ import uuid
 import can
 import pytest
 
-from gateway.adapters.can_bus import PythonCanSource
+from gateway.adapters.can_bus import PythonCanBus
 from gateway.errors import BusError
 
 
 def test_only_profile_ids_reach_the_gateway() -> None:
     channel = f"bgw-{uuid.uuid4()}"
-    source = PythonCanSource(interface="virtual", channel=channel, bitrate=500000, frame_ids={0x1DB, 0x55B})
+    source = PythonCanBus(interface="virtual", channel=channel, bitrate=500000, frame_ids={0x1DB, 0x55B})
     car = can.Bus(interface="virtual", channel=channel)
     try:
         for can_id in (0x100, 0x1DB, 0x7BB, 0x55B, 0x1DB | 0x1000):
@@ -31,9 +31,9 @@ def test_only_profile_ids_reach_the_gateway() -> None:
 
 def test_socketcan_without_the_interface_is_a_bus_error_naming_it() -> None:
     with pytest.raises(BusError, match=r"socketcan channel 'can9'"):
-        PythonCanSource(interface="socketcan", channel="can9", bitrate=500000, frame_ids={0x1DB})
+        PythonCanBus(interface="socketcan", channel="can9", bitrate=500000, frame_ids={0x1DB})
 
 
 def test_unknown_interface_is_a_bus_error() -> None:
     with pytest.raises(BusError, match="nosuchbus"):
-        PythonCanSource(interface="nosuchbus", channel="x", bitrate=500000, frame_ids={0x1DB})
+        PythonCanBus(interface="nosuchbus", channel="x", bitrate=500000, frame_ids={0x1DB})

@@ -12,7 +12,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.adapters.keystore import generate_key, public_pem
-from gateway.signing import Signer
+from gateway.core.signing import Signer
 
 
 def cli(*args: str, timeout: float = 60) -> subprocess.CompletedProcess[str]:

@@ -19,8 +19,8 @@ import jsonschema
 import pytest
 
 from gateway.adapters.keystore import load_public_key
-from gateway.localbroker import LocalBroker, free_port
-from gateway.sim import LeafBattery
+from gateway.sim.battery import LeafBattery
+from gateway.sim.broker import LocalBroker, free_port
 from tests.conftest import SCHEMA
 from tests.rig import GROUP, Car, Rig, Subscriber, count, counters, signed, start_daemon, stop_daemon, write_config
 

@@ -12,9 +12,9 @@ from pathlib import Path
 
 import pytest
 
-from gateway.chainverify import ChainVerifier
-from gateway.localbroker import LocalBroker
-from gateway.sim import LeafBattery
+from gateway.core.chainverify import ChainVerifier
+from gateway.sim.battery import LeafBattery
+from gateway.sim.broker import LocalBroker
 from tests.rig import Car, Rig, Subscriber, count, outbox_rows, signed, start_daemon, stop_daemon, write_config
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]

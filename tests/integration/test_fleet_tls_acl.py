@@ -12,8 +12,8 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.keystore import load_public_key
-from gateway.localbroker import LocalBroker
-from gateway.sim import LeafBattery
+from gateway.sim.battery import LeafBattery
+from gateway.sim.broker import LocalBroker
 from tests.pki import FleetPki
 from tests.rig import Car, Rig, outbox_rows, start_daemon, stop_daemon, write_config
 

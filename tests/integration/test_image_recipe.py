@@ -18,7 +18,7 @@ from cryptography import x509
 from cryptography.x509.oid import NameOID
 
 from gateway.adapters.keystore import load_private_key
-from gateway.config import load_config
+from gateway.app.wiring import load_config
 
 REPO = Path(__file__).resolve().parents[2]
 IMAGE = REPO / "image"

@@ -13,16 +13,16 @@ import time
 from collections.abc import Iterator
 from pathlib import Path
 
-import can
 import jsonschema
 import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.adapters.keystore import load_public_key
-from gateway.localbroker import LocalBroker
-from gateway.signing import verify_envelope
-from gateway.sim import LeafBattery
-from gateway.simecu import LbcResponder, run_ecu
+from gateway.core.signing import verify_envelope
+from gateway.sim.battery import LeafBattery
+from gateway.sim.broker import LocalBroker
+from gateway.sim.demo import ecu_bus
+from gateway.sim.ecu import LbcResponder, run_ecu
 from tests.conftest import SCHEMA
 
 GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"
@@ -42,7 +42,7 @@ def setup(tmp: Path, generation: str, mqtt_port: int = 1) -> tuple[Path, int]:
 
 class Ecu:
     def __init__(self, port: int, battery: LeafBattery, responder: LbcResponder | None, broadcast: bool = True):
-        self.bus = can.Bus(interface="udp_multicast", channel=GROUP, port=port, ignore_config=True)
+        self.bus = ecu_bus(interface="udp_multicast", channel=GROUP, port=port)
         self.stop = threading.Event()
         self.thread = threading.Thread(target=run_ecu, args=(battery, self.bus), kwargs={
             "duration_s": 40, "stop": self.stop.is_set, "responder": responder, "broadcast": broadcast})
@@ -51,7 +51,7 @@ class Ecu:
     def close(self) -> None:
         self.stop.set()
         self.thread.join(5)
-        self.bus.shutdown()
+        self.bus.close()
 
 
 def inspect(config: Path, out: Path, *args: str) -> subprocess.CompletedProcess[str]:

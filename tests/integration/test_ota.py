@@ -20,10 +20,18 @@ from pathlib import Path
 
 import pytest
 
-from gateway.localbroker import LocalBroker
-from gateway.sim import LeafBattery
+from gateway.sim.battery import LeafBattery
+from gateway.sim.broker import LocalBroker
 from tests.rig import Car, Rig, Subscriber, signed
-from tests.tufrepo import RepoServer, Supervisor, TufRepo, base_release, build_bundle, build_wheelhouse
+from tests.tufrepo import (
+    RepoServer,
+    Supervisor,
+    TufRepo,
+    base_release,
+    build_bundle,
+    build_hanging_bundle,
+    build_wheelhouse,
+)
 
 TARGET = "battery-gateway/stable.tar"
 
@@ -269,8 +277,7 @@ def test_update_resumes_interrupted_download_installs_and_commits_on_health(
 def test_release_that_never_becomes_healthy_is_rolled_back(rig: Rig, server: RepoServer, repo: TufRepo,
                                                            wheelhouse: Path, broker: LocalBroker) -> None:
     device = Device(rig, server, repo, probation_s=20)
-    bundle = build_bundle(wheelhouse, rig.tmp, version="9.2.0",
-                          patch=("app.py", 'notifier.notify("READY=1")', "time.sleep(3600)"))  # hangs at start
+    bundle = build_hanging_bundle(rig.tmp, version="9.2.0")
     repo.add_release(TARGET, bundle, version="9.2.0", counter=2)
     car = Car(rig, LeafBattery("aze0", soh_pct=85, soc_pct=70.0), duration_s=120)
     sup = Supervisor(device.releases, rig.config, rig.tmp / "daemon.log")
@@ -298,8 +305,8 @@ def test_release_that_never_becomes_healthy_is_rolled_back(rig: Rig, server: Rep
 def test_release_that_crash_loops_is_rolled_back_before_its_deadline(
         rig: Rig, server: RepoServer, repo: TufRepo, wheelhouse: Path, broker: LocalBroker) -> None:
     device = Device(rig, server, repo, probation_s=600)
-    bundle = build_bundle(wheelhouse, rig.tmp, version="9.3.0",
-                          patch=("app.py", 'health.mark("bus")', "raise SystemExit(3)"))
+    # the real program, shipped with a damaged forecast prior: every start records itself, then exits 2
+    bundle = build_bundle(wheelhouse, rig.tmp, version="9.3.0", damaged_data="soh_prior.json")
     repo.add_release(TARGET, bundle, version="9.3.0", counter=2)
     sup = Supervisor(device.releases, rig.config, rig.tmp / "daemon.log")
     try:

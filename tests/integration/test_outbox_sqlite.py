@@ -10,10 +10,8 @@ from pathlib import Path
 import pytest
 
 from gateway.adapters.sqlite_outbox import SqliteOutbox
-from gateway.battery import Counters
 from gateway.errors import StateError
-from gateway.model import OutgoingMessage
-from gateway.signing import Chain
+from gateway.model import ChainPosition, Counters, OutgoingMessage
 
 
 def message(seq: int, *, kind: str = "reading", ts_ms: int = 0, size: int = 300, ep: int = 1) -> OutgoingMessage:
@@ -21,11 +19,11 @@ def message(seq: int, *, kind: str = "reading", ts_ms: int = 0, size: int = 300,
                            body={"ts": ts_ms or seq * 1000})
 
 
-def fill(store: SqliteOutbox, n: int, *, start: int = 1, **kw: object) -> Chain:
-    chain = Chain()
+def fill(store: SqliteOutbox, n: int, *, start: int = 1, **kw: object) -> ChainPosition:
+    chain = ChainPosition()
     for seq in range(start, start + n):
-        chain.seq = seq
-        store.save(chain, Counters(), message(seq, **kw))  # type: ignore[arg-type]
+        chain = ChainPosition(1, seq)
+        store.put(message(seq, **kw), chain=chain, counters=Counters())  # type: ignore[arg-type]
     return chain
 
 
@@ -39,20 +37,20 @@ def test_first_start_is_epoch_one_and_restart_continues(tmp_path: Path) -> None:
     store = SqliteOutbox(tmp_path / "s")
     chain, counters = store.load()
     assert (chain.ep, chain.seq) == (1, 0) and counters == Counters()
-    store.save(Chain(1, 41, b"\x07" * 32), Counters(ah_charged=12.5), message(41))
+    store.put(message(41), chain=ChainPosition(1, 41, b"\x07" * 32), counters=Counters(ah_charged=12.5))
     store.close()
     again = SqliteOutbox(tmp_path / "s")
     chain, counters = again.load()
     assert (chain.ep, chain.seq, chain.prev) == (1, 41, b"\x07" * 32) and counters.ah_charged == 12.5
-    assert [r.seq for r in again.oldest(10)] == [41]
+    assert [r.message.seq for r in again.oldest(10)] == [41]
     again.close()
 
 
 def test_the_same_ep_seq_can_never_hold_two_messages(tmp_path: Path) -> None:
     store = open_store(tmp_path)
-    store.save(Chain(1, 1), Counters(), message(1))
+    store.put(message(1), chain=ChainPosition(1, 1), counters=Counters())
     with pytest.raises(StateError, match="UNIQUE"):
-        store.save(Chain(1, 1), Counters(), message(1))
+        store.put(message(1), chain=ChainPosition(1, 1), counters=Counters())
     assert store.count() == 1
     store.close()
 
@@ -60,7 +58,7 @@ def test_the_same_ep_seq_can_never_hold_two_messages(tmp_path: Path) -> None:
 @pytest.mark.parametrize("damage", ["garbage", "truncate", "delete"])
 def test_lost_state_starts_the_next_epoch_and_says_why(tmp_path: Path, damage: str) -> None:
     store = open_store(tmp_path)
-    store.save(Chain(2, 10, b"\x01" * 32), Counters(ah_charged=5.0), message(10, ep=2))
+    store.put(message(10, ep=2), chain=ChainPosition(2, 10, b"\x01" * 32), counters=Counters(ah_charged=5.0))
     store.close()
     db = tmp_path / "state.db"
     for suffix in ("-wal", "-shm"):
@@ -82,22 +80,20 @@ def test_acknowledged_rows_are_deleted_oldest_first_order_kept(tmp_path: Path) -
     store = open_store(tmp_path)
     fill(store, 5)
     rows = store.oldest(3)
-    assert [r.seq for r in rows] == [1, 2, 3]
-    assert [r.seq for r in store.oldest(3, exclude={rows[0].id})] == [2, 3, 4]
+    assert [r.message.seq for r in rows] == [1, 2, 3]
+    assert [r.message.seq for r in store.oldest(3, exclude={rows[0].id})] == [2, 3, 4]
     store.delete([rows[0].id, rows[1].id])
-    assert [r.seq for r in store.oldest(10)] == [3, 4, 5]
+    assert [r.message.seq for r in store.oldest(10)] == [3, 4, 5]
     store.close()
 
 
 def test_over_the_cap_readings_are_thinned_but_passports_kept(tmp_path: Path) -> None:
     store = open_store(tmp_path, max_bytes=200_000, thin_bucket_s=10.0)
-    chain = Chain()
     for seq in range(1, 2001):  # one reading per second, a passport every 100
-        chain.seq = seq
         kind = "passport" if seq % 100 == 0 else "reading"
-        store.save(chain, Counters(), message(seq, kind=kind, ts_ms=seq * 1000, size=200))
+        store.put(message(seq, kind=kind, ts_ms=seq * 1000, size=200), chain=ChainPosition(1, seq), counters=Counters())
     assert store.used_bytes() <= 200_000 + 64 * 1024  # the cap, plus the pages of one transaction
-    kinds = [r.kind for r in store.oldest(5000)]
+    kinds = [r.message.kind for r in store.oldest(5000)]
     assert kinds.count("passport") == 20
     thinned = store.take_thinned()
     assert thinned > 1000 and store.take_thinned() == 0
@@ -112,12 +108,12 @@ def test_a_full_disk_thins_and_then_refuses_without_advancing(tmp_path: Path) ->
     pages = db.execute("PRAGMA page_count").fetchone()[0]
     db.close()
     store._conn().execute(f"PRAGMA max_page_count = {pages}")  # the disk is full now
-    chain = Chain(1, 51)
-    store.save(chain, Counters(), message(51, size=2000))  # room made by thinning old readings
+    # room made by thinning old readings
+    store.put(message(51, size=2000), chain=ChainPosition(1, 51), counters=Counters())
     assert store.take_thinned() > 0
     for seq in range(52, 400):  # keep writing big passports: nothing may be thinned, so it fails at last
         try:
-            store.save(Chain(1, seq), Counters(), message(seq, kind="passport", size=4000))
+            store.put(message(seq, kind="passport", size=4000), chain=ChainPosition(1, seq), counters=Counters())
         except StateError as exc:
             assert "full" in str(exc)
             break
@@ -130,7 +126,7 @@ def test_a_read_only_database_is_a_state_error(tmp_path: Path) -> None:
     store = open_store(tmp_path)
     store._conn().execute("PRAGMA query_only = 1")
     with pytest.raises(StateError, match=r"state\.db"):
-        store.save(Chain(1, 1), Counters(), message(1))
+        store.put(message(1), chain=ChainPosition(1, 1), counters=Counters())
     store.close()
 
 

@@ -9,27 +9,24 @@ import uuid
 from collections.abc import Iterator
 from dataclasses import dataclass
 
-import can
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.adapters.can_bus import PythonCanSource
+from gateway.adapters.can_bus import PythonCanBus
 from gateway.adapters.isotp import IsoTpDiagClient
-from gateway.battery import BatteryTracker
-from gateway.decoding import Decoder
-from gateway.diagnostics import DiagService
-from gateway.pipeline import Pipeline, PublishPolicy
-from gateway.profile import load_profile
-from gateway.signing import Chain, Signer
-from gateway.sim import LeafBattery
-from gateway.simecu import LbcResponder, run_ecu
+from gateway.core.battery import BatteryTracker
+from gateway.services.diagnostics import DiagService
+from gateway.services.pipeline import Pipeline
+from gateway.sim.battery import LeafBattery
+from gateway.sim.ecu import REQUEST_IDS, LbcResponder, run_ecu
+from tests.pipelines import memory_pipeline
 
 
 @dataclass
 class Rig:
     pipeline: Pipeline
+    tracker: BatteryTracker
     diag: DiagService
-    source: PythonCanSource
+    source: PythonCanBus
     responder: LbcResponder
 
     def run(self, seconds: float) -> None:
@@ -44,26 +41,26 @@ class Rig:
 def make_rig(generation: str, *, faults: dict[int, str] | None = None, broadcast: bool = True,
              hx: float | None = None) -> Iterator[Rig]:
     channel = f"bgw-{uuid.uuid4()}"
-    profile, dbs = load_profile(f"leaf-{generation}")
-    key = ec.generate_private_key(ec.SECP256R1())
-    pipeline = Pipeline(Decoder(profile, dbs), BatteryTracker(profile), Signer(key), Chain(), device_id="t", sw="t",
-                        policy=PublishPolicy(), vin_salt=b"salt")
-    source = PythonCanSource(interface="virtual", channel=channel, bitrate=500000, frame_ids=profile.frame_ids)
+    parts = memory_pipeline(f"leaf-{generation}", vin_salt=b"salt")
+    pipeline, profile = parts.pipe, parts.profile
+    source = PythonCanBus(interface="virtual", channel=channel, bitrate=500000, frame_ids=profile.frame_ids)
     battery = LeafBattery(generation=generation, soh_pct=random.randint(60, 95), rated_ah=115.0)
     responder = LbcResponder(battery, hx_pct=hx if hx is not None else round(random.uniform(60, 99), 2),
                              faults=faults or {})
-    ecu_bus = can.Bus(interface="virtual", channel=channel)
+    ecu_bus = PythonCanBus(interface="virtual", channel=channel, bitrate=500000, frame_ids=REQUEST_IDS)
     stop = threading.Event()
     ecu = threading.Thread(target=run_ecu, args=(battery, ecu_bus),
                            kwargs={"duration_s": 30, "stop": stop.is_set, "responder": responder,
                                    "broadcast": broadcast})
     ecu.start()
     try:
-        yield Rig(pipeline, DiagService(pipeline, IsoTpDiagClient(source.send), retry_s=1.0), source, responder)
+        diag = DiagService(profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
+                           vehicle_state=pipeline.vehicle_state, retry_s=1.0)
+        yield Rig(pipeline, parts.tracker, diag, source, responder)
     finally:
         stop.set()
         ecu.join(5)
-        ecu_bus.shutdown()
+        ecu_bus.close()
         source.close()
 
 
@@ -74,7 +71,7 @@ def rig(request: pytest.FixtureRequest) -> Iterator[Rig]:
 
 def test_every_group_is_polled_and_decoded(rig: Rig) -> None:
     rig.run(3.0)
-    t = rig.pipeline.tracker
+    t = rig.tracker
     assert t.values["hx_pct"] == pytest.approx(rig.responder.hx_pct, abs=0.01)
     b = rig.responder.battery
     assert t.values["capacity_ah"] == pytest.approx(b.rated_ah * b.soh_pct / 100, abs=0.001)
@@ -94,16 +91,16 @@ def test_every_group_is_polled_and_decoded(rig: Rig) -> None:
 def test_a_broken_group_01_reply_gives_no_hx(fault: str, kind: str) -> None:
     for rig in make_rig("ze1", faults={0x01: fault}):
         rig.run(2.5)
-        assert "hx_pct" not in rig.pipeline.tracker.values  # never a garbage Hx
+        assert "hx_pct" not in rig.tracker.values  # never a garbage Hx
         assert rig.diag.counts[kind] >= 1 or rig.pipeline.counts[kind] >= 1, (rig.diag.counts, rig.pipeline.counts)
-        assert len(rig.pipeline.tracker.arrays["cells_v"]) == 96  # the other groups still work
+        assert len(rig.tracker.arrays["cells_v"]) == 96  # the other groups still work
         assert rig.responder.requests.count(0x01) >= 2  # retried later
 
 
 def test_a_silent_reply_is_retried_and_then_succeeds() -> None:
     for rig in make_rig("aze0", faults={0x01: "once-silent"}, hx=77.7):
         rig.run(3.0)
-        assert rig.pipeline.tracker.values["hx_pct"] == 77.7
+        assert rig.tracker.values["hx_pct"] == 77.7
         assert rig.diag.counts["timeout"] == 1
 
 

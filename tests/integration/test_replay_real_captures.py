@@ -12,8 +12,8 @@ from typing import Any
 import pytest
 
 from gateway.adapters.capture_files import CaptureStats
-from gateway.app import replay_capture
-from gateway.config import parse_config
+from gateway.app.replay import replay_capture
+from gateway.core.config import parse_config
 from tests.conftest import capture_path
 
 pytestmark = pytest.mark.captures
@@ -26,10 +26,9 @@ def replay(relative: str, profile: str, *, interval_s: float | None = None) -> t
     if interval_s is not None:
         config = parse_config({"publish": {"reading_interval_s": interval_s}}, sections=("vehicle", "publish"))
     stats = CaptureStats()
-    pipeline, messages = replay_capture(str(capture_path(relative)), config=config, profile=profile, bus=None,
-                                        stats=stats)
-    bodies = [m.body for m in messages]
-    return bodies, pipeline
+    run = replay_capture(str(capture_path(relative)), config=config, profile=profile, bus=None, stats=stats)
+    bodies = [m.body for m in run.messages]
+    return bodies, run
 
 
 def last(bodies: list[dict[str, Any]], kind: str) -> dict[str, Any]:
@@ -49,11 +48,11 @@ def last(bodies: list[dict[str, Any]], kind: str) -> dict[str, Any]:
     ("damienmaguire-LeafLogs/leaf_on_wotind_off.txt", "leaf-ze0", 85, 86.6, 87.1),
 ])
 def test_documented_soh_and_soc(relative: str, profile: str, soh: int, soc_lo: float, soc_hi: float) -> None:
-    bodies, pipeline = replay(relative, profile)
+    bodies, run = replay(relative, profile)
     reading = last(bodies, "reading")
     assert reading["m"]["bms_soh_pct"] == soh
     assert soc_lo <= reading["m"]["soc_pct"] <= soc_hi
-    assert pipeline.counts["crc"] == 0  # every real 0x1DB/0x1DC/0x55B frame passes the CRC
+    assert run.counts()["crc"] == 0  # every real 0x1DB/0x1DC/0x55B frame passes the CRC
 
 
 def test_ze0_stock_is_the_degraded_car_with_six_capacity_bars() -> None:
@@ -64,19 +63,19 @@ def test_ze0_stock_is_the_degraded_car_with_six_capacity_bars() -> None:
 
 
 def test_ze0_wide_open_throttle_current_is_negative_not_a_thousand_amps() -> None:
-    bodies, pipeline = replay("damienmaguire-LeafLogs/leaf_on_wotind_off.txt", "leaf-ze0", interval_s=0.1)
+    bodies, run = replay("damienmaguire-LeafLogs/leaf_on_wotind_off.txt", "leaf-ze0", interval_s=0.1)
     currents = [b["m"]["pack_a"] for b in bodies if b["kind"] == "reading" and "pack_a" in b["m"]]
     assert min(currents) == pytest.approx(-249.0, abs=15.0)  # sampled every 0.1 s
     assert max(currents) < 100
-    assert pipeline.tracker.counters.ah_discharged > 0
+    assert run.parts.tracker.counters.ah_discharged > 0
 
 
 def test_e_plus_detects_the_62_kwh_pack_and_reports_full_energy() -> None:
-    bodies, pipeline = replay("dalathegreat-EV-CANlogs/EV-CANeplus2.log", "leaf-ze1")
+    bodies, run = replay("dalathegreat-EV-CANlogs/EV-CANeplus2.log", "leaf-ze1")
     m = last(bodies, "reading")["m"]
     assert m["full_energy_kwh"] == 55.3
-    assert pipeline.tracker.pack()[0].energy_kwh == 62.0
-    assert pipeline.tracker.generation == "ze1"  # the 51-byte group 0x01 reply
+    assert run.parts.tracker.pack()[0].energy_kwh == 62.0
+    assert run.parts.tracker.generation == "ze1"  # the 51-byte group 0x01 reply
 
 
 def test_ze1_passport_takes_its_temperature_from_the_group_04_poll() -> None:
@@ -87,16 +86,16 @@ def test_ze1_passport_takes_its_temperature_from_the_group_04_poll() -> None:
 
 
 def test_ze1_without_polls_gives_no_passport_rather_than_an_invented_temperature() -> None:
-    bodies, pipeline = replay("dalathegreat-EV-CANlogs/62kWh-Battery-only-EVcan.txt", "leaf-ze1")
+    bodies, run = replay("dalathegreat-EV-CANlogs/62kWh-Battery-only-EVcan.txt", "leaf-ze1")
     assert not [b for b in bodies if b["kind"] == "passport"]
-    assert pipeline.tracker.missing() == ["temperature"]
+    assert run.parts.tracker.missing() == ["temperature"]
 
 
 def polled(relative: str, profile: str = "leaf-ze1") -> tuple[set[float], set[float], Any]:
-    bodies, pipeline = replay(relative, profile, interval_s=0.1)
+    bodies, run = replay(relative, profile, interval_s=0.1)
     readings = [b["m"] for b in bodies if b["kind"] == "reading"]
     return ({round(m["hx_pct"], 2) for m in readings if "hx_pct" in m},
-            {m["capacity_ah"] for m in readings if "capacity_ah" in m}, pipeline)
+            {m["capacity_ah"] for m in readings if "capacity_ah" in m}, run)
 
 
 @pytest.mark.parametrize("relative,hx,ahr,cells", [
@@ -107,26 +106,26 @@ def polled(relative: str, profile: str = "leaf-ze1") -> tuple[set[float], set[fl
 ])
 def test_someone_elses_polls_are_reassembled_to_the_documented_values(relative: str, hx: float, ahr: float,
                                                                        cells: int) -> None:
-    hx_seen, ahr_seen, pipeline = polled(relative)
+    hx_seen, ahr_seen, run = polled(relative)
     assert hx in hx_seen
     assert ahr_seen == {ahr}
-    assert len(pipeline.tracker.arrays["cells_v"]) == cells
-    assert all(3.0 < v < 4.3 for v in pipeline.tracker.arrays["cells_v"])
-    assert pipeline.counts["isotp_sequence"] == 0
+    assert len(run.parts.tracker.arrays["cells_v"]) == cells
+    assert all(3.0 < v < 4.3 for v in run.parts.tracker.arrays["cells_v"])
+    assert run.counts()["isotp_sequence"] == 0
 
 
 def test_kia_battery_soh_from_uds_did_0105_with_a_data_only_profile() -> None:
-    bodies, pipeline = replay("dalathegreat-EV-CANlogs/37501-Q4151+BatteryEmulator.csv", "kia-eniro-64")
+    bodies, run = replay("dalathegreat-EV-CANlogs/37501-Q4151+BatteryEmulator.csv", "kia-eniro-64")
     readings = [b for b in bodies if b["kind"] == "reading"]
     assert readings and all(b["m"]["bms_soh_pct"] == 100.0 for b in readings)
-    assert pipeline.counts["diag:bms-did-0105-soh"] == 3
+    assert run.counts()["diag:bms-did-0105-soh"] == 3
 
 
 def test_corrupted_reassembly_gives_no_hx_at_all() -> None:
     # bus-2 overruns duplicate 0x7BB frames and drop others: naive reassembly gives Hx 622 %
-    hx_seen, ahr_seen, pipeline = polled("dalathegreat-EV-CANlogs/env200-2015-with-40kWh-startup-nobridge.crtd")
+    hx_seen, ahr_seen, run = polled("dalathegreat-EV-CANlogs/env200-2015-with-40kWh-startup-nobridge.crtd")
     assert hx_seen == set() and ahr_seen == set()
-    assert pipeline.counts["isotp_sequence"] + pipeline.counts["isotp_unexpected"] > 0
+    assert run.counts()["isotp_sequence"] + run.counts()["isotp_unexpected"] > 0
 
 
 def test_env200_crtd_passport_carries_94_pct_and_the_40_kwh_pack() -> None:

@@ -14,7 +14,7 @@ import pytest
 
 from gateway.adapters import tflite
 from gateway.adapters.tflite import TfliteSegmentModel, load_segment_model
-from gateway.soh import OCV_CELL_V, SohEstimator
+from gateway.core.soh import OCV_CELL_V, SohEstimator
 from tests.unit.test_soh_physics import rest_anchored_days
 
 DATA = Path(tflite.__file__).resolve().parents[1] / "data"

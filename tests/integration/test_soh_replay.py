@@ -10,7 +10,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim import LeafBattery
+from gateway.sim.battery import LeafBattery
 
 
 def _write_capture(path: Path, *, soh_pct: int, days: int) -> None:

@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.sim import LeafBattery
+from gateway.sim.battery import LeafBattery
 from tests.conftest import REPO
 from tests.rig import Car, Rig, start_daemon, stop_daemon
 

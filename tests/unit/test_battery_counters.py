@@ -4,8 +4,9 @@ from __future__ import annotations
 
 import pytest
 
-from gateway.battery import BatteryTracker, Counters
-from gateway.profile import load_profile
+from gateway.app.wiring import load_profile
+from gateway.core.battery import BatteryTracker
+from gateway.model import Counters
 
 ZE1 = load_profile("leaf-ze1")[0]
 ZE0 = load_profile("leaf-ze0")[0]

@@ -5,16 +5,17 @@ from __future__ import annotations
 import cbor2
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.chainverify import ChainVerifier
-from gateway.signing import Chain, Signer
+from gateway.core.chainverify import ChainVerifier
+from gateway.core.signing import Signer
+from gateway.model import ChainPosition
 
 
 def stream(key: ec.EllipticCurvePrivateKey, n: int, *, dev: str = "gw-1", ep: int = 1) -> list[bytes]:
-    chain, signer, out = Chain(ep=ep), Signer(key), []
+    chain, signer, out = ChainPosition(ep=ep), Signer(key), []
     for _ in range(n):
         env = signer.sign({"v": 1, "kind": "reading", "dev": dev, **chain.header(), "ts": 1, "sw": "t", "bat": None,
                            "m": {"soc_pct": 50.0}})
-        chain.advance(env)
+        chain = chain.after(env)
         out.append(env)
     return out
 

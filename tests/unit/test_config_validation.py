@@ -7,7 +7,8 @@ from pathlib import Path
 
 import pytest
 
-from gateway.config import SCHEMA, load_config, parse_config, render_toml
+from gateway.app.wiring import load_config
+from gateway.core.config import SCHEMA, parse_config, render_toml
 from gateway.errors import ConfigError
 
 REPO = Path(__file__).resolve().parents[2]

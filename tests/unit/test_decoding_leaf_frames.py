@@ -6,11 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.decoding import Decoder, crc8
+from gateway.adapters.files import BUILTIN_PROFILES
+from gateway.app.wiring import load_profile
+from gateway.core.decoding import Decoder, crc8
 from gateway.errors import DecodeError
 from gateway.model import FIELDS, Frame
-from gateway.profile import BUILTIN_PROFILES, load_profile
-from gateway.sim import LeafBattery, encode_1db, encode_5bc, encode_5c0, encode_55b, encode_59e
+from gateway.sim.battery import LeafBattery, encode_1db, encode_5bc, encode_5c0, encode_55b, encode_59e
 
 # Frames quoted in leaf_formulas.md / the capture README (facts, a few bytes each).
 E_PLUS_1DB = bytes.fromhex("EEC0C3EA00F7619B")

@@ -6,8 +6,9 @@ import itertools
 
 import pytest
 
-from gateway.forecast import Usage, WarrantyRule, forecast, warranty
-from gateway.profile import load_prior
+from gateway.app.wiring import load_prior
+from gateway.core.config import WarrantyConfig
+from gateway.core.forecast import Usage, forecast, warranty
 
 PRIOR = load_prior()
 MILD = Usage(temp_c=15.0, soc_mean=0.6, dod_per_day=0.3, fast_share=0.0, days=365)
@@ -67,7 +68,7 @@ def test_forecast_is_deterministic_for_the_same_inputs() -> None:
 
 @pytest.mark.parametrize(("soh", "usage", "decision"), [(92.0, MILD, "accept"), (72.0, HOT, "decline")])
 def test_warranty_decision_with_its_reasons(soh: float, usage: Usage, decision: str) -> None:
-    rule = WarrantyRule(threshold_pct=70.0, horizon_years=3.0, min_probability=0.9)
+    rule = WarrantyConfig(threshold_pct=70.0, horizon_years=3.0, min_probability=0.9)
     fc = forecast(PRIOR, "lmo-leaf", usage, soh_pct=soh, soh_sigma_pct=1.0, extra_horizons=(3.0,))
     w = warranty(fc, rule, basis="test")
     assert w["decision"] == decision
@@ -78,5 +79,8 @@ def test_warranty_decision_with_its_reasons(soh: float, usage: Usage, decision: 
 
 def test_the_rule_threshold_moves_the_decision() -> None:
     fc = forecast(PRIOR, "nmc-gr", MILD, soh_pct=82.0, soh_sigma_pct=1.0, extra_horizons=(3.0,))
-    assert warranty(fc, WarrantyRule(threshold_pct=70.0), basis="")["decision"] == "accept"
-    assert warranty(fc, WarrantyRule(threshold_pct=81.0), basis="")["decision"] == "decline"
+    def rule(threshold_pct: float) -> WarrantyConfig:
+        return WarrantyConfig(threshold_pct=threshold_pct, horizon_years=3.0, min_probability=0.9)
+
+    assert warranty(fc, rule(70.0), basis="")["decision"] == "accept"
+    assert warranty(fc, rule(81.0), basis="")["decision"] == "decline"

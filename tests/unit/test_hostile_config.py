@@ -10,7 +10,7 @@ from hypothesis import example, given, settings
 from hypothesis import strategies as st
 
 from gateway.adapters.keystore import generate_key, load_private_key
-from gateway.config import SCHEMA, parse_config
+from gateway.core.config import SCHEMA, parse_config
 from gateway.errors import ConfigError
 
 VALUES = st.one_of(st.none(), st.booleans(), st.integers(-10**30, 10**30), st.floats(allow_nan=True),
@@ -77,10 +77,12 @@ PROFILE_KEYS = ["name", "title", "dbc", "signal", "pack", "complete", "crc8", "w
                                                                      VALUES, max_size=4), max_size=2)),
                        max_size=8))
 def test_any_profile_document_is_either_valid_or_a_config_error(doc: dict[str, object]) -> None:
-    from gateway.profile import builtin_dbc_dir, parse_profile
+    from gateway.adapters.files import builtin_dbc_dir, load_dbc
+    from gateway.core.profile import parse_profile
 
     try:
-        parse_profile(doc, dbc_dirs=(builtin_dbc_dir(),))
+        profile = parse_profile(doc)
+        load_dbc(profile.name, profile.dbc, (builtin_dbc_dir(),))
     except ConfigError as exc:
         assert exc.problems
 
@@ -98,7 +100,7 @@ POLLS = st.lists(st.dictionaries(
 @settings(max_examples=600, deadline=None)
 @given(POLLS)
 def test_any_poll_list_is_parsed_or_reported(polls: list[object]) -> None:
-    from gateway.polls import parse_polls
+    from gateway.core.polls import parse_polls
 
     problems: list[str] = []
     parse_polls(polls, problems)  # never raises; problems name the key

@@ -10,7 +10,7 @@ import pytest
 
 from gateway.errors import UpdateError
 from gateway.model import Health, OtaState, Probation, Release, release_from_target
-from gateway.ota import OtaService, check_command, decide, probation_verdict
+from gateway.services.ota import OtaService, check_command, decide, probation_verdict
 from tests.fakes import MemoryReleases, StaticUpdateClient
 
 REL = Release(name="gw/stable.tar", version="2.0.0", counter=7, hardware_ids=("rpi4", "rpi5"), length=1000)

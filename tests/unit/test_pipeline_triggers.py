@@ -8,33 +8,16 @@ from itertools import pairwise
 
 import jsonschema
 import pytest
-from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.battery import BatteryTracker
-from gateway.decoding import Decoder
+from gateway.core.signing import verify_envelope
 from gateway.model import Frame, OutgoingMessage
-from gateway.pipeline import Pipeline, PublishPolicy
-from gateway.profile import load_profile
-from gateway.signing import Chain, Signer, verify_envelope
-from gateway.sim import LeafBattery
+from gateway.sim.battery import LeafBattery
 from tests.conftest import SCHEMA
-from tests.fakes import MemoryStateStore
+from tests.pipelines import PipelineRig, memory_pipeline
 
 
-def make(profile: str = "leaf-aze0", **policy: float) -> tuple[Pipeline, MemoryStateStore]:
-    p, dbs = load_profile(profile)
-    store = MemoryStateStore()
-    key = ec.generate_private_key(ec.SECP256R1())
-    pipe = Pipeline(Decoder(p, dbs), BatteryTracker(p), Signer(key), Chain(), device_id="gw-t", sw="t",
-                    policy=PublishPolicy(**policy), store=store)
-    return pipe, store
-
-
-def run(pipe: Pipeline, battery: LeafBattery, seconds: float, start: float = 1e9) -> list[OutgoingMessage]:
-    out: list[OutgoingMessage] = []
-    for frame in battery.frames(seconds, start_ts=start):
-        out.extend(pipe.on_frame(frame))
-    return out
+def make(profile: str = "leaf-aze0", **policy: float) -> PipelineRig:
+    return memory_pipeline(profile, **policy)
 
 
 def kinds(msgs: list[OutgoingMessage]) -> list[str]:
@@ -42,8 +25,8 @@ def kinds(msgs: list[OutgoingMessage]) -> list[str]:
 
 
 def test_first_reading_and_passport_as_soon_as_state_is_complete() -> None:
-    pipe, _ = make(reading_interval_s=60)
-    msgs = run(pipe, LeafBattery(generation="aze0", soh_pct=80), 1.0)
+    rig = make(reading_interval_s=60)
+    msgs = rig.run(LeafBattery(generation="aze0", soh_pct=80), 1.0)
     assert kinds(msgs)[:2] == ["reading", "passport"]
     assert msgs[1].retain and not msgs[0].retain
     assert msgs[1].body["ext"]["reason"] == "first"
@@ -51,17 +34,17 @@ def test_first_reading_and_passport_as_soon_as_state_is_complete() -> None:
 
 
 def test_readings_follow_the_interval_in_measurement_time() -> None:
-    pipe, _ = make(reading_interval_s=2)
-    msgs = run(pipe, LeafBattery(generation="aze0"), 10.0)
+    rig = make(reading_interval_s=2)
+    msgs = rig.run(LeafBattery(generation="aze0"), 10.0)
     times = [m.body["ts"] for m in msgs if m.kind == "reading"]
     assert len(times) == 5
     assert all(b - a == pytest.approx(2000, abs=10) for a, b in pairwise(times))
 
 
 def test_reading_carries_contract_measurements() -> None:
-    pipe, _ = make(reading_interval_s=1)
+    rig = make(reading_interval_s=1)
     battery = LeafBattery(generation="aze0", soh_pct=83, soc_pct=64.0, temp_c=25.0)
-    reading = [m for m in run(pipe, battery, 2.5) if m.kind == "reading"][-1]  # after a full 0x5C0 cycle
+    reading = [m for m in rig.run(battery, 2.5) if m.kind == "reading"][-1]  # after a full 0x5C0 cycle
     m = reading.body["m"]
     assert m["bms_soh_pct"] == 83.0
     assert m["soc_pct"] == pytest.approx(64.0, abs=0.2)
@@ -74,8 +57,8 @@ def test_passport_validates_against_idta_product_condition_schema() -> None:
     if not SCHEMA.is_file():
         pytest.skip(f"{SCHEMA} not present")
     schema = json.loads(SCHEMA.read_text())
-    pipe, _ = make()
-    passports = [m for m in run(pipe, LeafBattery(generation="aze0"), 3.0) if m.kind == "passport"]
+    rig = make()
+    passports = [m for m in rig.run(LeafBattery(generation="aze0"), 3.0) if m.kind == "passport"]
     doc = passports[0].body["doc"]
     jsonschema.validate(doc, schema)
     assert doc["InformationOnAccidents"] == []
@@ -87,51 +70,51 @@ def test_passport_validates_against_idta_product_condition_schema() -> None:
 
 
 def test_key_off_by_main_relay_publishes_a_passport() -> None:
-    pipe, _ = make()
+    rig = make()
     battery = LeafBattery(generation="aze0")
-    run(pipe, battery, 1.0)
-    from gateway.sim import encode_1db
+    rig.run(battery, 1.0)
+    from gateway.sim.battery import encode_1db
 
     off = Frame(1e9 + 1.5, 0x1DB, encode_1db(0.0, 370.0, counter=0, main_relay=False))
-    msgs = pipe.on_frame(off)
+    msgs = rig.feed([off])
     assert kinds(msgs) == ["passport"] and msgs[0].body["ext"]["reason"] == "key-off"
 
 
 def test_bus_silence_publishes_key_off_passport_and_stops_readings() -> None:
-    pipe, _ = make(reading_interval_s=1, silence_s=3)
-    run(pipe, LeafBattery(generation="aze0"), 2.0)
-    later = pipe.tick(1e9 + 6.0)
+    rig = make(reading_interval_s=1, silence_s=3)
+    rig.run(LeafBattery(generation="aze0"), 2.0)
+    later = rig.tick(1e9 + 6.0)
     assert kinds(later) == ["passport"] and later[0].body["ext"]["reason"] == "key-off"
-    assert pipe.tick(1e9 + 20.0) == []  # asleep: no readings of stale values
+    assert rig.tick(1e9 + 20.0) == []  # asleep: no readings of stale values
 
 
 def test_end_of_charge_passport() -> None:
-    pipe, _ = make(charge_settle_s=2)
+    rig = make(charge_settle_s=2)
     charging = LeafBattery(generation="aze0", current=lambda t: 20.0 if t < 6 else 0.0)
-    msgs = run(pipe, charging, 10.0)
+    msgs = rig.run(charging, 10.0)
     reasons = [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"]
     assert reasons == ["first", "end-of-charge"]
 
 
 def test_soh_change_and_daily_and_requested_passports() -> None:
-    pipe, _ = make(passport_interval_s=5, soh_change_pct=1)
+    rig = make(passport_interval_s=5, soh_change_pct=1)
     battery = LeafBattery(generation="aze0", soh_pct=85)
-    run(pipe, battery, 1.0)
+    rig.run(battery, 1.0)
     battery.soh_pct = 83
-    msgs = run(pipe, battery, 1.0, start=1e9 + 1)
+    msgs = rig.run(battery, 1.0, start=1e9 + 1)
     assert [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"] == ["soh-change"]
-    msgs = run(pipe, battery, 5.0, start=1e9 + 2)
+    msgs = rig.run(battery, 5.0, start=1e9 + 2)
     assert "daily" in [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"]
-    pipe.request_passport()
-    msgs = run(pipe, battery, 0.1, start=1e9 + 7.1)
+    rig.pipe.request_passport()
+    msgs = rig.run(battery, 0.1, start=1e9 + 7.1)
     assert [m.body["ext"]["reason"] for m in msgs if m.kind == "passport"] == ["request"]
 
 
 def test_state_is_saved_before_each_message_and_chain_is_continuous() -> None:
-    pipe, store = make(reading_interval_s=1)
-    key_pub = pipe.signer._key.public_key()
-    msgs = run(pipe, LeafBattery(generation="aze0"), 5.0)
-    assert [s[1] for s in store.saves] == [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
+    rig = make(reading_interval_s=1)
+    key_pub = rig.public_key
+    msgs = rig.run(LeafBattery(generation="aze0"), 5.0)
+    assert [s[1] for s in rig.sink.saves] == [m.seq for m in msgs] == list(range(1, len(msgs) + 1))
     prev = bytes(32)
     for m in msgs:
         body = verify_envelope(m.payload, key_pub)
@@ -140,40 +123,40 @@ def test_state_is_saved_before_each_message_and_chain_is_continuous() -> None:
 
 
 def test_bad_frames_are_counted_not_fatal() -> None:
-    pipe, _ = make()
-    pipe.on_frame(Frame(1.0, 0x1DB, bytes(8)[:7] + b"\x01"))  # CRC wrong
-    pipe.on_frame(Frame(1.0, 0x1DB, b"\x00"))  # short
-    pipe.on_frame(Frame(1.0, 0x7FF, bytes(8)))  # not ours
-    assert pipe.counts["crc"] == 1 and pipe.counts["length"] == 1 and pipe.counts["ignored"] == 1
+    rig = make()
+    rig.pipe.on_frame(Frame(1.0, 0x1DB, bytes(8)[:7] + b"\x01"))  # CRC wrong
+    rig.pipe.on_frame(Frame(1.0, 0x1DB, b"\x00"))  # short
+    rig.pipe.on_frame(Frame(1.0, 0x7FF, bytes(8)))  # not ours
+    assert rig.pipe.counts["crc"] == 1 and rig.pipe.counts["length"] == 1 and rig.pipe.counts["ignored"] == 1
 
 
 def test_finish_without_complete_state_gives_reading_only() -> None:
-    pipe, _ = make("leaf-ze1")  # ZE1 broadcasts no pack temperature
-    run(pipe, LeafBattery(generation="ze1"), 0.5)
-    assert kinds(pipe.finish(1e9 + 0.5)) == ["reading"]
+    rig = make("leaf-ze1")  # ZE1 broadcasts no pack temperature
+    rig.run(LeafBattery(generation="ze1"), 0.5)
+    assert kinds(rig.finish(1e9 + 0.5)) == ["reading"]
 
 
 def test_readings_continue_when_the_clock_steps_back() -> None:
     # GIVEN readings every second WHEN the wall clock steps back an hour (NTP after a cold start)
-    pipe, _ = make(reading_interval_s=1)
+    rig = make(reading_interval_s=1)
     battery = LeafBattery(generation="aze0")
-    before = [m for m in run(pipe, battery, 3.0) if m.kind == "reading"]
-    after = [m for m in run(pipe, battery, 3.0, start=1e9 - 3600) if m.kind == "reading"]
+    before = [m for m in rig.run(battery, 3.0) if m.kind == "reading"]
+    after = [m for m in rig.run(battery, 3.0, start=1e9 - 3600) if m.kind == "reading"]
     # THEN readings go on at once, with the new time, and nothing integrates a negative interval
     assert len(before) >= 3 and len(after) >= 2
     assert after[0].body["ts"] < before[-1].body["ts"]
-    assert pipe.counts["clock_step_back"] == 1
-    assert pipe.tracker.counters.ah_discharged < 1.0
+    assert rig.pipe.counts["clock_step_back"] == 1
+    assert rig.tracker.counters.ah_discharged < 1.0
 
 
 def test_batch_mode_keeps_one_sequence_number_per_reading_and_the_chain_intact() -> None:
-    from gateway.chainverify import ChainVerifier
-    from gateway.passport import expand_batch
+    from gateway.core.chainverify import ChainVerifier
+    from gateway.core.passport import expand_batch
 
     # GIVEN [publish] batch = 5 and a reading every second
-    pipe, _ = make(reading_interval_s=1, batch=5)
-    msgs = run(pipe, LeafBattery(generation="aze0", soc_pct=60.0), 12.0)
-    msgs += pipe.finish(1e9 + 12.0)
+    rig = make(reading_interval_s=1, batch=5)
+    msgs = rig.run(LeafBattery(generation="aze0", soc_pct=60.0), 12.0)
+    msgs += rig.finish(1e9 + 12.0)
     batches = [m for m in msgs if m.kind == "batch"]
     # THEN readings travel 5 to an envelope on the reading topic, a passport flushes a partial batch first
     assert batches and all(m.topic == "reading" for m in batches)
@@ -183,29 +166,29 @@ def test_batch_mode_keeps_one_sequence_number_per_reading_and_the_chain_intact()
     readings = [r for m in batches for r in expand_batch(m.body)]
     assert readings[0]["m"]["soc_pct"] == pytest.approx(60.0, abs=0.01)
     assert len({r["seq"] for r in readings}) == len(readings)  # every reading keeps its (dev, ep, seq)
-    verifier = ChainVerifier(lambda dev: pipe.signer._key.public_key())
+    verifier = ChainVerifier(lambda dev: rig.public_key)
     for m in msgs:
         assert verifier.add(m.payload).status == "accepted"
     lines, intact = verifier.report()
     assert intact and "none missing" in lines[0]
-    assert pipe.chain.seq == len(readings) + kinds.count("passport")
+    assert rig.pipe.chain.seq == len(readings) + kinds.count("passport")
 
 
 def test_thinned_readings_are_counted_in_the_next_passport() -> None:
-    pipe, store = make(passport_interval_s=2)
-    run(pipe, LeafBattery(generation="aze0"), 1.0)
-    store.thinned = 37  # the outbox had to thin 37 readings
-    passports = [m for m in run(pipe, LeafBattery(generation="aze0"), 3.0, start=1e9 + 1) if m.kind == "passport"]
+    rig = make(passport_interval_s=2)
+    rig.run(LeafBattery(generation="aze0"), 1.0)
+    rig.sink.thinned = 37  # the outbox had to thin 37 readings
+    passports = [m for m in rig.run(LeafBattery(generation="aze0"), 3.0, start=1e9 + 1) if m.kind == "passport"]
     assert passports[0].body["prov"]["outbox"]["thinned_readings"] == 37
 
 
 def test_a_message_that_cannot_be_stored_is_not_sent_and_takes_no_sequence_number() -> None:
-    pipe, store = make(reading_interval_s=1)
-    run(pipe, LeafBattery(generation="aze0"), 1.5)
-    seq = pipe.chain.seq
-    store.fail = True  # disk full
-    assert [m for m in run(pipe, LeafBattery(generation="aze0"), 2.0, start=1e9 + 1.5) if m.kind == "reading"] == []
-    assert pipe.chain.seq == seq and pipe.counts["reading_not_stored"] >= 1
-    store.fail = False
-    nxt = [m for m in run(pipe, LeafBattery(generation="aze0"), 1.5, start=1e9 + 3.5) if m.kind == "reading"]
+    rig = make(reading_interval_s=1)
+    rig.run(LeafBattery(generation="aze0"), 1.5)
+    seq = rig.pipe.chain.seq
+    rig.sink.fail = True  # disk full
+    assert [m for m in rig.run(LeafBattery(generation="aze0"), 2.0, start=1e9 + 1.5) if m.kind == "reading"] == []
+    assert rig.pipe.chain.seq == seq and rig.pipe.counts["reading_not_stored"] >= 1
+    rig.sink.fail = False
+    nxt = [m for m in rig.run(LeafBattery(generation="aze0"), 1.5, start=1e9 + 3.5) if m.kind == "reading"]
     assert nxt[0].seq == seq + 1  # the chain goes on without a hole

@@ -6,12 +6,12 @@ import pytest
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.app.wiring import load_profile
+from gateway.core.isotp_passive import PassiveIsoTp
+from gateway.core.polls import decode_reply
 from gateway.errors import DecodeError, UdsNegativeResponse
-from gateway.isotp_passive import PassiveIsoTp
 from gateway.model import Frame
-from gateway.polls import decode_reply
-from gateway.profile import load_profile
-from gateway.simecu import segment
+from gateway.sim.ecu import segment
 
 ZE1 = load_profile("leaf-ze1")[0]
 SPECS = {p.name: p for p in ZE1.polls}

@@ -12,8 +12,9 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
+from gateway.core.signing import Signer, key_id, open_envelope, verify_envelope
 from gateway.errors import EnvelopeError
-from gateway.signing import ZERO_HASH, Chain, Signer, key_id, open_envelope, verify_envelope
+from gateway.model import ZERO_HASH, ChainPosition
 
 PAYLOAD = {"v": 1, "kind": "reading", "dev": "gw-1", "ep": 1, "seq": 1, "prev": ZERO_HASH, "ts": 1700000000000,
            "sw": "t", "bat": None, "m": {"soc_pct": 93.5, "pack_a": -69.0}}
@@ -86,18 +87,18 @@ def test_open_envelope_rejects_non_canonical_payload(key: ec.EllipticCurvePrivat
 
 
 def test_chain_links_each_envelope_to_the_previous(key: ec.EllipticCurvePrivateKey) -> None:
-    chain, signer = Chain(), Signer(key)
+    chain, signer = ChainPosition(), Signer(key)
     envs = []
     for _ in range(3):
         env = signer.sign({**PAYLOAD, **chain.header()})
-        chain.advance(env)
+        chain = chain.after(env)
         envs.append(env)
     payloads = [verify_envelope(e, key.public_key()) for e in envs]
     assert [p["seq"] for p in payloads] == [1, 2, 3]
     assert payloads[0]["prev"] == bytes(32)
     assert payloads[1]["prev"] == hashlib.sha256(envs[0]).digest()
     assert payloads[2]["prev"] == hashlib.sha256(envs[1]).digest()
-    chain.new_epoch()
+    chain = chain.next_epoch()
     assert chain.header() == {"ep": 2, "seq": 1, "prev": bytes(32)}
 
 

@@ -9,7 +9,7 @@ import random
 
 import pytest
 
-from gateway.soh import SohEstimator
+from gateway.core.soh import SohEstimator
 from tests.fakes import FixedSegmentModel
 
 
@@ -114,12 +114,12 @@ def test_resistance_from_current_steps() -> None:
 
 
 def test_soh_survives_batch_encoding() -> None:
-    from gateway.passport import build_batch, expand_batch
-    from gateway.signing import Chain
+    from gateway.core.passport import build_batch, expand_batch
+    from gateway.model import ChainPosition
 
     soh = {"est_pct": 84.37, "lo_pct": 83.1, "hi_pct": 85.64, "method": "coulomb-kf/1", "model": "physics-1"}
     rows = [(1000.0, {"soc_pct": 70.0}), (1001.0, {"soc_pct": 69.9, "soh": soh})]
-    payload = build_batch(rows, device_id="gw", chain=Chain().header(), sw="t", bat=None)
+    payload = build_batch(rows, device_id="gw", chain=ChainPosition().header(), sw="t", bat=None)
     back = expand_batch(payload)
     assert "soh" not in back[0]["m"] and back[1]["m"]["soh"] == soh
 
@@ -150,7 +150,7 @@ def rest_anchored_days(est: SohEstimator, *, capacity_ah: float, days: int = 8, 
 
 
 def test_without_a_bms_soc_rest_voltages_give_the_anchors() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     capacity, rated = 55.0, 66.0  # 83.3 %
     est = SohEstimator(rated_ah=rated, ocv=OCV_CELL_V["lmo-leaf"], cells_series=96)
@@ -164,7 +164,7 @@ def test_without_a_bms_soc_rest_voltages_give_the_anchors() -> None:
 
 
 def test_the_segment_model_corrects_each_rest_anchored_segment_and_sets_its_noise() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     capacity, rated = 55.0, 66.0
     plain = SohEstimator(rated_ah=rated, ocv=OCV_CELL_V["lmo-leaf"])
@@ -191,7 +191,7 @@ def test_the_segment_model_corrects_each_rest_anchored_segment_and_sets_its_nois
 
 
 def test_the_share_of_the_error_a_vehicle_keeps_does_not_average_out() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     width = {}
     for shared in (0.0, 0.75):
@@ -208,7 +208,7 @@ def test_the_share_of_the_error_a_vehicle_keeps_does_not_average_out() -> None:
 
 
 def test_rest_anchors_in_the_cold_are_not_used() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     def load() -> None:
         raise AssertionError("loaded")
@@ -224,7 +224,7 @@ def test_rest_anchors_in_the_cold_are_not_used() -> None:
 
 
 def test_a_segment_model_that_answers_nonsense_is_not_used() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     est = SohEstimator(rated_ah=66.0, ocv=OCV_CELL_V["lmo-leaf"],
                        model=lambda: FixedSegmentModel(mu_pct=float("nan"), sigma_pct=1.0))
@@ -236,7 +236,7 @@ def test_a_segment_model_that_answers_nonsense_is_not_used() -> None:
 
 
 def test_the_segment_model_is_never_loaded_when_the_vehicle_gives_its_soc() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     def load() -> None:
         raise AssertionError("loaded")
@@ -247,7 +247,7 @@ def test_the_segment_model_is_never_loaded_when_the_vehicle_gives_its_soc() -> N
 
 
 def test_a_bms_soc_takes_precedence_over_rest_voltages() -> None:
-    from gateway.soh import OCV_CELL_V
+    from gateway.core.soh import OCV_CELL_V
 
     est = SohEstimator(rated_ah=79.0, ocv=OCV_CELL_V["nmc-gr"])
     est.on_soc(0.0, 50.0)

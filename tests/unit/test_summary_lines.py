@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 
-from gateway.summary import describe
+from gateway.core.summary import describe
 
 FIELDS = {"soc_pct": 70.0, "pack_v": 380.0, "pack_a": -20.0, "bms_soh_pct": 85.0, "temp_c_min": 19.0,
           "temp_c_avg": 21.0, "temp_c_max": 25.0, "soh": {"est_pct": 84.2, "lo_pct": 83.0, "hi_pct": 85.4}}
@@ -30,7 +30,7 @@ def test_passport_without_a_bms_soh_shows_the_gateway_estimate_and_the_warranty(
 
 
 def test_certificate_page_shows_the_gateway_estimate_with_its_interval() -> None:
-    from gateway.certificate_html import render_certificate
+    from gateway.core.certificate_html import render_certificate
 
     payload = {"m": {"soh": FIELDS["soh"], "soc_pct": 70.0}, "dev": "gw", "sw": "t", "ep": 1, "seq": 1,
                "ts": 1.7e12, "bat": None, "identity": {"vehicle": "Leaf", "rated_energy_kwh": 30.0,

@@ -2,31 +2,41 @@
 
 Owns: which poll is due in which vehicle state (``off`` never: polling keeps a sleeping car's
 12 V system awake, the most reported problem of comparable dongles), retries after failures, and
-handing replies to the pipeline. Errors are counted per kind and logged once per (poll, kind).
+handing each complete reply to the ``on_reply`` callback (the pipeline's ``on_diag_reply``, wired by
+the composition root). Errors are counted per kind and logged once per (poll, kind).
 """
 
 from __future__ import annotations
 
 import logging
 from collections import Counter
+from collections.abc import Callable
 
-from .model import Frame
-from .pipeline import Pipeline
-from .polls import PollSpec
-from .ports import DiagClient
+from ..core.polls import PollSpec
+from ..model import Frame
+from ..ports import DiagClient
 
-__all__ = ["DiagService"]
+__all__ = ["DiagService", "ReplyHandler"]
 
 log = logging.getLogger(__name__)
+
+# (response id, reply, measurement time, the poll it answers) -> "ok" or the error kind
+ReplyHandler = Callable[[int, bytes, float, PollSpec], str]
 
 
 class DiagService:
     """Drives a ``DiagClient`` from the main loop."""
 
-    def __init__(self, pipeline: Pipeline, client: DiagClient, *, retry_s: float = 30.0) -> None:
-        self.pipeline, self.client, self.retry_s = pipeline, client, retry_s
-        self.specs = pipeline.decoder.profile.polls
-        self.response_ids = pipeline.decoder.profile.response_ids
+    def __init__(self, specs: tuple[PollSpec, ...], client: DiagClient, *, on_reply: ReplyHandler,
+                 vehicle_state: Callable[[], str], retry_s: float = 30.0) -> None:
+        """Args:
+            specs: the profile's polls, in schedule order.
+            on_reply: takes every complete reply (called on the main loop, inside ``step``).
+            vehicle_state: ``off``, ``charging``, ``driving`` or ``awake`` now (which polls are due).
+        """
+        self.specs, self.client, self.retry_s = specs, client, retry_s
+        self.response_ids = frozenset(s.response_id for s in specs)
+        self._on_reply, self._vehicle_state = on_reply, vehicle_state
         self.counts: Counter[str] = Counter()
         self._next: dict[str, float] = {}
         self._inflight: PollSpec | None = None
@@ -56,7 +66,7 @@ class DiagService:
             spec, self._inflight = self._inflight, None
             finished = (spec, self._finish(spec, outcome, now))
         if schedule and not self.client.busy:
-            due = self.due(now, self.pipeline.vehicle_state())
+            due = self.due(now, self._vehicle_state())
             if due is not None:
                 self._next[due.name] = now + self.retry_s  # until its outcome says otherwise
                 self.request(due)
@@ -72,13 +82,13 @@ class DiagService:
         return None
 
     def _finish(self, spec: PollSpec, outcome: tuple[object, ...], now: float) -> str:
-        state = self.pipeline.vehicle_state()
+        state = self._vehicle_state()
         interval = spec.every_s.get(state, self.retry_s)
         message = ""
         if outcome[0] == "ok":
             reply = outcome[1]
             assert isinstance(reply, bytes)
-            kind = self.pipeline.on_diag_reply(spec.response_id, reply, now, spec)  # counts and logs its errors
+            kind = self._on_reply(spec.response_id, reply, now, spec)  # counts and logs its errors
             if kind == "ok":
                 self._next[spec.name] = now + interval
                 self.counts["ok"] += 1
@@ -88,8 +98,6 @@ class DiagService:
         else:
             kind, message = str(outcome[1]), f"{spec.name}: {outcome[2]}"
         self.counts[kind] += 1
-        if message:
-            self.pipeline.counts[f"diag_{kind}"] += 1
         if message and (spec.name, kind) not in self._logged:
             self._logged.add((spec.name, kind))
             log.warning("%s (retrying in %.0f s; further %s errors of this poll are counted)", message,

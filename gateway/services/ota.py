@@ -18,14 +18,13 @@ daemon's health record. Invariants:
 from __future__ import annotations
 
 import logging
-import time
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field, replace
 from typing import Any
 
-from .errors import UpdateError
-from .model import Health, OtaState, Probation, Release
-from .ports import ReleaseStore, UpdateClient
+from ..errors import UpdateError
+from ..model import Health, OtaState, Probation, Release
+from ..ports import ReleaseStore, UpdateClient
 
 __all__ = ["COMMAND_MAX_AGE_S", "OtaService", "check_command", "decide", "probation_verdict"]
 
@@ -106,8 +105,8 @@ class OtaService:
     probation_s: float
     max_crashes: int
     max_bytes: int
-    clock: Callable[[], float] = time.time
-    sleep: Callable[[float], None] = time.sleep
+    clock: Callable[[], float]  # wall clock, seconds (the probation deadline is stored as wall time)
+    sleep: Callable[[float], None]
     poll_s: float = 1.0
     result: dict[str, Any] = field(default_factory=dict)
 

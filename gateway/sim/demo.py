@@ -20,20 +20,30 @@ import time
 from pathlib import Path
 from typing import Any
 
-import can
-import paho.mqtt.client as mqtt
-
-from .adapters.keystore import generate_key
-from .errors import EnvelopeError, PublishError
-from .localbroker import LocalBroker, port_open
-from .signing import verify_envelope
-from .sim import LeafBattery
-from .simecu import LbcResponder, run_ecu
-from .summary import describe
+from ..adapters.can_bus import PythonCanBus
+from ..adapters.fs import write_atomic
+from ..adapters.keystore import generate_key
+from ..adapters.mqtt import PahoSubscriber, port_open
+from ..core.signing import verify_envelope
+from ..core.summary import describe
+from ..errors import EnvelopeError, PublishError
+from .battery import LeafBattery
+from .broker import LocalBroker
+from .ecu import REQUEST_IDS, LbcResponder, run_ecu
 
 __all__ = ["DEMO_GROUP", "run_demo", "simulate"]
 
 DEMO_GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local scope: stays on this host
+
+
+def ecu_bus(*, interface: str, channel: str, port: int) -> PythonCanBus:
+    """The simulated ECU's side of the bus: it listens to the diagnostic request ids.
+
+    Raises:
+        BusError: the interface cannot be opened.
+    """
+    return PythonCanBus(interface=interface, channel=channel, bitrate=500000, frame_ids=REQUEST_IDS,
+                        udp_multicast_port=port)
 
 
 def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pct: int, soc_pct: float,
@@ -41,22 +51,23 @@ def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pc
     """Run the simulated battery ECU on a bus until ``duration_s`` or SIGTERM/SIGINT."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    kwargs: dict[str, Any] = {"port": port} if interface == "udp_multicast" else {}
     rated = {"ze0": (24.0, 66.0), "aze0": (30.0, 79.0), "ze1": (62.0, 176.0)}[generation]
     battery = LeafBattery(generation=generation, rated_kwh=rated[0], rated_ah=rated[1], soh_pct=soh_pct,
                           soc_pct=soc_pct)
-    with can.Bus(interface=interface, channel=channel, ignore_config=True, **kwargs) as bus:
-        try:
-            sent = run_ecu(battery, bus, duration_s=duration_s, stop=stop.is_set, responder=LbcResponder(battery))
-        except KeyboardInterrupt:
-            sent = 0
+    bus = ecu_bus(interface=interface, channel=channel, port=port)
+    try:
+        sent = run_ecu(battery, bus, duration_s=duration_s, stop=stop.is_set, responder=LbcResponder(battery))
+    except KeyboardInterrupt:
+        sent = 0
+    finally:
+        bus.close()
     print(f"simulate: sent {sent} frames", file=sys.stderr)
     return 0
 
 
 def _config(tmp: Path, *, mqtt_port: int, can_port: int) -> Path:
     path = tmp / "gateway.toml"
-    path.write_text(f"""# written by battery-gateway demo
+    text = f"""# written by battery-gateway demo
 [device]
 id = "demo-leaf"
 key_file = "{tmp / 'device-key.pem'}"
@@ -77,7 +88,8 @@ port = {mqtt_port}
 [publish]
 reading_interval_s = 2
 silence_s = 2
-""")
+"""
+    write_atomic(path, text.encode())
     return path
 
 
@@ -109,12 +121,7 @@ def run_demo(*, duration_s: float = 20.0) -> int:
 
 
 def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int, duration_s: float) -> int:
-    received: queue.Queue[tuple[str, bytes]] = queue.Queue()
-    sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id="demo-backend", protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it without __all__
-    sub.on_message = lambda c, u, msg: received.put((msg.topic, bytes(msg.payload)))
-    sub.on_connect = lambda c, u, f, rc, p: c.subscribe("bp/v1/demo-leaf/#", qos=1)
-    sub.connect("127.0.0.1", mqtt_port)
-    sub.loop_start()
+    sub = PahoSubscriber(host="127.0.0.1", port=mqtt_port, topic="bp/v1/demo-leaf/#", client_id="demo-backend")
     log_path = tmp / "daemon.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log_file:
@@ -125,7 +132,7 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
     print(f"demo: simulated Leaf AZE0 30 kWh (BMS SOH 85 %, SoC 72 %) drives for {drive_s:.0f} s, then switches "
           f"off; the daemon (pid {daemon.pid}) publishes a reading every 2 s", file=sys.stdout)
     stop = threading.Event()
-    bus = can.Bus(interface="udp_multicast", channel=DEMO_GROUP, port=can_port, ignore_config=True)
+    bus = ecu_bus(interface="udp_multicast", channel=DEMO_GROUP, port=can_port)
     sim = threading.Thread(target=run_ecu, args=(battery, bus), daemon=True,
                            kwargs={"duration_s": drive_s, "stop": stop.is_set,
                                    "responder": LbcResponder(battery, hx_pct=82.6)})
@@ -135,7 +142,7 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
     try:
         while time.monotonic() - start < duration_s and daemon.poll() is None:
             try:
-                topic, payload = received.get(timeout=0.2)
+                topic, payload = sub.messages.get(timeout=0.2)
             except queue.Empty:
                 continue
             kind = topic.rsplit("/", 1)[-1]
@@ -156,7 +163,7 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
     finally:
         stop.set()
         sim.join(5)
-        bus.shutdown()
+        bus.close()
         daemon.send_signal(signal.SIGTERM)
         try:
             code = daemon.wait(15)
@@ -164,8 +171,7 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
             daemon.kill()
             code = -9
         time.sleep(0.3)
-        sub.loop_stop()
-        sub.disconnect()
+        sub.close()
     print(f"demo: {counts['reading']} readings and {counts['passport']} passports verified, "
           f"{counts['rejected']} rejected; daemon exited with {code}")
     if code != 0 or counts["rejected"] or not counts["passport"]:

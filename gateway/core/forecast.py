@@ -24,7 +24,9 @@ from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, replace
 from typing import Any
 
-__all__ = ["CHEMISTRIES", "FAST_CHARGE_FACTOR", "Prior", "Usage", "WarrantyRule", "forecast", "usage_from_counters",
+from .config import WarrantyConfig
+
+__all__ = ["CHEMISTRIES", "FAST_CHARGE_FACTOR", "Prior", "Usage", "forecast", "usage_from_counters",
            "warranty"]
 
 CHEMISTRIES = ("lmo-leaf", "nmc-gr")  # the tables in gateway/data/soh_prior.json
@@ -136,15 +138,6 @@ def _loss_at(loss: list[float], years: Sequence[float], t: float) -> float:
     return loss[i] + (loss[i + 1] - loss[i]) * (t - years[i])
 
 
-@dataclass(frozen=True, slots=True)
-class WarrantyRule:
-    """Accept when P(SoH >= ``threshold_pct`` at +``horizon_years``) >= ``min_probability``."""
-
-    threshold_pct: float = 70.0
-    horizon_years: float = 3.0
-    min_probability: float = 0.9
-
-
 def forecast(prior: Prior, chemistry: str, usage: Usage, *, soh_pct: float, soh_sigma_pct: float,
              history: Sequence[tuple[float, float]] = (), horizons: Sequence[float] = (1.0, 3.0, 5.0),
              extra_horizons: Sequence[float] = ()) -> dict[str, Any]:
@@ -222,7 +215,7 @@ def _factors(prior: Prior, chemistry: str, usage: Usage, soh_pct: float, horizon
     return sorted(factors, key=lambda f: f["effect_pp"])
 
 
-def warranty(outlook: dict[str, Any], rule: WarrantyRule, *, basis: str) -> dict[str, Any]:
+def warranty(outlook: dict[str, Any], rule: WarrantyConfig, *, basis: str) -> dict[str, Any]:
     """The decision: accept when P(SoH >= threshold at the horizon) reaches ``min_probability``."""
     values = outlook["_samples"][rule.horizon_years]
     probability = sum(1 for v in values if v >= rule.threshold_pct) / len(values)

@@ -1,23 +1,22 @@
-"""The one TOML configuration file -> frozen dataclasses, with every problem reported at once.
+"""The one TOML configuration document -> frozen dataclasses, with every problem reported at once.
 
 Owns: key names, types, units, defaults and ranges (``SCHEMA``; docs/config.md documents the same
-table and a test keeps the two in step). No environment variables, no implicit files.
+table and a test keeps the two in step). Pure: the composition reads the file (``adapters/files.py``)
+and hands the parsed mapping to ``parse_config``. No environment variables, no implicit files.
 """
 
 from __future__ import annotations
 
 import json
 import math
-import tomllib
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
-from pathlib import Path
 from typing import Any
 
-from .errors import ConfigError
+from ..errors import ConfigError
 
 __all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "OtaConfig", "PublishConfig",
-           "VehicleConfig", "WarrantyConfig", "load_config", "parse_config", "render_toml"]
+           "VehicleConfig", "WarrantyConfig", "parse_config", "render_toml"]
 
 
 @dataclass(frozen=True, slots=True)
@@ -91,6 +90,8 @@ class OtaConfig:
 
 @dataclass(frozen=True, slots=True)
 class WarrantyConfig:
+    """The warranty rule: accept when P(SoH >= ``threshold_pct`` at +``horizon_years``) >= ``min_probability``."""
+
     threshold_pct: float
     horizon_years: float
     min_probability: float
@@ -274,29 +275,6 @@ def parse_config(data: Mapping[str, Any], *, sections: tuple[str, ...] = tuple(S
     if problems:
         raise ConfigError(problems)
     return Config(**{s: _CLASSES[s](**v) for s, v in built.items()})
-
-
-def load_config(path: str | Path, *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:
-    """Read and validate the TOML file at ``path``.
-
-    Raises:
-        ConfigError: unreadable file, TOML syntax error, or bad keys.
-    """
-    p = Path(path)
-    try:
-        text = p.read_text(encoding="utf-8")
-    except OSError as exc:
-        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
-    except UnicodeDecodeError as exc:
-        raise ConfigError(f"{p}: not UTF-8 text") from exc
-    try:
-        data = tomllib.loads(text)
-    except tomllib.TOMLDecodeError as exc:
-        raise ConfigError(f"{p}: {exc}") from exc
-    try:
-        return parse_config(data, sections=sections)
-    except ConfigError as exc:
-        raise ConfigError([f"{p}: {problem}" for problem in exc.problems]) from None
 
 
 def render_toml(config: Config) -> str:

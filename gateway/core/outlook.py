@@ -8,8 +8,10 @@ from __future__ import annotations
 
 from typing import Any
 
-from .battery import MAX_PLAUSIBLE_SOH_PCT, SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
-from .forecast import Prior, WarrantyRule, forecast, usage_from_counters, warranty
+from ..model import SOC_BINS_PCT, TEMP_BINS_C
+from .battery import MAX_PLAUSIBLE_SOH_PCT, BatteryTracker
+from .config import WarrantyConfig
+from .forecast import Prior, forecast, usage_from_counters, warranty
 
 __all__ = ["build_outlook", "present_soh"]
 
@@ -31,7 +33,7 @@ def present_soh(tracker: BatteryTracker) -> tuple[float, float, str] | None:
     return None
 
 
-def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule: WarrantyRule,
+def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule: WarrantyConfig,
                   now: float) -> dict[str, Any] | None:
     """``{"forecast": ..., "warranty": ...}``, or None when no present SoH is known."""
     present = present_soh(tracker)

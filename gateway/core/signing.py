@@ -1,10 +1,11 @@
 """COSE_Sign1 (RFC 9052) envelopes with ES256, deterministic CBOR payloads, and the per-device hash chain.
 
-Owns: the exact bytes of every envelope (CONTRACT §5) and their verification.
+Owns: the exact bytes of every envelope (CONTRACT §5) and their verification. The chain position a
+message takes (``model.ChainPosition``) is kept by the pipeline and stored with the message.
 Invariants: the protected header is ``{1: -7, 4: kid}``; ``kid`` is the first 16 bytes of SHA-256 over
 the public key's SubjectPublicKeyInfo DER; the signature is 64-byte r||s over
 ``["Signature1", protected, h'', payload]``; payload maps are encoded deterministically (RFC 8949
-§4.2: sorted keys, shortest forms). ``prev`` is SHA-256 of the previous envelope of the same epoch.
+§4.2: sorted keys, shortest forms).
 The key object is passed in; this module never touches files.
 """
 
@@ -12,7 +13,6 @@ from __future__ import annotations
 
 import hashlib
 from collections.abc import Mapping
-from dataclasses import dataclass
 from typing import Any
 
 import cbor2
@@ -21,14 +21,12 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature, encode_dss_signature
 
-from .errors import EnvelopeError
+from ..errors import EnvelopeError
 
-__all__ = ["ALG_ES256", "COSE_SIGN1_TAG", "ZERO_HASH", "Chain", "Signer", "key_id", "open_envelope",
-           "verify_envelope"]
+__all__ = ["ALG_ES256", "COSE_SIGN1_TAG", "Signer", "key_id", "open_envelope", "verify_envelope"]
 
 COSE_SIGN1_TAG = 18
 ALG_ES256 = -7
-ZERO_HASH = bytes(32)
 _HDR_ALG, _HDR_KID = 1, 4
 
 
@@ -59,29 +57,6 @@ class Signer:
         r, s = decode_dss_signature(der)
         signature = r.to_bytes(32, "big") + s.to_bytes(32, "big")
         return cbor2.dumps(cbor2.CBORTag(COSE_SIGN1_TAG, [self._protected, {}, body, signature]), canonical=True)
-
-
-@dataclass
-class Chain:
-    """Epoch, sequence and previous-envelope hash of one device. Mutable; persisted by the caller."""
-
-    ep: int = 1
-    seq: int = 0
-    prev: bytes = ZERO_HASH
-
-    def header(self) -> dict[str, Any]:
-        """The ``ep``/``seq``/``prev`` fields of the next message."""
-        return {"ep": self.ep, "seq": self.seq + 1, "prev": self.prev}
-
-    def advance(self, envelope: bytes, count: int = 1) -> None:
-        """Record that the message built from ``header()`` was signed as ``envelope``; a batch of
-        ``count`` readings takes ``count`` sequence numbers."""
-        self.seq += count
-        self.prev = hashlib.sha256(envelope).digest()
-
-    def new_epoch(self) -> None:
-        """Start the next epoch: counter state was lost."""
-        self.ep, self.seq, self.prev = self.ep + 1, 0, ZERO_HASH
 
 
 def open_envelope(envelope: bytes) -> tuple[bytes, Mapping[Any, Any], dict[str, Any], bytes]:

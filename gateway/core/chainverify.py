@@ -21,8 +21,9 @@ from typing import Any
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from .errors import EnvelopeError
-from .signing import ZERO_HASH, open_envelope, verify_envelope
+from ..errors import EnvelopeError
+from ..model import ZERO_HASH
+from .signing import open_envelope, verify_envelope
 
 __all__ = ["ChainVerifier", "Verdict"]
 

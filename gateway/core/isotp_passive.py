@@ -14,8 +14,8 @@ from __future__ import annotations
 
 from dataclasses import dataclass, field
 
-from .errors import DecodeError
-from .model import Frame
+from ..errors import DecodeError
+from ..model import Frame
 
 __all__ = ["PassiveIsoTp"]
 

@@ -3,18 +3,17 @@
 
 The encoders are written from ``leaf_formulas.md`` byte by byte, independently of the DBC files in
 ``dbc/``, so a test that runs simulator -> decoder checks the DBC files too. Pure: ``frames`` yields
-``Frame`` values for a time span; ``run_on_bus`` is the only part that touches a bus.
+``Frame`` values for a time span; ``sim/ecu.py`` puts them on a bus.
 """
 
 from __future__ import annotations
 
 import math
-import time
 from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 
-from .decoding import crc8
-from .model import Frame
+from ..core.decoding import crc8
+from ..model import Frame
 
 __all__ = ["LeafBattery", "encode_1db", "encode_1dc", "encode_5bc", "encode_5c0", "encode_55b", "encode_59e"]
 
@@ -150,21 +149,3 @@ class LeafBattery:
                 if self.generation != "ze0":
                     yield Frame(ts, 0x59E, encode_59e(self.full_kwh, generation=self.generation,
                                                       dash_soc_pct=self.soc_pct))
-
-
-def run_on_bus(battery: LeafBattery, bus: object, *, duration_s: float, stop: Callable[[], bool]) -> int:
-    """Send the battery's frames on a python-can bus in real time. Returns the number of frames sent."""
-    import can  # the only bus-facing part of this module
-
-    assert isinstance(bus, can.BusABC)
-    start = time.time()
-    sent = 0
-    for frame in battery.frames(duration_s, start_ts=0.0):
-        if stop():
-            break
-        delay = start + frame.ts - time.time()
-        if delay > 0:
-            time.sleep(delay)
-        bus.send(can.Message(arbitration_id=frame.can_id, data=frame.data, is_extended_id=False))
-        sent += 1
-    return sent

@@ -26,11 +26,13 @@ import itertools
 import math
 import statistics
 from collections import Counter
-from collections.abc import Callable, Sequence
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
-from typing import Any, Protocol
+from typing import Any
 
-__all__ = ["OCV_CELL_V", "SegmentModel", "SohEstimator", "SohSettings", "ocv_slope", "soc_from_ocv"]
+from ..model import SegmentModel
+
+__all__ = ["OCV_CELL_V", "SohEstimator", "SohSettings", "ocv_slope", "soc_from_ocv"]
 
 METHOD = "coulomb-kf/1"  # docs/soh.md: coulomb counting between BMS SoC anchors, Kalman filter with offset
 MODEL = "physics-1"
@@ -61,18 +63,6 @@ def ocv_slope(table: tuple[tuple[float, float], ...], cell_v: float) -> float:
     pairs = list(itertools.pairwise(table))
     (s0, v0), (s1, v1) = next((pair for pair in pairs if cell_v <= pair[1][1]), pairs[-1])
     return 1000.0 * (v1 - v0) / (s1 - s0)
-
-
-class SegmentModel(Protocol):
-    """Corrects a rest-anchored segment (docs/soh.md): features in the order of tools/train_soh_model.py
-    (soc1, soc2, slope1, slope2 [mV/pp], temp1, temp2 [degC], ln rest1, ln rest2 [h], capacity / rated)
-    -> (mu, sigma): 100 * ln(true / counted capacity) and its standard deviation, both in percent.
-    ``shared``: the share of that variance common to all segments of one vehicle (it does not average out)."""
-
-    name: str
-    shared: float
-
-    def predict(self, features: Sequence[float]) -> tuple[float, float]: ...
 
 
 @dataclass(frozen=True, slots=True)

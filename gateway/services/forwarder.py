@@ -15,8 +15,7 @@ import logging
 from collections import Counter
 from dataclasses import dataclass, field
 
-from .model import OutgoingMessage
-from .ports import Outbox, Publisher
+from ..ports import Outbox, Publisher
 
 __all__ = ["Forwarder"]
 
@@ -69,8 +68,7 @@ class Forwarder:
             return 0
         sent = 0
         for row in self.outbox.oldest(room, exclude={r for r, _ in self._inflight.values()}):
-            message_id = self.uplink.publish(OutgoingMessage(topic=row.topic, payload=row.payload,
-                                                             retain=row.retain, kind=row.kind, seq=row.seq, ep=row.ep))
+            message_id = self.uplink.publish(row.message)  # the stored bytes, unchanged
             if message_id is None:
                 break
             self._inflight[message_id] = (row.id, now)

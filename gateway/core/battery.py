@@ -11,17 +11,15 @@ Pure: values and times in, values out.
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import asdict, dataclass, field
 from typing import Any
 
+from ..model import SOC_BINS_PCT, TEMP_BINS_C, Counters, SegmentModel
 from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
-from .soh import OCV_CELL_V, SegmentModel, SohEstimator
+from .soh import OCV_CELL_V, SohEstimator
 
-__all__ = ["FAST_CHARGE_A", "MAX_PLAUSIBLE_SOH_PCT", "SOC_BINS_PCT", "TEMP_BINS_C", "BatteryTracker", "Counters"]
+__all__ = ["FAST_CHARGE_A", "MAX_PLAUSIBLE_SOH_PCT", "BatteryTracker"]
 
-SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
-TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC
 _CHARGING_A = 1.0  # pack_a above this counts as charging
 FAST_CHARGE_A = 40.0  # above this a Leaf is on a DC fast charger (on-board chargers give <= 30 A)
 MAX_PLAUSIBLE_SOH_PCT = 110.0  # a BMS capacity above this share of the rated one means a wrong rating
@@ -33,52 +31,6 @@ def _bin(value: float, edges: tuple[int, ...]) -> int:
         if value < edge:
             return i
     return len(edges)
-
-
-@dataclass
-class Counters:
-    """Lifetime counters, persisted in ``state_dir`` and carried in every passport."""
-
-    ah_charged: float = 0.0
-    ah_discharged: float = 0.0
-    ah_charged_fast: float = 0.0  # charged above FAST_CHARGE_A (DC fast charging)
-    since_ts: float = 0.0  # first measurement these counters saw (0 = none yet)
-    kwh_charged: float = 0.0
-    kwh_discharged: float = 0.0
-    deep_discharge_events: int = 0
-    overcharge_events: int = 0
-    min_high_temp_idle: float = 0.0
-    min_low_temp_idle: float = 0.0
-    min_high_temp_charging: float = 0.0
-    min_low_temp_charging: float = 0.0
-    soc_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(SOC_BINS_PCT) + 1))
-    temp_hist_min: list[float] = field(default_factory=lambda: [0.0] * (len(TEMP_BINS_C) + 1))
-    events: list[dict[str, Any]] = field(default_factory=list)  # last negative events: kind, ts
-    soh: dict[str, Any] = field(default_factory=dict)  # the SoH estimator's filter state (soh.py)
-
-    def to_dict(self) -> dict[str, Any]:
-        """Plain JSON-able form."""
-        return asdict(self)
-
-    @classmethod
-    def from_dict(cls, data: dict[str, Any]) -> Counters:
-        """Inverse of ``to_dict``.
-
-        Raises:
-            ValueError: a key is missing or has the wrong type (the stored state is corrupt).
-        """
-        try:
-            c = cls(**data)
-        except TypeError as exc:
-            raise ValueError(f"counters: {exc}") from exc
-        if not isinstance(c.soh, dict):
-            raise ValueError("counters: soh is not a table")
-        numbers = [v for k, v in asdict(c).items() if k not in ("soc_hist_min", "temp_hist_min", "events", "soh")]
-        if not all(isinstance(v, int | float) and v >= 0 for v in numbers):
-            raise ValueError("counters: negative or non-numeric value")
-        if len(c.soc_hist_min) != len(SOC_BINS_PCT) + 1 or len(c.temp_hist_min) != len(TEMP_BINS_C) + 1:
-            raise ValueError("counters: histogram has the wrong number of bins")
-        return c
 
 
 class BatteryTracker:

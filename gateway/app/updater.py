@@ -1,7 +1,7 @@
-"""Composition of the updater process (``battery-gateway update``) and of the backend's signed
-commands. Like ``app``, a composition root: it builds adapters (python-tuf, release directories, the
-retained ``ota`` notice) and wires ``ota.OtaService``; the daemon's side of ``cmd/ota`` is in ``app``.
-The daemon never imports this module (nor python-tuf). docs/ota.md describes the whole flow.
+"""Composition root of the updater process (``battery-gateway update``): builds the adapters (python-tuf,
+release directories, the retained ``ota`` notice) and wires ``services/ota.OtaService``. The signed
+``cmd/ota`` that may start it is ``app/commands.py``. The daemon never imports this module (nor
+python-tuf). docs/ota.md describes the whole flow.
 """
 
 from __future__ import annotations
@@ -12,25 +12,17 @@ import subprocess
 import sys
 import time
 
-from .adapters.health import read_health
-from .adapters.keystore import load_private_key
-from .adapters.mqtt import PahoNotice
-from .adapters.releases import ReleaseDirs
-from .adapters.tuf_client import TufUpdateClient
-from .config import Config
-from .errors import ConfigError, UpdateError
-from .ota import OtaService
-from .signing import Signer
+from ..adapters.health import read_health
+from ..adapters.mqtt import PahoNotice
+from ..adapters.releases import ReleaseDirs
+from ..adapters.tuf_client import TufUpdateClient
+from ..core.config import Config
+from ..errors import ConfigError, UpdateError
+from ..services.ota import OtaService
 
-__all__ = ["run_update", "sign_command"]
+__all__ = ["run_update"]
 
 log = logging.getLogger(__name__)
-
-
-def sign_command(key_file: str, *, device_id: str, command: str) -> bytes:
-    """A backend-signed command envelope (``cmd/<command>``) for ``device_id``, stamped now."""
-    payload = {"v": 1, "kind": "command", "cmd": command, "dev": device_id, "ts": round(time.time() * 1000)}
-    return Signer(load_private_key(key_file)).sign(payload)
 
 
 def _restart(command: str) -> None:
@@ -69,7 +61,7 @@ def run_update(config: Config, *, check_only: bool = False) -> int:
                                  health=lambda: read_health(config.device.state_dir),
                                  restart=lambda: _restart(o.restart_command), hardware_id=o.hardware_id,
                                  target=o.target, probation_s=o.probation_s, max_crashes=o.max_crashes,
-                                 max_bytes=o.max_bundle_mb * 1024 * 1024)
+                                 max_bytes=o.max_bundle_mb * 1024 * 1024, clock=time.time, sleep=time.sleep)
             return 0 if service.run(check_only=check_only) else 1
     except UpdateError as exc:
         if exc.kind == "busy":

@@ -1,31 +1,24 @@
 """Vehicle profiles: which DBC files to load, which signals feed the canonical battery state, and which
 frame checks apply. A new car is a new TOML file, not new code (docs/profiles.md lists every key).
 
-``parse_profile`` is pure (mapping in, ``Profile`` out, every problem reported at once);
-``load_profile`` resolves a built-in name or a path and loads the DBC files with ``strict=True``.
+Pure: ``parse_profile`` takes the parsed document (mapping in, ``Profile`` out, every problem reported
+at once). Finding the file, its ``include`` files and the DBC files is ``adapters/files.py``'s job.
 """
 
 from __future__ import annotations
 
-import json
 import math
-import tomllib
 from collections.abc import Mapping
 from dataclasses import dataclass
-from importlib import resources
-from pathlib import Path
 from typing import Any
 
-import cantools
+from ..errors import ConfigError
+from ..model import FIELDS
+from .forecast import CHEMISTRIES
+from .polls import ARRAY_FIELDS, PollSpec, parse_polls
 
-from .errors import ConfigError
-from .forecast import CHEMISTRIES, Prior
-from .model import FIELDS
-from .polls import PollSpec, parse_polls
+__all__ = ["PackVariant", "Profile", "SignalMap", "parse_profile"]
 
-__all__ = ["BUILTIN_PROFILES", "PackVariant", "Profile", "SignalMap", "load_prior", "load_profile", "parse_profile"]
-
-BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 _COMPLETE_GROUPS = {"temperature"}  # "complete" may name a field or a group of fields
 
 
@@ -51,11 +44,11 @@ class PackVariant:
 
 @dataclass(frozen=True, slots=True)
 class Profile:
-    """A parsed vehicle profile. ``dbc_files`` are resolved paths."""
+    """A parsed vehicle profile. ``dbc`` names the DBC files (found by ``adapters/files.py``)."""
 
     name: str
     title: str
-    dbc_files: tuple[Path, ...]
+    dbc: tuple[str, ...]
     signals: tuple[SignalMap, ...]
     packs: tuple[PackVariant, ...]
     complete: tuple[str, ...]
@@ -81,15 +74,18 @@ class Profile:
         """CAN ids on which the polled ECUs answer."""
         return frozenset(p.response_id for p in self.polls)
 
-
-def _builtin_dir() -> Path:
-    return Path(str(resources.files("gateway.profiles")))
-
-
-def builtin_dbc_dir() -> Path:
-    """Where the project's own DBC files live: ``gateway/dbc`` in a wheel, ``dbc/`` in a source tree."""
-    installed = Path(__file__).parent / "dbc"
-    return installed if installed.is_dir() else Path(__file__).parent.parent / "dbc"
+    def field_sources(self) -> dict[str, str]:
+        """Canonical field -> the CAN frame and signal, or the poll, it comes from (passport provenance)."""
+        sources: dict[str, str] = {}
+        for sm in self.signals:
+            sources.setdefault(sm.field, f"0x{sm.frame_id:03X} {sm.signal}")
+        for spec in self.polls:
+            source = f"0x{spec.request_id:03X} {spec.request.hex(' ').upper()} ({spec.name})"
+            for layout in spec.layouts:
+                for f in layout.fields:
+                    for name in (f.name, *ARRAY_FIELDS.get(f.name, ())):
+                        sources.setdefault(name, source)
+        return sources
 
 
 def _int(value: Any, key: str, problems: list[str]) -> int | None:
@@ -131,15 +127,8 @@ def _parse_signal(i: int, raw: Any, problems: list[str]) -> SignalMap | None:
     return SignalMap(frame_id, name, str(fld), frozenset(invalid), tuple(sorted(when.items())), table)
 
 
-def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Profile:
-    """Build a ``Profile`` from a parsed TOML mapping.
-
-    Args:
-        data: the profile document.
-        dbc_dirs: directories searched, in order, for the DBC file names it lists.
-
-    Returns:
-        The profile, with DBC names resolved to existing files.
+def parse_profile(data: Mapping[str, Any]) -> Profile:
+    """Build a ``Profile`` from a parsed TOML mapping (its ``include`` files already merged).
 
     Raises:
         ConfigError: listing every problem found.
@@ -151,21 +140,17 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
     name = data.get("name")
     if not isinstance(name, str) or not name:
         problems.append("name: expected a non-empty string")
-    dbc_files: list[Path] = []
+    dbc_files: list[str] = []
     polls = parse_polls(_list(data, "poll", problems), problems)
     dbc_names = _list(data, "dbc", problems)
     raw_signals = _list(data, "signal", problems)
     if not dbc_names and raw_signals:
         problems.append("dbc: list the DBC files that define the signals")
     for dbc in dbc_names:
-        if not isinstance(dbc, str) or not dbc or "/" in dbc:
+        if not isinstance(dbc, str) or not dbc or "/" in dbc or dbc.startswith("."):
             problems.append(f"dbc: {dbc!r} is not a DBC file name")
-            continue
-        found = next((d / dbc for d in dbc_dirs if (d / dbc).is_file()), None)
-        if found is None:
-            problems.append(f"dbc: {dbc!r} not found in {', '.join(map(str, dbc_dirs))}")
         else:
-            dbc_files.append(found)
+            dbc_files.append(dbc)
     signals = [_parse_signal(i, s, problems) for i, s in enumerate(raw_signals)]
     if not signals and not polls:
         problems.append("signal, poll: map at least one broadcast signal or one poll")
@@ -203,7 +188,7 @@ def parse_profile(data: Mapping[str, Any], *, dbc_dirs: tuple[Path, ...]) -> Pro
     if problems:
         raise ConfigError([f"profile {name or '?'}: {p}" for p in problems])
     return Profile(
-        name=str(name), title=str(data.get("title", name)), dbc_files=tuple(dbc_files),
+        name=str(name), title=str(data.get("title", name)), dbc=tuple(dbc_files),
         signals=tuple(s for s in signals if s is not None), packs=tuple(packs), complete=complete,
         crc8_frames=frozenset(crc.get("frames", [])), crc8_poly=int(crc.get("poly", 0x85)),
         crc8_init=int(crc.get("init", 0)), wh_per_gid=float(numbers["wh_per_gid"]),
@@ -219,48 +204,3 @@ def _list(data: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:
         problems.append(f"{key}: expected a list")
         return []
     return value
-
-
-def _read_toml(path: Path) -> dict[str, Any]:
-    try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
-    except OSError as exc:
-        raise ConfigError(f"vehicle.profile: cannot read {path}: {exc.strerror}") from exc
-    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
-        raise ConfigError(f"vehicle.profile: {path}: {exc}") from exc
-
-
-def load_prior() -> Prior:
-    """The forecast prior shipped with the package (``gateway/data/soh_prior.json``, tools/soh_prior.py)."""
-    try:
-        return Prior.from_json(json.loads((resources.files("gateway.data") / "soh_prior.json").read_text()))
-    except (OSError, ValueError, KeyError, TypeError) as exc:
-        raise ConfigError(f"gateway/data/soh_prior.json: unreadable forecast prior ({exc}); reinstall the "
-                          "release") from exc
-
-
-def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
-    """Load a built-in profile by name, or a profile TOML file by path, and its DBC databases.
-
-    Raises:
-        ConfigError: unknown profile, unreadable file, or a DBC that does not load strictly.
-    """
-    if name_or_path in BUILTIN_PROFILES:
-        path = _builtin_dir() / f"{name_or_path}.toml"
-    else:
-        path = Path(name_or_path)
-        if not path.suffix:
-            raise ConfigError(f"vehicle.profile: unknown profile {name_or_path!r} "
-                              f"(built-in: {', '.join(BUILTIN_PROFILES)}; or a path to a .toml file)")
-    data = _read_toml(path)
-    for name in data.get("include", []):  # shared poll lists, e.g. leaf_lbc_polls.toml
-        included = _read_toml(path.parent / name)
-        data["poll"] = [*included.get("poll", []), *data.get("poll", [])]
-    profile = parse_profile(data, dbc_dirs=(path.parent, builtin_dbc_dir()))
-    dbs = []
-    for dbc in profile.dbc_files:
-        try:
-            dbs.append(cantools.database.load_file(str(dbc), strict=True))
-        except Exception as exc:  # cantools raises many types (ParseError, UnsupportedDatabaseFormatError)
-            raise ConfigError(f"profile {profile.name}: DBC {dbc}: {exc}") from exc
-    return profile, dbs

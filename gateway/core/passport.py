@@ -12,7 +12,8 @@ from __future__ import annotations
 from datetime import UTC, datetime
 from typing import Any
 
-from .battery import SOC_BINS_PCT, TEMP_BINS_C, BatteryTracker
+from ..model import SOC_BINS_PCT, TEMP_BINS_C
+from .battery import BatteryTracker
 
 __all__ = ["PAYLOAD_VERSION", "READING_FIELDS", "RESOLUTION", "build_batch", "build_passport", "build_reading",
            "expand_batch", "rfc3339", "ts_ms"]

@@ -8,17 +8,19 @@ No I/O: the cantools databases are loaded by the caller.
 
 from __future__ import annotations
 
+import functools
 from collections import Counter
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DecodeError
-from .model import FIELDS, Frame
+from ..errors import DecodeError
+from ..model import FIELDS, Frame
 from .profile import Profile, SignalMap
 
 __all__ = ["Decoder", "crc8"]
 
 
+@functools.cache
 def _crc8_table(poly: int) -> bytes:
     table = bytearray(256)
     for i in range(256):
@@ -29,18 +31,16 @@ def _crc8_table(poly: int) -> bytes:
     return bytes(table)
 
 
-_TABLES: dict[int, bytes] = {}
-
-
-def crc8(data: bytes, *, poly: int = 0x85, init: int = 0x00) -> int:
-    """CRC-8, MSB first, no reflection, no final XOR (the Leaf LBC's frame CRC with poly 0x85)."""
-    table = _TABLES.get(poly)
-    if table is None:
-        table = _TABLES[poly] = _crc8_table(poly)
+def _crc8(table: bytes, init: int, data: bytes) -> int:
     crc = init
     for byte in data:
         crc = table[crc ^ byte]
     return crc
+
+
+def crc8(data: bytes, *, poly: int = 0x85, init: int = 0x00) -> int:
+    """CRC-8, MSB first, no reflection, no final XOR (the Leaf LBC's frame CRC with poly 0x85)."""
+    return _crc8(_crc8_table(poly), init, data)
 
 
 @dataclass(frozen=True, slots=True)
@@ -117,10 +117,7 @@ class Decoder:
             raise DecodeError(f"frame 0x{frame.can_id:03X}: {len(data)} bytes, expected {plan.length}",
                               frame_id=frame.can_id, kind="length")
         if plan.crc:
-            crc = self.profile.crc8_init
-            table = self._crc_table
-            for byte in data[:7]:
-                crc = table[crc ^ byte]
+            crc = _crc8(self._crc_table, self.profile.crc8_init, data[:7])
             if crc != data[7]:
                 raise DecodeError(f"frame 0x{frame.can_id:03X}: CRC 0x{data[7]:02X}, computed 0x{crc:02X}",
                                   frame_id=frame.can_id, kind="crc")

@@ -15,10 +15,14 @@ from __future__ import annotations
 import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
+from typing import Protocol
 
-from .sim import LeafBattery
+from ..model import Frame
+from .battery import LeafBattery
 
-__all__ = ["LbcResponder", "run_ecu", "segment"]
+__all__ = ["REQUEST_IDS", "EcuBus", "LbcResponder", "run_ecu", "segment"]
+
+REQUEST_IDS = frozenset({0x79B, 0x797})  # the LBC's and the VCM's request ids: the ECU bus's filters
 
 _GROUP1_LENGTH = {"ze0": 39, "aze0": 41, "ze1": 51}
 _TEMP_LENGTH = {"ze0": 14, "aze0": 14, "ze1": 29}
@@ -136,12 +140,17 @@ def segment(message: bytes) -> list[bytes]:
     return frames
 
 
-def run_ecu(battery: LeafBattery, bus: object, *, duration_s: float, stop: Callable[[], bool],
+class EcuBus(Protocol):
+    """The bus the simulated ECU sits on (``adapters.can_bus.PythonCanBus`` listening to the request ids)."""
+
+    def recv(self, timeout_s: float) -> Frame | None: ...
+
+    def send(self, can_id: int, data: bytes) -> None: ...
+
+
+def run_ecu(battery: LeafBattery, bus: EcuBus, *, duration_s: float, stop: Callable[[], bool],
             responder: LbcResponder | None = None, broadcast: bool = True) -> int:
     """Broadcast the battery's frames in real time and answer diagnostic requests. Returns frames sent."""
-    import can  # the only bus-facing part of this module
-
-    assert isinstance(bus, can.BusABC)
     start = time.time()
     frames = iter(battery.frames(duration_s)) if broadcast else iter(())
     upcoming = next(frames, None)
@@ -149,13 +158,13 @@ def run_ecu(battery: LeafBattery, bus: object, *, duration_s: float, stop: Calla
     end = start + duration_s
     while not stop() and time.time() < end:
         wait = 0.05 if upcoming is None else max(0.0, start + upcoming.ts - time.time())
-        msg = bus.recv(timeout=min(wait, 0.05)) if wait > 0 else None
-        if msg is not None and responder is not None:
-            for can_id, data in responder.on_frame(msg.arbitration_id, bytes(msg.data)):
-                bus.send(can.Message(arbitration_id=can_id, data=data, is_extended_id=False))
+        frame = bus.recv(min(wait, 0.05)) if wait > 0 else None
+        if frame is not None and responder is not None:
+            for can_id, data in responder.on_frame(frame.can_id, frame.data):
+                bus.send(can_id, data)
                 sent += 1
         while upcoming is not None and start + upcoming.ts <= time.time():
-            bus.send(can.Message(arbitration_id=upcoming.can_id, data=upcoming.data, is_extended_id=False))
+            bus.send(upcoming.can_id, upcoming.data)
             sent += 1
             upcoming = next(frames, None)
     return sent

@@ -1,6 +1,6 @@
-"""A throw-away mosquitto on 127.0.0.1 and a free port, for ``demo`` and the tests.
+"""A throw-away mosquitto on 127.0.0.1 and a free port, for ``demo``, the benchmarks and the tests.
 
-Not used by the daemon. Needs Debian's ``mosquitto`` package (``make setup`` installs it).
+Not used by the product's processes. Needs Debian's ``mosquitto`` package (``make setup`` installs it).
 """
 
 from __future__ import annotations
@@ -13,9 +13,11 @@ import tempfile
 import time
 from pathlib import Path
 
-from .errors import PublishError
+from ..adapters.fs import write_atomic
+from ..adapters.mqtt import port_open
+from ..errors import PublishError
 
-__all__ = ["LocalBroker", "find_mosquitto", "free_port", "port_open"]
+__all__ = ["LocalBroker", "find_mosquitto", "free_port"]
 
 
 def find_mosquitto() -> str | None:
@@ -29,15 +31,6 @@ def free_port() -> int:
     with socket.socket() as s:
         s.bind(("127.0.0.1", 0))
         return int(s.getsockname()[1])
-
-
-def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:
-    """True when something accepts TCP connections at host:port."""
-    try:
-        with socket.create_connection((host, port), timeout=timeout_s):
-            return True
-    except OSError:
-        return False
 
 
 class LocalBroker:
@@ -60,8 +53,8 @@ class LocalBroker:
         user = "user root\n" if os.geteuid() == 0 else ""
         persistence = (f"persistence true\npersistence_location {self.dir}/\n" if persistent
                        else "persistence false\n")
-        (self.dir / "mosquitto.conf").write_text(
-            f"{listener}{user}{body}{persistence}log_dest file {self.log_path}\nlog_type all\n{extra_conf}")
+        conf = f"{listener}{user}{body}{persistence}log_dest file {self.log_path}\nlog_type all\n{extra_conf}"
+        write_atomic(self.dir / "mosquitto.conf", conf.encode(), mode=0o644)
         self.proc: subprocess.Popen[bytes] | None = None
 
     def start(self, timeout_s: float = 10.0) -> LocalBroker:

@@ -17,8 +17,8 @@ from collections.abc import Mapping
 from dataclasses import dataclass
 from typing import Any
 
-from .errors import DecodeError, UdsNegativeResponse
-from .model import FIELDS
+from ..errors import DecodeError, UdsNegativeResponse
+from ..model import FIELDS
 
 __all__ = ["ARRAY_FIELDS", "TEXT_FIELDS", "VEHICLE_STATES", "ByteField", "DiagValues", "Layout", "PollSpec",
            "decode_reply", "parse_polls"]

@@ -1,0 +1,118 @@
+"""The files the gateway reads at start: the config and profile TOML, the DBC files (cantools, strict),
+and the package data (the forecast prior). The only module that imports tomllib and cantools.
+
+Everything is returned as plain data (mappings, cantools databases); the core's ``parse_config`` and
+``parse_profile`` and ``Prior.from_json`` turn it into the gateway's types. Every failure is a
+``ConfigError`` naming the file and the config key that pointed at it.
+"""
+
+from __future__ import annotations
+
+import json
+import tomllib
+from importlib import resources
+from pathlib import Path
+from typing import Any
+
+import cantools
+
+from ..errors import ConfigError
+
+__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "load_dbc", "read_config", "read_package_json", "read_profile"]
+
+BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
+
+
+def _read_toml(path: Path, *, key: str) -> dict[str, Any]:
+    try:
+        return tomllib.loads(path.read_text(encoding="utf-8"))
+    except OSError as exc:
+        raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
+    except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
+        raise ConfigError(f"{key}: {path}: {exc}") from exc
+
+
+def read_config(path: str | Path) -> dict[str, Any]:
+    """The config file as a mapping.
+
+    Raises:
+        ConfigError: unreadable, not UTF-8, or a TOML syntax error (naming the file).
+    """
+    p = Path(path)
+    try:
+        text = p.read_text(encoding="utf-8")
+    except OSError as exc:
+        raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
+    except UnicodeDecodeError as exc:
+        raise ConfigError(f"{p}: not UTF-8 text") from exc
+    try:
+        return tomllib.loads(text)
+    except tomllib.TOMLDecodeError as exc:
+        raise ConfigError(f"{p}: {exc}") from exc
+
+
+def builtin_dbc_dir() -> Path:
+    """Where the project's own DBC files live: ``gateway/dbc`` in a wheel, ``dbc/`` in a source tree."""
+    package = Path(str(resources.files("gateway")))
+    installed = package / "dbc"
+    return installed if installed.is_dir() else package.parent / "dbc"
+
+
+def read_profile(name_or_path: str) -> tuple[dict[str, Any], tuple[Path, ...]]:
+    """A built-in profile by name, or a profile TOML file by path, with its ``include`` files merged.
+
+    Returns:
+        The document, and the directories its DBC file names are looked up in (in order).
+
+    Raises:
+        ConfigError: unknown name, unreadable file, or a TOML error.
+    """
+    if name_or_path in BUILTIN_PROFILES:
+        path = Path(str(resources.files("gateway.profiles"))) / f"{name_or_path}.toml"
+    else:
+        path = Path(name_or_path)
+        if not path.suffix:
+            raise ConfigError(f"vehicle.profile: unknown profile {name_or_path!r} "
+                              f"(built-in: {', '.join(BUILTIN_PROFILES)}; or a path to a .toml file)")
+    data = _read_toml(path, key="vehicle.profile")
+    for name in data.get("include", []):  # shared poll lists, e.g. leaf_lbc_polls.toml
+        included = _read_toml(path.parent / name, key="vehicle.profile")
+        data["poll"] = [*included.get("poll", []), *data.get("poll", [])]
+    return data, (path.parent, builtin_dbc_dir())
+
+
+def load_dbc(profile: str, names: tuple[str, ...], dirs: tuple[Path, ...]) -> list[Any]:
+    """Load the DBC files a profile names, each from the first directory that has it, with ``strict=True``.
+
+    Raises:
+        ConfigError: a file is in none of ``dirs``, or does not load strictly (naming it).
+    """
+    problems = []
+    found = []
+    for name in names:
+        path = next((d / name for d in dirs if (d / name).is_file()), None)
+        if path is None:
+            problems.append(f"profile {profile}: dbc: {name!r} not found in {', '.join(map(str, dirs))}")
+        else:
+            found.append(path)
+    if problems:
+        raise ConfigError(problems)
+    databases = []
+    for path in found:
+        try:
+            databases.append(cantools.database.load_file(str(path), strict=True))
+        except Exception as exc:  # cantools raises many types (ParseError, UnsupportedDatabaseFormatError)
+            raise ConfigError(f"profile {profile}: DBC {path}: {exc}") from exc
+    return databases
+
+
+def read_package_json(name: str) -> Any:
+    """A JSON file shipped in ``gateway/data`` (the forecast prior).
+
+    Raises:
+        ConfigError: missing or not JSON; the release is damaged.
+    """
+    try:
+        return json.loads((resources.files("gateway.data") / name).read_text())
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"gateway/data/{name}: unreadable ({exc}); reinstall the release") from exc

@@ -1,0 +1,378 @@
+"""Command line: ``battery-gateway SUBCOMMAND`` (also ``python -m gateway``). Logging setup, exit codes.
+
+Exit codes: 0 ok, 1 runtime failure, 2 usage or configuration error. User mistakes print one line on
+stderr naming the culprit, never a traceback.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import signal
+import sys
+import threading
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any, ClassVar
+
+from .. import __version__
+from ..errors import CaptureError, ConfigError, GatewayError, TransportError
+
+__all__ = ["main"]
+
+log = logging.getLogger("gateway")
+
+EPILOG = """\
+examples:
+  battery-gateway keygen --key /var/lib/battery-gateway/device-key.pem
+  battery-gateway check-config --config /etc/battery-gateway/gateway.toml
+  battery-gateway run --config /etc/battery-gateway/gateway.toml
+  battery-gateway replay drive.log --profile leaf-ze1 --json > messages.jsonl
+  battery-gateway verify --pubkey device.pub certificate.cose
+  battery-gateway update --config /etc/battery-gateway/gateway.toml --check
+  battery-gateway demo
+
+Docs: docs/cli.md (commands), docs/config.md (every key), docs/mqtt.md (topics and envelope),
+docs/ota.md (updates).
+"""
+
+
+class _JournalFormatter(logging.Formatter):
+    """``<N>`` syslog priority prefixes, which journald reads from stderr; no timestamps (journald adds them)."""
+
+    _PRIO: ClassVar[dict[int, int]] = {logging.DEBUG: 7, logging.INFO: 6, logging.WARNING: 4, logging.ERROR: 3,
+                                       logging.CRITICAL: 2}
+
+    def format(self, record: logging.LogRecord) -> str:
+        return f"<{self._PRIO.get(record.levelno, 6)}>{super().format(record)}"
+
+
+def _setup_logging(level: str) -> None:
+    handler = logging.StreamHandler(sys.stderr)
+    fmt = "%(name)s: %(message)s"
+    journal = bool(os.environ.get("JOURNAL_STREAM"))
+    handler.setFormatter(_JournalFormatter(fmt) if journal else logging.Formatter(f"%(levelname)s {fmt}"))
+    root = logging.getLogger()
+    root.handlers[:] = [handler]
+    root.setLevel(level)
+
+
+def _parser() -> argparse.ArgumentParser:
+    p = argparse.ArgumentParser(
+        prog="battery-gateway", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
+        description="Reads an EV battery ECU over CAN, signs every reading (COSE ES256) and publishes "
+                    "battery-passport updates over MQTT 5.")
+    p.add_argument("--version", action="version", version=f"%(prog)s {__version__}")
+    p.add_argument("-v", "--verbose", action="store_true", help="debug logging")
+    sub = p.add_subparsers(dest="command", required=True, metavar="COMMAND")
+
+    s = sub.add_parser("run", help="the daemon (SIGTERM/SIGINT: flush, close, exit 0)")
+    s.add_argument("--config", required=True, metavar="PATH", help="the TOML config (docs/config.md)")
+
+    s = sub.add_parser("check-config", help="validate a config and print the effective values; exit 2 if bad")
+    s.add_argument("--config", required=True, metavar="PATH")
+
+    s = sub.add_parser("keygen", help="create the P-256 device key (PKCS#8 PEM, mode 0600)")
+    s.add_argument("--key", required=True, metavar="PATH", help="where to write it; never overwritten")
+
+    s = sub.add_parser("csr", help="TLS key (created if missing) and a certificate request for the fleet CA",
+                       description="Writes a PKCS#10 CSR with CN = the device id; the fleet CA's certificate then "
+                                   "becomes the MQTT identity (docs/delivery.md). Run by first-boot provisioning.")
+    s.add_argument("--key", required=True, metavar="PATH", help="the TLS key (P-256, mode 0600; kept if present)")
+    s.add_argument("--id", required=True, metavar="DEVICE_ID", help="the device id (keygen prints it)")
+    s.add_argument("--out", required=True, metavar="FILE", help="where to write the CSR (PEM)")
+
+    s = sub.add_parser("replay", help="decode a recorded capture offline; print what would be published",
+                       description="Formats: candump -l, ASC, BLF, TRC, CSV, MF4 (python-can), OVMS CRTD, "
+                                   "SavvyCAN/GVRET CSV and text, candump text, ParserFlags tab export.")
+    s.add_argument("capture", metavar="CAPTURE")
+    s.add_argument("--profile", metavar="NAME", help="vehicle profile (default: the config's, else leaf-ze1)")
+    s.add_argument("--config", metavar="PATH", help="a config; only [vehicle] and [publish] are needed")
+    s.add_argument("--json", action="store_true", help="one JSON payload per line (byte strings as hex)")
+    s.add_argument("--bus", type=int, metavar="N", help="only frames from bus/channel N (CRTD bus 1 = 1)")
+
+    s = sub.add_parser("inspect", help="one-shot inspection-bay read with a signed certificate",
+                       description="Waits for the battery ECU, polls every group once, and writes "
+                                   "certificate.cose (the signed envelope), certificate.json (its payload) and "
+                                   "certificate.html (the page to read and print). Exit 1 when the ECU is silent.")
+    s.add_argument("--config", required=True, metavar="PATH")
+    s.add_argument("--out", default=".", metavar="DIR", help="where the three files go (default: here)")
+    s.add_argument("--lang", choices=("ja", "en"), default="en", help="language of certificate.html")
+    s.add_argument("--wait", type=float, default=5.0, metavar="S", help="how long to wait for the bus (default 5)")
+
+    s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails",
+                       description="Checks signatures, the hash chain and gaps per device, drops duplicates by "
+                                   "(dev, ep, seq), and reports what is missing. Envelopes come from files, "
+                                   "directories of files, or an MQTT subscription.")
+    s.add_argument("files", nargs="*", metavar="FILE|DIR", help="files holding one COSE_Sign1 envelope each")
+    s.add_argument("--pubkey", metavar="PEM", help="the device's public key (printed by keygen), for one device")
+    s.add_argument("--trust", metavar="DIR", help="trusted device keys, one PEM per device id: DIR/<dev>.pem")
+    s.add_argument("--mqtt", metavar="HOST:PORT", help="subscribe to a broker instead of reading files")
+    s.add_argument("--topic", default="bp/v1/+/#", help="topic filter for --mqtt (default bp/v1/+/#)")
+    s.add_argument("--duration", type=float, metavar="S", help="with --mqtt: stop after S seconds (else Ctrl-C)")
+    s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
+
+    s = sub.add_parser("update", help="over-the-air update through TUF: check, download, install, probation",
+                       description="One updater run (the battery-gateway-update timer and path units start it). "
+                                   "Finishes a pending probation (commit or roll back) or checks the TUF "
+                                   "repository for the release in ota.target, downloads it (resuming), installs "
+                                   "it next to the current one, switches `current`, restarts the daemon and "
+                                   "waits until it is healthy or rolls back. Exit 1 when refused, failed or "
+                                   "rolled back. Progress goes to {topic_prefix}/{device.id}/ota (retained).")
+    s.add_argument("--config", required=True, metavar="PATH")
+    s.add_argument("--check", action="store_true", help="refresh the metadata and say what would be installed")
+
+    s = sub.add_parser("command", help="sign a command for a device with the backend key (writes COSE bytes)",
+                       description="Publish the output on {topic_prefix}/{device}/cmd/{NAME}, e.g. "
+                                   "mosquitto_pub -t bp/v1/gw-0001/cmd/ota -f cmd.cose")
+    s.add_argument("name", choices=("ota",), metavar="NAME", help="the command: ota")
+    s.add_argument("--key", required=True, metavar="PEM", help="the backend's command key (PKCS#8 PEM)")
+    s.add_argument("--device", required=True, metavar="ID")
+    s.add_argument("--out", required=True, metavar="FILE", help="where to write the envelope")
+
+    s = sub.add_parser("demo", help="simulated Leaf -> daemon -> local broker -> verifying subscriber")
+    s.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to run (default 20)")
+
+    s = sub.add_parser("simulate", help="a simulated Leaf battery ECU on a CAN bus (for tests and demos)")
+    s.add_argument("--interface", default="udp_multicast")
+    s.add_argument("--channel", default="ff11:7079:7468:6f6e:6465:6d6f:6d63:6173",
+                   help="bus channel (default: an interface-local IPv6 multicast group, never leaves this host)")
+    s.add_argument("--port", type=int, default=43113, help="udp_multicast port")
+    s.add_argument("--generation", choices=("ze0", "aze0", "ze1"), default="aze0")
+    s.add_argument("--soh", type=int, default=85, metavar="PCT")
+    s.add_argument("--soc", type=float, default=70.0, metavar="PCT")
+    s.add_argument("--duration", type=float, default=60.0, metavar="S")
+    return p
+
+
+def _to_json(obj: Any) -> Any:
+    if isinstance(obj, bytes):
+        return obj.hex()
+    raise TypeError(f"cannot encode {type(obj).__name__}")
+
+
+def dumps(payload: dict[str, Any]) -> str:
+    """A payload as one JSON line, byte strings as hex."""
+    return json.dumps(payload, default=_to_json, separators=(",", ":"), ensure_ascii=False)
+
+
+def _write_output(path: str, data: bytes) -> None:
+    """Write a command's ``--out`` file (a CSR or a signed command: nothing secret in either)."""
+    from ..adapters.fs import write_atomic
+
+    try:
+        write_atomic(path, data, mode=0o644)
+    except OSError as exc:
+        raise ConfigError(f"--out {path}: cannot write: {exc.strerror}") from exc
+
+
+def _cmd_check_config(args: argparse.Namespace) -> int:
+    from ..core.config import render_toml
+    from .wiring import load_config, load_profile
+
+    config = load_config(args.config)
+    load_profile(config.vehicle.profile)
+    print(render_toml(config), end="")
+    return 0
+
+
+def _cmd_keygen(args: argparse.Namespace) -> int:
+    from ..adapters.keystore import generate_key, public_pem
+    from ..core.signing import key_id
+
+    key = generate_key(args.key)
+    kid, pem = key_id(key.public_key()), public_pem(key)
+    print(f"device id: gw-{kid[:4].hex()}")
+    print(f"key id: {kid.hex()}")
+    print(pem, end="")
+    return 0
+
+
+def _cmd_csr(args: argparse.Namespace) -> int:
+    from ..adapters.keystore import certificate_request
+
+    pem = certificate_request(args.key, args.id)
+    _write_output(args.out, pem)
+    print(pem.decode(), end="")
+    return 0
+
+
+def _without_mf4() -> None:
+    """Keep python-can from importing asammdf (and numpy, ~50 MB) in the long-running commands.
+
+    python-can imports asammdf eagerly when the ``mf4`` extra is installed; only ``replay`` reads MF4.
+    """
+    sys.modules.setdefault("asammdf", None)  # type: ignore[arg-type]  # None makes the import fail cleanly
+
+
+def _cmd_run(args: argparse.Namespace) -> int:
+    _without_mf4()
+    from .daemon import run_daemon
+    from .wiring import load_config
+
+    config = load_config(args.config)
+    _setup_logging("DEBUG" if args.verbose else config.logging.level)
+    stop = threading.Event()
+
+    def on_signal(signum: int, _frame: object) -> None:
+        log.info("%s: stopping", signal.Signals(signum).name)
+        stop.set()
+
+    signal.signal(signal.SIGTERM, on_signal)
+    signal.signal(signal.SIGINT, on_signal)
+    return run_daemon(config, stop=stop)
+
+
+def _cmd_update(args: argparse.Namespace) -> int:
+    _without_mf4()
+    from .updater import run_update
+    from .wiring import load_config
+
+    config = load_config(args.config)
+    _setup_logging("DEBUG" if args.verbose else config.logging.level)
+    return run_update(config, check_only=args.check)
+
+
+def _cmd_command(args: argparse.Namespace) -> int:
+    from .commands import sign_command
+
+    _write_output(args.out, sign_command(args.key, device_id=args.device, command=args.name))
+    return 0
+
+
+def _cmd_verify(args: argparse.Namespace) -> int:
+    from ..core.chainverify import ChainVerifier
+    from .verify import envelopes_from_files, envelopes_from_mqtt, trusted_keys
+
+    if not args.pubkey and not args.trust:
+        raise ConfigError("verify: give --pubkey PEM (one device) or --trust DIR (one PEM per device id)")
+    if not args.files and not args.mqtt:
+        raise ConfigError("verify: give envelope files or directories, or --mqtt HOST:PORT")
+    verifier = ChainVerifier(trusted_keys(pubkey=args.pubkey, trust_dir=args.trust))
+    source = (envelopes_from_mqtt(args.mqtt, topic=args.topic, duration_s=args.duration, tls=args.tls)
+              if args.mqtt else envelopes_from_files(args.files))
+    try:
+        for name, envelope in source:
+            verdict = verifier.add(envelope)
+            if verdict.status == "accepted":
+                assert verdict.payload is not None
+                print(dumps(verdict.payload), flush=True)
+                print(f"{name}: signature verified ({verdict.payload.get('kind')} {verdict.reason})", file=sys.stderr)
+            elif verdict.status == "duplicate":
+                print(f"{name}: ignored: {verdict.reason}", file=sys.stderr)
+            else:
+                print(f"{name}: REJECTED: {verdict.reason}", file=sys.stderr)
+    except KeyboardInterrupt:
+        pass
+    lines, intact = verifier.report()
+    for line in lines:
+        print(f"verify: {line}", file=sys.stderr)
+    return 0 if intact else 1
+
+
+def _cmd_inspect(args: argparse.Namespace) -> int:
+    _without_mf4()
+    from .inspection import run_inspection
+    from .wiring import load_config
+
+    config = load_config(args.config)
+    _setup_logging("DEBUG" if args.verbose else "ERROR")  # progress lines say what happens
+
+    def progress(line: str) -> None:
+        print(f"inspect: {line}", file=sys.stderr, flush=True)
+
+    result = run_inspection(config, out_dir=args.out, lang=args.lang, wait_s=args.wait, progress=progress)
+    m = result.payload["m"]
+    assert isinstance(m, dict)
+    health = "  ".join(f"{label} {round(m[key], 2):g} %" for key, label in (("bms_soh_pct", "BMS SOH"),
+                       ("capacity_soh_pct", "capacity SoH"), ("hx_pct", "Hx")) if key in m)
+    print(f"certificate written in {result.seconds:.1f} s: {result.out_dir}/certificate.cose, .json, .html")
+    print(f"battery {result.payload.get('bat') or '(serial not read)'}: {health}")
+    print(f"sha256 {result.digest_hex}{'  (published)' if result.published else ''}")
+    return 0
+
+
+def _cmd_demo(args: argparse.Namespace) -> int:
+    _without_mf4()
+    from ..sim.demo import run_demo
+
+    return run_demo(duration_s=args.duration)
+
+
+def _cmd_simulate(args: argparse.Namespace) -> int:
+    _without_mf4()
+    from ..sim.demo import simulate
+
+    return simulate(interface=args.interface, channel=args.channel, port=args.port, generation=args.generation,
+                    soh_pct=args.soh, soc_pct=args.soc, duration_s=args.duration)
+
+
+def _describe(body: dict[str, Any]) -> str:
+    from ..core.passport import rfc3339
+    from ..core.summary import describe
+
+    return f"{body['kind']:8} seq {body['seq']:<5} {rfc3339(body['ts'] / 1000)}  {describe(body)}"
+
+
+def _cmd_replay(args: argparse.Namespace) -> int:
+    from ..adapters.capture_files import CaptureStats
+    from ..core.config import parse_config
+    from .replay import replay_capture
+    from .wiring import load_config
+
+    sections = ("vehicle", "publish")
+    config = load_config(args.config, sections=sections) if args.config else parse_config({}, sections=sections)
+    stats = CaptureStats()
+    progress = None
+    path = Path(args.capture)
+    if sys.stderr.isatty() and path.is_file() and path.stat().st_size > 2_000_000:
+        total = max(1, path.read_bytes().count(b"\n"))
+
+        def progress() -> None:
+            n = stats.frames + stats.skipped + stats.events + stats.bad_lines
+            print(f"\rreplay: {n:,} of {total:,} lines ({min(100, n * 100 // total)} %)", end="", file=sys.stderr)
+
+    run = replay_capture(args.capture, config=config, profile=args.profile, bus=args.bus, stats=stats,
+                         progress=progress)
+    for message in run.messages:
+        print(dumps(message.body) if args.json else _describe(message.body), flush=False)
+    if progress is not None:
+        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    counts = run.counts()
+    print(f"replay: {stats.path} ({stats.format}): {stats.lines:,} lines, {stats.frames:,} battery frames, "
+          f"{stats.bad_lines} unreadable lines; " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())),
+          file=sys.stderr)
+    if run.missing():
+        print(f"replay: no passport: battery state incomplete (never seen: {', '.join(run.missing())})",
+              file=sys.stderr)
+    return 0
+
+
+_COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
+             "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
+             "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr}
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    """Entry point of the console script."""
+    args = _parser().parse_args(argv)
+    _setup_logging("DEBUG" if args.verbose else "INFO" if args.command in ("run", "demo") else "WARNING")
+    try:
+        return _COMMANDS[args.command](args)
+    except ConfigError as exc:
+        for problem in exc.problems:
+            print(f"error: {problem}", file=sys.stderr)
+        return 2
+    except CaptureError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 2
+    except TransportError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except GatewayError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    except KeyboardInterrupt:
+        return 130

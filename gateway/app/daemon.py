@@ -1,0 +1,143 @@
+"""Composition root of the daemon (``battery-gateway run``): builds the adapters from the config, wires
+the services, runs the main loop, and shuts down in order.
+
+One loop on the main thread (docs/adr/0006-single-threaded-main-loop.md): read one frame, hand a poll
+reply to the diagnostics service and anything else to the pipeline, tick the pipeline with the wall
+clock, drive the next poll, let the forwarder send what the outbox holds, take commands, ping the
+watchdog. paho's network thread is the only other thread.
+
+Shutdown order: stop reading the bus, sign nothing more, save the state, flush the outbox (bounded
+wait), say offline, close.
+"""
+
+from __future__ import annotations
+
+import logging
+import threading
+import time
+from collections import Counter
+
+from .. import __version__
+from ..adapters.health import HealthFile
+from ..adapters.isotp import IsoTpDiagClient
+from ..adapters.keystore import load_private_key
+from ..adapters.mqtt import PahoPublisher
+from ..adapters.sqlite_outbox import SqliteOutbox
+from ..adapters.systemd import SystemdNotifier
+from ..core.config import Config
+from ..errors import TransportError
+from ..services.diagnostics import DiagService
+from ..services.forwarder import Forwarder
+from ..services.pipeline import Pipeline
+from .commands import OtaCommandIntake
+from .wiring import assemble, drain, open_bus, open_store, open_uplink, vin_salt
+
+__all__ = ["run_daemon"]
+
+log = logging.getLogger(__name__)
+
+
+def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline, ota: OtaCommandIntake) -> None:
+    while not publisher.commands.empty():
+        name, payload = publisher.commands.get_nowait()
+        if name == "passport":
+            log.info("passport requested over MQTT")
+            pipeline.request_passport("request")
+        elif name == "ota":
+            ota.handle(payload, now_ms=round(time.time() * 1000))
+        else:
+            log.warning("unknown command %r ignored", name)
+
+
+class _Watchdog:
+    """WATCHDOG=1 from the main loop, twice per WatchdogSec, while frames flow or the car is known asleep.
+
+    A hung CAN read never comes back to ``step``, so systemd's watchdog fires and restarts the service.
+    """
+
+    def __init__(self, notifier: SystemdNotifier) -> None:
+        self._notifier = notifier
+        self.last_frame = self._last_ping = time.monotonic()
+
+    def step(self, pipeline: Pipeline, store: SqliteOutbox) -> None:
+        period = self._notifier.watchdog_s
+        now = time.monotonic()
+        if not period or now - self._last_ping < period / 2:
+            return
+        state = pipeline.vehicle_state()
+        if now - self.last_frame > period and state != "off":
+            return  # frames stopped but the car is not known to be asleep: let the watchdog decide
+        chain = pipeline.chain
+        self._notifier.notify(f"WATCHDOG=1\nSTATUS=epoch {chain.ep} seq {chain.seq}, car {state}, "
+                              f"outbox {store.count()}")
+        self._last_ping = now
+
+
+def run_daemon(config: Config, *, stop: threading.Event) -> int:
+    """Run until ``stop`` is set. Returns the exit code (0 after a clean stop).
+
+    Raises:
+        ConfigError: bad key file or profile (exit 2 in the CLI).
+        TransportError: CAN interface or state directory unusable at start (exit 1).
+    """
+    health = HealthFile(config.device.state_dir, __version__)  # first: a crash below still counts a start
+    key = load_private_key(config.device.key_file)
+    ota = OtaCommandIntake(config)
+    store = open_store(config)
+    chain, counters = store.load()
+    parts = assemble(config, key, sink=store, chain=chain, counters=counters, device_id=config.device.id,
+                     vin_salt=vin_salt(config.device.state_dir), epoch_note=store.new_epoch_reason)
+    pipeline = parts.pipeline
+    publisher = open_uplink(config)
+    forwarder = Forwarder(store, publisher, window=config.mqtt.max_inflight)
+    notifier = SystemdNotifier.from_environment()
+    watchdog = _Watchdog(notifier)
+    source = diag = None
+    code = 0
+    try:
+        source = open_bus(config, parts.profile.frame_ids)
+        diag = DiagService(parts.profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
+                           vehicle_state=pipeline.vehicle_state)
+        notifier.notify("READY=1")
+        health.mark("bus")
+        log.info("running: profile %s, device %s, epoch %d seq %d", parts.profile.name, config.device.id,
+                 chain.ep, chain.seq)
+        timeout = config.can.receive_timeout_s
+        while not stop.is_set():
+            frame = source.recv(0.005 if diag.client.busy else timeout)
+            if frame is not None:
+                watchdog.last_frame = time.monotonic()
+                if diag.on_frame(frame):
+                    frame = None
+            now = time.time()
+            if frame is not None:  # what the pipeline signs goes to the outbox; the forwarder sends it
+                pipeline.on_frame(frame)
+            else:
+                pipeline.tick(now)
+            diag.step(now, schedule=diag.specs != ())
+            forwarder.step(now)
+            _handle_commands(publisher, pipeline, ota)
+            if publisher.is_connected:
+                health.mark("broker")
+                if forwarder.counts["delivered"]:
+                    health.mark("acked")
+            watchdog.step(pipeline, store)
+    except TransportError as exc:
+        log.error("%s", exc)
+        code = 1
+    finally:
+        notifier.notify("STOPPING=1")
+        if source is not None:
+            source.close()
+        try:
+            store.save(pipeline.chain, parts.tracker.counters)
+        except TransportError as exc:
+            log.error("%s", exc)
+            code = 1
+        drain(forwarder, timeout_s=5.0)  # what is still unsent stays in the outbox for the next start
+        publisher.close()
+        diag_errors = Counter({f"diag_{k}": v for k, v in (diag.counts if diag else {}).items() if k != "ok"})
+        log.info("stopped: %d messages left in the outbox; %s", store.count(),
+                 ", ".join(f"{k} {v}" for k, v in sorted((pipeline.counts + diag_errors + forwarder.counts).items())))
+        store.close()
+    return code

@@ -1,0 +1,87 @@
+"""Composition root of ``battery-gateway verify``, the backend's check of what devices signed: which
+key to trust for which device, and where the envelopes come from (files, directories, or an MQTT
+subscription). The checks themselves are ``core/chainverify.py``.
+"""
+
+from __future__ import annotations
+
+import queue
+import time
+from collections.abc import Callable, Iterator
+from pathlib import Path
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..adapters.keystore import load_public_key
+from ..adapters.mqtt import PahoSubscriber
+from ..errors import ConfigError
+
+__all__ = ["envelopes_from_files", "envelopes_from_mqtt", "trusted_keys"]
+
+
+def trusted_keys(*, pubkey: str | None, trust_dir: str | None) -> Callable[[str], ec.EllipticCurvePublicKey | None]:
+    """Device id -> trusted public key: one key for every device (``--pubkey``) or ``DIR/<dev>.pem``.
+
+    Raises:
+        ConfigError: the key file or directory is unreadable.
+    """
+    if pubkey:
+        key = load_public_key(pubkey)
+        return lambda dev: key
+    assert trust_dir is not None
+    directory = Path(trust_dir)
+    if not directory.is_dir():
+        raise ConfigError(f"verify --trust: {directory} is not a directory")
+    cache: dict[str, ec.EllipticCurvePublicKey | None] = {}
+
+    def lookup(dev: str) -> ec.EllipticCurvePublicKey | None:
+        if dev not in cache:
+            path = directory / f"{dev}.pem"
+            safe = dev and "/" not in dev and not dev.startswith(".")
+            cache[dev] = load_public_key(path) if safe and path.is_file() else None
+        return cache[dev]
+
+    return lookup
+
+
+def envelopes_from_files(names: list[str]) -> Iterator[tuple[str, bytes]]:
+    """(name, bytes) of every file named, directories expanded in name order.
+
+    Raises:
+        ConfigError: a name that does not exist.
+    """
+    for name in names:
+        path = Path(name)
+        if path.is_dir():
+            files = sorted(p for p in path.iterdir() if p.is_file())
+        elif path.is_file():
+            files = [path]
+        else:
+            raise ConfigError(f"verify: {path} does not exist")
+        for f in files:
+            yield str(f), f.read_bytes()
+
+
+def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
+                        tls: list[str] | None) -> Iterator[tuple[str, bytes]]:
+    """(topic, payload) of the signed messages on a subscription, until ``duration_s`` (or forever).
+
+    Raises:
+        ConfigError: a malformed HOST:PORT. PublishError: the broker cannot be reached.
+    """
+    host, _, port = address.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"verify --mqtt: expected HOST:PORT, got {address!r}")
+    subscriber = PahoSubscriber(host=host, port=int(port), topic=topic,
+                                tls_files=(tls[0], tls[1], tls[2]) if tls else None)
+    deadline = None if duration_s is None else time.monotonic() + duration_s
+    try:
+        while deadline is None or time.monotonic() < deadline:
+            try:
+                name, payload = subscriber.messages.get(timeout=0.2)
+            except queue.Empty:
+                continue
+            if not name.endswith(("/status", "/ota")) and "/cmd/" not in name:
+                yield name, payload
+    finally:
+        subscriber.close()

@@ -1,0 +1,175 @@
+"""The parts every composition root builds the same way: the config, the vehicle profile with its DBC
+files, the forecast prior, and one vehicle's pipeline with its decoder, tracker and signer; the CAN
+bus, the outbox and the uplink from the config. Wiring only: no decisions live here.
+"""
+
+from __future__ import annotations
+
+import logging
+import os
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from .. import __version__
+from ..adapters.can_bus import PythonCanBus
+from ..adapters.files import load_dbc, read_config, read_package_json, read_profile
+from ..adapters.fs import write_atomic
+from ..adapters.mqtt import PahoPublisher
+from ..adapters.sqlite_outbox import SqliteOutbox
+from ..adapters.tflite import load_segment_model
+from ..core.battery import BatteryTracker
+from ..core.config import SCHEMA, Config, parse_config
+from ..core.decoding import Decoder
+from ..core.forecast import Prior
+from ..core.outlook import build_outlook
+from ..core.profile import Profile, parse_profile
+from ..core.signing import Signer
+from ..errors import ConfigError
+from ..model import ChainPosition, Counters
+from ..ports import MessageSink
+from ..services.forwarder import Forwarder
+from ..services.pipeline import Pipeline
+
+__all__ = ["SW", "Assembly", "assemble", "drain", "load_config", "load_prior", "load_profile", "open_bus", "open_store",
+           "open_uplink", "vin_salt"]
+
+log = logging.getLogger(__name__)
+
+SW = f"battery-gateway/{__version__}"
+
+Outlook = Callable[[BatteryTracker, float], dict[str, Any] | None]
+
+
+def load_config(path: str | Path, *, sections: tuple[str, ...] = tuple(SCHEMA)) -> Config:
+    """Read and validate the TOML file at ``path`` (``sections``: see ``parse_config``).
+
+    Raises:
+        ConfigError: unreadable file, TOML syntax error, or bad keys, each line naming the file.
+    """
+    data = read_config(path)
+    try:
+        return parse_config(data, sections=sections)
+    except ConfigError as exc:
+        raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
+
+
+def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
+    """A built-in profile by name, or a profile TOML file, and its DBC databases.
+
+    Raises:
+        ConfigError: unknown profile, unreadable file, a bad key, or a DBC that does not load strictly.
+    """
+    data, dbc_dirs = read_profile(name_or_path)
+    profile = parse_profile(data)
+    return profile, load_dbc(profile.name, profile.dbc, dbc_dirs)
+
+
+def load_prior() -> Prior:
+    """The forecast prior shipped with the package (``gateway/data/soh_prior.json``, tools/soh_prior.py).
+
+    Raises:
+        ConfigError: the file is damaged (reinstall the release).
+    """
+    doc = read_package_json("soh_prior.json")
+    try:
+        return Prior.from_json(doc)
+    except (ValueError, KeyError, TypeError) as exc:
+        raise ConfigError(f"gateway/data/soh_prior.json: unreadable forecast prior ({exc}); reinstall the "
+                          "release") from exc
+
+
+@dataclass(frozen=True)
+class Assembly:
+    """One vehicle's parts as a composition root holds them; the pipeline was built from the others."""
+
+    profile: Profile
+    decoder: Decoder
+    tracker: BatteryTracker
+    signer: Signer
+    outlook: Outlook
+    pipeline: Pipeline
+
+
+def assemble(config: Config, key: ec.EllipticCurvePrivateKey, *, sink: MessageSink, chain: ChainPosition,
+             counters: Counters, device_id: str, vin_salt: bytes, epoch_note: str = "") -> Assembly:
+    """Profile + decoder + tracker + signer + forecast -> a pipeline whose messages go to ``sink``.
+
+    Raises:
+        ConfigError: unknown profile, a DBC that does not load, or a damaged forecast prior.
+    """
+    profile, dbs = load_profile(config.vehicle.profile)
+    decoder = Decoder(profile, dbs)
+    tracker = BatteryTracker(profile, counters=counters, rated_capacity_ah=config.vehicle.rated_capacity_ah,
+                             stale_after_s=config.publish.stale_after_s, soh_model=load_segment_model)
+    prior = load_prior()
+
+    def outlook(t: BatteryTracker, now: float) -> dict[str, Any] | None:
+        return build_outlook(t, prior=prior, chemistry=profile.chemistry, rule=config.warranty, now=now)
+
+    signer = Signer(key)
+    pipeline = Pipeline(decoder, tracker, signer, sink=sink, chain=chain, policy=config.publish, device_id=device_id,
+                        sw=SW, vin_salt=vin_salt, epoch_note=epoch_note, outlook=outlook)
+    return Assembly(profile, decoder, tracker, signer, outlook, pipeline)
+
+
+def open_bus(config: Config, frame_ids: frozenset[int]) -> PythonCanBus:
+    """The CAN interface, with ``frame_ids`` (the profile's broadcast and reply ids) as filters.
+
+    Raises:
+        BusError: the interface cannot be opened.
+    """
+    return PythonCanBus(interface=config.can.interface, channel=config.can.channel, bitrate=config.can.bitrate,
+                        frame_ids=frame_ids, udp_multicast_port=config.can.udp_multicast_port)
+
+
+def open_store(config: Config) -> SqliteOutbox:
+    """The device's state database and outbox (not loaded yet: call ``load``).
+
+    Raises:
+        StateError: the state directory cannot be used, or another process holds it.
+    """
+    return SqliteOutbox(config.device.state_dir, max_bytes=config.outbox.max_mb * 1024 * 1024,
+                        thin_bucket_s=config.outbox.thin_bucket_s)
+
+
+def open_uplink(config: Config) -> PahoPublisher:
+    """The MQTT client, connecting in the background.
+
+    Raises:
+        PublishError: the TLS files cannot be loaded.
+    """
+    m = config.mqtt
+    tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
+    return PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
+                         sw=SW, keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
+                         session_expiry_s=m.session_expiry_s, tls_files=tls, max_backoff_s=m.max_backoff_s)
+
+
+def vin_salt(state_dir: str) -> bytes:
+    """The device's VIN salt (16 random bytes, created once in ``state_dir``)."""
+    path = Path(state_dir) / "vin-salt"
+    try:
+        return path.read_bytes()
+    except FileNotFoundError:
+        salt = os.urandom(16)
+        try:
+            write_atomic(path, salt)
+        except OSError as exc:  # a read-only state_dir must not stop the gateway; the hash changes at restart
+            log.error("device.state_dir: cannot write %s (%s): VIN hashes use a salt for this run only",
+                      path, exc.strerror)
+        return salt
+
+
+def drain(forwarder: Forwarder, *, timeout_s: float) -> None:
+    """Send what the outbox holds until it is empty, nothing is in flight, or ``timeout_s``."""
+    deadline = time.monotonic() + timeout_s
+    while time.monotonic() < deadline:
+        sent = forwarder.step(time.time())
+        if not sent and not forwarder.in_flight:
+            return
+        time.sleep(0.01)
