@@ -17,9 +17,20 @@ from __future__ import annotations
 import contextlib
 import os
 import tempfile
+from collections.abc import Iterator
 from pathlib import Path
 
 __all__ = ["fsync_dir", "replace_symlink", "write_atomic"]
+
+
+@contextlib.contextmanager
+def _removed_on_error(tmp: str | Path) -> Iterator[None]:
+    try:
+        yield
+    except BaseException:
+        with contextlib.suppress(OSError):
+            os.unlink(tmp)
+        raise
 
 
 def fsync_dir(path: str | Path) -> None:
@@ -45,17 +56,13 @@ def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o600) -> None:
     target = Path(path)
     # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, a random name
     fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
-    try:
+    with _removed_on_error(tmp):
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     fsync_dir(target.parent)
 
 
@@ -75,10 +82,6 @@ def replace_symlink(link: str | Path, points_to: str | Path) -> None:
             continue
     else:
         raise FileExistsError(f"{target.parent}: no free temporary name")
-    try:
+    with _removed_on_error(tmp):
         os.replace(tmp, target)
-    except BaseException:
-        with contextlib.suppress(OSError):
-            os.unlink(tmp)
-        raise
     fsync_dir(target.parent)

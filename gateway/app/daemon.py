@@ -18,6 +18,7 @@ import time
 from collections import Counter
 
 from .. import __version__
+from ..adapters.can_bus import PythonCanBus
 from ..adapters.health import HealthFile
 from ..adapters.isotp import IsoTpDiagClient
 from ..adapters.keystore import load_private_key
@@ -30,7 +31,7 @@ from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
 from .commands import OtaCommandIntake
-from .wiring import assemble, drain, open_bus, open_store, open_uplink, vin_salt
+from .wiring import Assembly, assemble, drain, open_bus, open_store, open_uplink, vin_salt
 
 __all__ = ["run_daemon"]
 
@@ -87,57 +88,83 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
     chain, counters = store.load()
     parts = assemble(config, key, sink=store, chain=chain, counters=counters, device_id=config.device.id,
                      vin_salt=vin_salt(config.device.state_dir), epoch_note=store.new_epoch_reason)
-    pipeline = parts.pipeline
-    publisher = open_uplink(config)
-    forwarder = Forwarder(store, publisher, window=config.mqtt.max_inflight)
-    notifier = SystemdNotifier.from_environment()
-    watchdog = _Watchdog(notifier)
-    source = diag = None
+    daemon = _Daemon(config, parts, store=store, publisher=open_uplink(config), ota=ota, health=health)
     code = 0
     try:
-        source = open_bus(config, parts.profile.frame_ids)
-        diag = DiagService(parts.profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
-                           vehicle_state=pipeline.vehicle_state)
-        notifier.notify("READY=1")
-        health.mark("bus")
-        log.info("running: profile %s, device %s, epoch %d seq %d", parts.profile.name, config.device.id,
-                 chain.ep, chain.seq)
-        timeout = config.can.receive_timeout_s
-        while not stop.is_set():
-            frame = source.recv(0.005 if diag.client.busy else timeout)
-            if frame is not None:
-                watchdog.last_frame = time.monotonic()
-                if diag.on_frame(frame):
-                    frame = None
-            now = time.time()
-            if frame is not None:  # what the pipeline signs goes to the outbox; the forwarder sends it
-                pipeline.on_frame(frame)
-            else:
-                pipeline.tick(now)
-            diag.step(now, schedule=diag.specs != ())
-            forwarder.step(now)
-            _handle_commands(publisher, pipeline, ota)
-            if publisher.is_connected:
-                health.mark("broker")
-                if forwarder.counts["delivered"]:
-                    health.mark("acked")
-            watchdog.step(pipeline, store)
+        daemon.run(stop)
     except TransportError as exc:
         log.error("%s", exc)
         code = 1
     finally:
-        notifier.notify("STOPPING=1")
-        if source is not None:
-            source.close()
+        code = max(code, daemon.shut_down())
+    return code
+
+
+class _Daemon:
+    """The running daemon's parts, its main loop, and its orderly shutdown."""
+
+    def __init__(self, config: Config, parts: Assembly, *, store: SqliteOutbox, publisher: PahoPublisher,
+                 ota: OtaCommandIntake, health: HealthFile) -> None:
+        self.config, self.parts, self.store, self.publisher = config, parts, store, publisher
+        self.ota, self.health = ota, health
+        self.forwarder = Forwarder(store, publisher, window=config.mqtt.max_inflight)
+        self.notifier = SystemdNotifier.from_environment()
+        self.watchdog = _Watchdog(self.notifier)
+        self.source: PythonCanBus | None = None
+        self.diag: DiagService | None = None
+
+    def run(self, stop: threading.Event) -> None:
+        """Open the bus, say ready, and run the loop until ``stop``. Raises TransportError (bus gone)."""
+        pipeline, profile = self.parts.pipeline, self.parts.profile
+        self.source = source = open_bus(self.config, profile.frame_ids)
+        self.diag = diag = DiagService(profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
+                                       vehicle_state=pipeline.vehicle_state)
+        self.notifier.notify("READY=1")
+        self.health.mark("bus")
+        log.info("running: profile %s, device %s, epoch %d seq %d", profile.name, self.config.device.id,
+                 pipeline.chain.ep, pipeline.chain.seq)
+        while not stop.is_set():
+            self._step(source, diag)
+
+    def _step(self, source: PythonCanBus, diag: DiagService) -> None:
+        pipeline = self.parts.pipeline
+        frame = source.recv(0.005 if diag.client.busy else self.config.can.receive_timeout_s)
+        if frame is not None:
+            self.watchdog.last_frame = time.monotonic()
+            if diag.on_frame(frame):
+                frame = None
+        now = time.time()
+        if frame is not None:  # what the pipeline signs goes to the outbox; the forwarder sends it
+            pipeline.on_frame(frame)
+        else:
+            pipeline.tick(now)
+        diag.step(now, schedule=diag.specs != ())
+        self.forwarder.step(now)
+        _handle_commands(self.publisher, pipeline, self.ota)
+        if self.publisher.is_connected:
+            self.health.mark("broker")
+            if self.forwarder.counts["delivered"]:
+                self.health.mark("acked")
+        self.watchdog.step(pipeline, self.store)
+
+    def shut_down(self) -> int:
+        """Stop reading, save the state, drain for up to 5 s, say offline, close. Returns 1 when the state
+        could not be saved, else 0."""
+        code = 0
+        self.notifier.notify("STOPPING=1")
+        if self.source is not None:
+            self.source.close()
+        pipeline = self.parts.pipeline
         try:
-            store.save(pipeline.chain, parts.tracker.counters)
+            self.store.save(pipeline.chain, self.parts.tracker.counters)
         except TransportError as exc:
             log.error("%s", exc)
             code = 1
-        drain(forwarder, timeout_s=5.0)  # what is still unsent stays in the outbox for the next start
-        publisher.close()
-        diag_errors = Counter({f"diag_{k}": v for k, v in (diag.counts if diag else {}).items() if k != "ok"})
-        log.info("stopped: %d messages left in the outbox; %s", store.count(),
-                 ", ".join(f"{k} {v}" for k, v in sorted((pipeline.counts + diag_errors + forwarder.counts).items())))
-        store.close()
-    return code
+        drain(self.forwarder, timeout_s=5.0)  # what is still unsent stays in the outbox for the next start
+        self.publisher.close()
+        diag = Counter({f"diag_{k}": v for k, v in (self.diag.counts if self.diag else {}).items() if k != "ok"})
+        counts = pipeline.counts + diag + self.forwarder.counts
+        log.info("stopped: %d messages left in the outbox; %s", self.store.count(),
+                 ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
+        self.store.close()
+        return code
