@@ -58,7 +58,7 @@ def memory_pipeline(profile: str = "leaf-aze0", *, vin_salt: bytes = b"", charge
     key = ec.generate_private_key(ec.SECP256R1())
     sink = MemorySink()
     tracker = BatteryTracker(p)
-    pipe = Pipeline(Decoder(p, dbs), tracker, Signer(key), sink=sink, chain=ChainPosition(),
+    pipe = Pipeline(Decoder(p, dbs), tracker, signer=Signer(key), sink=sink, chain=ChainPosition(),
                     policy=publish_config(**publish), device_id="gw-t", sw="t", vin_salt=vin_salt,
                     charge_settle_s=charge_settle_s)
     return PipelineRig(pipe, sink, tracker, p, key.public_key())

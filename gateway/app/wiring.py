@@ -112,8 +112,8 @@ def assemble(config: Config, key: ec.EllipticCurvePrivateKey, *, sink: MessageSi
         return build_outlook(t, prior=prior, chemistry=profile.chemistry, rule=config.warranty, now=now)
 
     signer = Signer(key)
-    pipeline = Pipeline(decoder, tracker, signer, sink=sink, chain=chain, policy=config.publish, device_id=device_id,
-                        sw=SW, vin_salt=vin_salt, epoch_note=epoch_note, outlook=outlook)
+    pipeline = Pipeline(decoder, tracker, signer=signer, sink=sink, chain=chain, policy=config.publish,
+                        device_id=device_id, sw=SW, vin_salt=vin_salt, epoch_note=epoch_note, outlook=outlook)
     return Assembly(profile, decoder, tracker, signer, outlook, pipeline)
 
 

@@ -36,7 +36,7 @@ _CLOCK_STEP_S = 5.0  # a backward step larger than this re-anchors the timers
 class Pipeline:
     """Turns frames into signed messages for a ``MessageSink``. Single-threaded: call from one thread only."""
 
-    def __init__(self, decoder: Decoder, tracker: BatteryTracker, signer: Signer, *, sink: MessageSink,
+    def __init__(self, decoder: Decoder, tracker: BatteryTracker, *, signer: Signer, sink: MessageSink,
                  chain: ChainPosition, policy: PublishConfig, device_id: str, sw: str, vin_salt: bytes = b"",
                  epoch_note: str = "", outlook: Callable[[BatteryTracker, float], dict[str, Any] | None] | None = None,
                  first_reading_after_s: float = 1.0, charge_settle_s: float = 10.0) -> None:
