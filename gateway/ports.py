@@ -26,7 +26,7 @@ class MessageSink(Protocol):
     """Where the pipeline's signed messages go: its one way out.
 
     The daemon backs it with the SQLite outbox, ``replay`` with an in-memory stream, ``inspect`` with a
-    sink that drops them (an inspection signs only its certificate).
+    sink that drops them without a chain position (only the inspection's certificate enters the chain).
     """
 
     def put(self, message: OutgoingMessage, *, chain: ChainPosition, counters: Counters) -> bool:

@@ -18,7 +18,8 @@ import cantools
 
 from ..errors import ConfigError
 
-__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "load_dbc", "read_config", "read_package_json", "read_profile"]
+__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "load_dbc", "missing_dbc", "read_config", "read_package_json",
+           "read_profile"]
 
 BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 
@@ -81,24 +82,28 @@ def read_profile(name_or_path: str) -> tuple[dict[str, Any], tuple[Path, ...]]:
     return data, (path.parent, builtin_dbc_dir())
 
 
+def missing_dbc(names: Any, dirs: tuple[Path, ...]) -> list[str]:
+    """Of the plain file names in ``names``, those found in none of ``dirs`` (to report with the profile's
+    other problems)."""
+    if not isinstance(names, list):
+        return []
+    plain = [n for n in names if isinstance(n, str) and n and "/" not in n and not n.startswith(".")]
+    return [n for n in plain if not any((d / n).is_file() for d in dirs)]
+
+
 def load_dbc(profile: str, names: tuple[str, ...], dirs: tuple[Path, ...]) -> list[Any]:
     """Load the DBC files a profile names, each from the first directory that has it, with ``strict=True``.
 
     Raises:
         ConfigError: a file is in none of ``dirs``, or does not load strictly (naming it).
     """
-    problems = []
-    found = []
-    for name in names:
-        path = next((d / name for d in dirs if (d / name).is_file()), None)
-        if path is None:
-            problems.append(f"profile {profile}: dbc: {name!r} not found in {', '.join(map(str, dirs))}")
-        else:
-            found.append(path)
-    if problems:
-        raise ConfigError(problems)
+    where = ", ".join(map(str, dirs))
+    missing = missing_dbc(list(names), dirs)
+    if missing:
+        raise ConfigError([f"profile {profile}: dbc: {n!r} not found in {where}" for n in missing])
     databases = []
-    for path in found:
+    for name in names:
+        path = next(d / name for d in dirs if (d / name).is_file())
         try:
             databases.append(cantools.database.load_file(str(path), strict=True))
         except Exception as exc:  # cantools raises many types (ParseError, UnsupportedDatabaseFormatError)
@@ -106,8 +111,8 @@ def load_dbc(profile: str, names: tuple[str, ...], dirs: tuple[Path, ...]) -> li
     return databases
 
 
-def read_package_json(name: str) -> Any:
-    """A JSON file shipped in ``gateway/data`` (the forecast prior).
+def read_package_json(name: str, *, what: str) -> Any:
+    """A JSON file shipped in ``gateway/data`` (``what`` it is, for the message).
 
     Raises:
         ConfigError: missing or not JSON; the release is damaged.
@@ -115,4 +120,4 @@ def read_package_json(name: str) -> Any:
     try:
         return json.loads((resources.files("gateway.data") / name).read_text())
     except (OSError, ValueError) as exc:
-        raise ConfigError(f"gateway/data/{name}: unreadable ({exc}); reinstall the release") from exc
+        raise ConfigError(f"gateway/data/{name}: unreadable {what} ({exc}); reinstall the release") from exc

@@ -42,27 +42,35 @@ def fsync_dir(path: str | Path) -> None:
         os.close(fd)
 
 
-def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o600) -> None:
+def write_atomic(path: str | Path, data: bytes, *, mode: int = 0o600, exclusive: bool = False) -> None:
     """Replace ``path`` with ``data``: exclusive temporary file, fsync, rename, fsync of the directory.
 
     Args:
         path: the file to write; its directory must exist.
         data: the whole new content.
         mode: the file's permission bits (not reduced by the umask).
+        exclusive: never replace an existing ``path`` (a key): the new file is linked in, which fails
+            when anything, a link included, is already there.
 
     Raises:
-        OSError: the directory cannot be written (read-only, full, missing); nothing was changed.
+        FileExistsError: ``exclusive`` and ``path`` exists; nothing was changed.
+        OSError: the directory cannot be written (read-only, full, missing); nothing was changed. Only
+            the final fsync of the directory can fail after the file was put in place.
     """
     target = Path(path)
     # mkstemp: O_CREAT | O_EXCL | O_NOFOLLOW, mode 0600, a random name
-    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name}.", suffix=".tmp")
+    fd, tmp = tempfile.mkstemp(dir=target.parent, prefix=f".{target.name[:40]}.", suffix=".tmp")
     with _removed_on_error(tmp):
         with os.fdopen(fd, "wb") as f:
             os.fchmod(f.fileno(), mode)
             f.write(data)
             f.flush()
             os.fsync(f.fileno())
-        os.replace(tmp, target)
+        if exclusive:
+            os.link(tmp, target, follow_symlinks=False)
+            os.unlink(tmp)
+        else:
+            os.replace(tmp, target)
     fsync_dir(target.parent)
 
 

@@ -23,14 +23,17 @@ def generate_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
         ConfigError: the file exists or cannot be written.
     """
     p = Path(path)
-    if p.exists():
-        raise ConfigError(f"{p}: a key already exists; remove it first if you really want a new device identity")
+    exists = f"{p}: a key already exists; remove it first if you really want a new device identity"
+    if p.exists() or p.is_symlink():
+        raise ConfigError(exists)
     key = ec.generate_private_key(ec.SECP256R1())
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     try:
         p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
-        write_atomic(p, pem, mode=0o600)
+        write_atomic(p, pem, mode=0o600, exclusive=True)
+    except FileExistsError as exc:  # created meanwhile: never overwrite a device identity
+        raise ConfigError(exists) from exc
     except OSError as exc:
         raise ConfigError(f"{p}: cannot write key: {exc.strerror}") from exc
     return key

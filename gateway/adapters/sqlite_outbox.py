@@ -190,6 +190,9 @@ class SqliteOutbox:
         """
         if self._saved_epoch != chain.ep:
             self._save_epoch(chain.ep)
+        if message is None and self._ahead_of(chain):
+            log.error("state not saved: the stored chain position is ahead of epoch %d seq %d", chain.ep, chain.seq)
+            return
         for attempt in (1, 2):
             try:
                 self._write(chain, counters, message)
@@ -200,8 +203,20 @@ class SqliteOutbox:
                     raise StateError(f"device.state_dir: cannot write {self.path}: {exc}") from exc
             except sqlite3.DatabaseError as exc:
                 raise StateError(f"device.state_dir: cannot write {self.path}: {exc}") from exc
-        if message is not None and self.used_bytes() > self.max_bytes:
-            self.thin()
+        if message is not None:
+            try:
+                if self.used_bytes() > self.max_bytes:
+                    self.thin()
+            except sqlite3.Error as exc:  # the message is stored: thinning is tried again with the next one
+                log.error("outbox thinning failed: %s", exc)
+
+    def _ahead_of(self, chain: ChainPosition) -> bool:
+        """True when the stored position is past ``chain`` in the same epoch (saving would move it back)."""
+        try:
+            row = self._conn().execute("SELECT ep, seq FROM chain WHERE id = 1").fetchone()
+        except sqlite3.Error:
+            return False
+        return row is not None and int(row[0]) == chain.ep and int(row[1]) > chain.seq
 
     def _write(self, chain: ChainPosition, counters: Counters, message: OutgoingMessage | None) -> None:
         db = self._conn()

@@ -11,6 +11,7 @@ import json
 import logging
 import os
 import signal
+import stat
 import sys
 import threading
 from collections.abc import Sequence
@@ -82,7 +83,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "becomes the MQTT identity (docs/delivery.md). Run by first-boot provisioning.")
     s.add_argument("--key", required=True, metavar="PATH", help="the TLS key (P-256, mode 0600; kept if present)")
     s.add_argument("--id", required=True, metavar="DEVICE_ID", help="the device id (keygen prints it)")
-    s.add_argument("--out", required=True, metavar="FILE", help="where to write the CSR (PEM)")
+    s.add_argument("--out", required=True, metavar="FILE", help="where to write the CSR (PEM); - for stdout")
 
     s = sub.add_parser("replay", help="decode a recorded capture offline; print what would be published",
                        description="Formats: candump -l, ASC, BLF, TRC, CSV, MF4 (python-can), OVMS CRTD, "
@@ -130,7 +131,7 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("name", choices=("ota",), metavar="NAME", help="the command: ota")
     s.add_argument("--key", required=True, metavar="PEM", help="the backend's command key (PKCS#8 PEM)")
     s.add_argument("--device", required=True, metavar="ID")
-    s.add_argument("--out", required=True, metavar="FILE", help="where to write the envelope")
+    s.add_argument("--out", required=True, metavar="FILE", help="where to write the envelope; - for stdout")
 
     s = sub.add_parser("demo", help="simulated Leaf -> daemon -> local broker -> verifying subscriber")
     s.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to run (default 20)")
@@ -159,11 +160,19 @@ def dumps(payload: dict[str, Any]) -> str:
 
 
 def _write_output(path: str, data: bytes) -> None:
-    """Write a command's ``--out`` file (a CSR or a signed command: nothing secret in either)."""
+    """Write a command's ``--out`` (a CSR or a signed command: nothing secret in either): ``-`` is standard
+    output, an existing pipe or device is written into, anything else is replaced as a whole file."""
     from ..adapters.fs import write_atomic
 
     try:
-        write_atomic(path, data, mode=0o644)
+        if path == "-":
+            sys.stdout.buffer.write(data)
+            sys.stdout.flush()
+        elif os.path.exists(path) and not stat.S_ISREG(os.stat(path).st_mode):
+            with open(path, "wb") as stream:  # e.g. a pipe to mosquitto_pub -s, or /dev/stdout
+                stream.write(data)
+        else:
+            write_atomic(path, data, mode=0o644)
     except OSError as exc:
         raise ConfigError(f"--out {path}: cannot write: {exc.strerror}") from exc
 
@@ -195,7 +204,8 @@ def _cmd_csr(args: argparse.Namespace) -> int:
 
     pem = certificate_request(args.key, args.id)
     _write_output(args.out, pem)
-    print(pem.decode(), end="")
+    if args.out != "-":
+        print(pem.decode(), end="")
     return 0
 
 

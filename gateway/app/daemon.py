@@ -162,7 +162,7 @@ class _Daemon:
             code = 1
         drain(self.forwarder, timeout_s=5.0)  # what is still unsent stays in the outbox for the next start
         self.publisher.close()
-        diag = Counter({f"diag_{k}": v for k, v in (self.diag.counts if self.diag else {}).items() if k != "ok"})
+        diag = Counter({f"diag_{k}": v for k, v in (self.diag.failures if self.diag else {}).items()})
         counts = pipeline.counts + diag + self.forwarder.counts
         log.info("stopped: %d messages left in the outbox; %s", self.store.count(),
                  ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))

@@ -59,6 +59,7 @@ def replay_capture(capture: str, *, config: Config, profile: str | None, bus: in
     stream = MessageStream()
     parts = assemble(config, key, sink=stream, chain=ChainPosition(), counters=Counters(),
                      device_id=config.device.id or "replay", vin_salt=os.urandom(16))
-    replay = Replay(parts.pipeline, stream, response_ids=parts.profile.response_ids, bus=bus, progress=progress)
+    replies = parts.profile.response_ids - parts.decoder.frame_ids  # an id that is both is decoded as broadcast
+    replay = Replay(parts.pipeline, stream, response_ids=replies, bus=bus, progress=progress)
     frames = read_capture(capture, want=parts.profile.frame_ids, stats=stats)
     return ReplayRun(parts, replay, replay.run(frames))

@@ -17,7 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import __version__
 from ..adapters.can_bus import PythonCanBus
-from ..adapters.files import load_dbc, read_config, read_package_json, read_profile
+from ..adapters.files import load_dbc, missing_dbc, read_config, read_package_json, read_profile
 from ..adapters.fs import write_atomic
 from ..adapters.mqtt import PahoPublisher
 from ..adapters.sqlite_outbox import SqliteOutbox
@@ -65,7 +65,13 @@ def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
         ConfigError: unknown profile, unreadable file, a bad key, or a DBC that does not load strictly.
     """
     data, dbc_dirs = read_profile(name_or_path)
-    profile = parse_profile(data)
+    name = data.get("name") if isinstance(data.get("name"), str) and data.get("name") else "?"
+    where = ", ".join(map(str, dbc_dirs))
+    missing = [f"profile {name}: dbc: {n!r} not found in {where}" for n in missing_dbc(data.get("dbc"), dbc_dirs)]
+    try:
+        profile = parse_profile(data)
+    except ConfigError as exc:  # every problem at once: the document's and the missing files'
+        raise ConfigError([*exc.problems, *missing]) from None
     return profile, load_dbc(profile.name, profile.dbc, dbc_dirs)
 
 
@@ -75,7 +81,7 @@ def load_prior() -> Prior:
     Raises:
         ConfigError: the file is damaged (reinstall the release).
     """
-    doc = read_package_json("soh_prior.json")
+    doc = read_package_json("soh_prior.json", what="forecast prior")
     try:
         return Prior.from_json(doc)
     except (ValueError, KeyError, TypeError) as exc:

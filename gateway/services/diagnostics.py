@@ -37,7 +37,8 @@ class DiagService:
         self.specs, self.client, self.retry_s = specs, client, retry_s
         self.response_ids = frozenset(s.response_id for s in specs)
         self._on_reply, self._vehicle_state = on_reply, vehicle_state
-        self.counts: Counter[str] = Counter()
+        self.counts: Counter[str] = Counter()  # every outcome by kind, ``ok`` included
+        self.failures: Counter[str] = Counter()  # requests that got no reply: ``timeout`` and transport errors
         self._next: dict[str, float] = {}
         self._inflight: PollSpec | None = None
         self._logged: set[tuple[str, str]] = set()
@@ -98,6 +99,8 @@ class DiagService:
         else:
             kind, message = str(outcome[1]), f"{spec.name}: {outcome[2]}"
         self.counts[kind] += 1
+        if message:
+            self.failures[kind] += 1
         if message and (spec.name, kind) not in self._logged:
             self._logged.add((spec.name, kind))
             log.warning("%s (retrying in %.0f s; further %s errors of this poll are counted)", message,

@@ -268,8 +268,8 @@ class Pipeline:
             return
         payload = build_batch(self._batch, device_id=self._device_id, chain=self._header(), sw=self._sw,
                               bat=self._tracker.texts.get("bat"))
-        self._sign("batch", payload, topic="reading", count=len(self._batch))
-        self._batch = []
+        if self._sign("batch", payload, topic="reading", count=len(self._batch)) is not None:
+            self._batch = []  # not stored: the readings stay and go with the next attempt
 
     def _passport(self, now: float, reason: str) -> None:
         self._flush_batch()  # the readings before a passport come before it in the chain
@@ -280,16 +280,23 @@ class Pipeline:
         if thinned or self._epoch_note:
             payload["prov"]["outbox"] = {"thinned_readings": thinned, "epoch_note": self._epoch_note,
                                          "policy": "readings thinned oldest first, one kept per interval"}
-        if not self._sign("passport", payload):
+        taken = self._sign("passport", payload)
+        if taken is None:
             return  # not stored: stays pending and is tried again
         self._pending = None
         self._last_passport_ts = now
         self._passport_soh = self._tracker.values.get("bms_soh_pct")
-        log.info("passport update (%s)", reason)
+        if taken:
+            log.info("passport update (%s)", reason)
 
-    def _sign(self, kind: str, payload: dict[str, Any], *, topic: str = "", count: int = 1) -> bool:
-        """Sign ``payload`` (built from ``_header()``) and hand it to the sink. False when it could not be
-        stored: the chain stays, so no ``(ep, seq)`` is ever reused or skipped."""
+    def _sign(self, kind: str, payload: dict[str, Any], *, topic: str = "", count: int = 1) -> bool | None:
+        """Sign ``payload`` (built from ``_header()``) and hand it to the sink.
+
+        Returns:
+            True when the sink took it (the chain moves on), False when the sink dropped it without a
+            chain position, None when it could not be stored (the chain stays: no ``(ep, seq)`` is ever
+            reused or skipped; the caller tries again later).
+        """
         envelope = self._signer.sign(payload)
         message = OutgoingMessage(topic=topic or kind, payload=envelope, retain=kind == "passport", kind=kind,
                                   seq=payload["seq"], ep=payload["ep"], body=payload)
@@ -299,9 +306,9 @@ class Pipeline:
         except StateError as exc:
             self.counts[f"{kind}_not_stored"] += 1
             if self.counts[f"{kind}_not_stored"] in (1, 10, 100, 1000):
-                log.error("%s lost, cannot be stored: %s", kind, exc)
-            return False
+                log.error("%s not stored: %s", kind, exc)
+            return None
         if taken:
             self._chain = following
             self.counts[kind] += 1
-        return True
+        return taken

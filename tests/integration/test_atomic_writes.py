@@ -66,6 +66,18 @@ def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> 
         write_atomic(tmp_path / "missing" / "x", b"")
 
 
+def test_an_exclusive_write_never_replaces_anything(tmp_path: Path) -> None:
+    (tmp_path / "key.pem").write_bytes(b"the device identity")
+    (tmp_path / "link.pem").symlink_to(tmp_path / "nowhere")
+    for name in ("key.pem", "link.pem"):
+        with pytest.raises(FileExistsError):
+            write_atomic(tmp_path / name, b"another key", exclusive=True)
+    assert (tmp_path / "key.pem").read_bytes() == b"the device identity"
+    assert (tmp_path / "link.pem").is_symlink() and not (tmp_path / "nowhere").exists()
+    write_atomic(tmp_path / "new.pem", b"k", exclusive=True)
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["key.pem", "link.pem", "new.pem"]
+
+
 def test_the_release_link_is_switched_in_one_rename(tmp_path: Path) -> None:
     (tmp_path / "releases" / "1.0").mkdir(parents=True)
     (tmp_path / "releases" / "2.0").mkdir()
@@ -82,6 +94,7 @@ _OWN_WAY = {
     ("adapters/sqlite_outbox.py", "replace"): "a corrupt database moved aside, kept for a post-mortem",
     ("adapters/releases.py", "open"): "the updater's lock file, and a bundle built in memory",
     ("sim/demo.py", "open"): "the demo daemon's log in its private temporary directory",
+    ("app/cli.py", "open"): "--out naming an existing pipe or device (/dev/stdout), written into",
 }
 
 

@@ -56,6 +56,26 @@ def test_unknown_profile_is_a_one_line_error(tmp_path: Path) -> None:
     assert "unknown profile 'tesla-s'" in out.stderr
 
 
+def test_a_profile_reports_its_missing_dbc_file_with_its_other_problems(tmp_path: Path) -> None:
+    profile = tmp_path / "car.toml"
+    profile.write_text('name = "car"\ndbc = ["nosuch.dbc"]\ncolour = "red"\n[[pack]]\nenergy_kwh = 24\n'
+                       'capacity_ah = 66\n[[signal]]\nframe = 0x1DB\nsignal = "x"\nfield = "soc_pct"\n')
+    path = tmp_path / "g.toml"
+    path.write_text(f'[device]\nid = "gw"\n[vehicle]\nprofile = "{profile}"\n')
+    out = cli("check-config", "--config", str(path))
+    assert out.returncode == 2
+    assert "colour: unknown key" in out.stderr and "'nosuch.dbc' not found" in out.stderr
+
+
+def test_a_signed_command_goes_to_stdout_with_out_dash(tmp_path: Path) -> None:
+    key = tmp_path / "backend.pem"
+    generate_key(key)
+    out = subprocess.run([sys.executable, "-m", "gateway", "command", "ota", "--key", str(key), "--device", "gw-1",
+                          "--out", "-"], capture_output=True, timeout=60)
+    assert out.returncode == 0, out.stderr
+    assert cbor2.loads(out.stdout).tag == 18  # the COSE_Sign1 envelope itself, nothing else
+
+
 def test_keygen_writes_0600_and_never_overwrites(tmp_path: Path) -> None:
     key = tmp_path / "k" / "device-key.pem"
     out = cli("keygen", "--key", str(key))

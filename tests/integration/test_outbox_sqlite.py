@@ -143,3 +143,14 @@ def test_unusable_state_dir_is_a_state_error_naming_it(tmp_path: Path) -> None:
     blocker.write_text("not a directory")
     with pytest.raises(StateError, match=r"device\.state_dir"):
         SqliteOutbox(blocker / "state")
+
+
+def test_saving_the_state_never_moves_the_stored_position_back(tmp_path: Path) -> None:
+    store = open_store(tmp_path)
+    fill(store, 10)
+    store.save(ChainPosition(1, 5), Counters())  # a shutdown with a stale position
+    store.close()
+    again = SqliteOutbox(tmp_path)
+    chain, _ = again.load()
+    assert chain.seq == 10
+    again.close()

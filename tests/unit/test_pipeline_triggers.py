@@ -192,3 +192,28 @@ def test_a_message_that_cannot_be_stored_is_not_sent_and_takes_no_sequence_numbe
     rig.sink.fail = False
     nxt = [m for m in rig.run(LeafBattery(generation="aze0"), 1.5, start=1e9 + 3.5) if m.kind == "reading"]
     assert nxt[0].seq == seq + 1  # the chain goes on without a hole
+
+
+def test_a_full_disk_keeps_a_batch_for_the_next_attempt() -> None:
+    from gateway.core.passport import expand_batch
+
+    # GIVEN batches of 3 readings WHEN the disk is full for a while
+    rig = make(reading_interval_s=1, batch=3)
+    rig.run(LeafBattery(generation="aze0"), 1.5)
+    rig.sink.fail = True
+    assert [m for m in rig.run(LeafBattery(generation="aze0"), 4.0, start=1e9 + 1.5) if m.kind == "batch"] == []
+    rig.sink.fail = False
+    # THEN the readings of the failed attempts go out with the next batch, none lost
+    batch = next(m for m in rig.run(LeafBattery(generation="aze0"), 1.0, start=1e9 + 5.5) if m.kind == "batch")
+    assert len(expand_batch(batch.body)) > 3 and rig.pipe.counts["batch_not_stored"] >= 1
+
+
+def test_a_sink_that_takes_no_chain_position_leaves_the_chain_alone(caplog: pytest.LogCaptureFixture) -> None:
+    # GIVEN the inspection's kind of sink, which drops what it gets
+    rig = make(reading_interval_s=1)
+    rig.sink.put = lambda message, *, chain, counters: False  # type: ignore[method-assign]
+    with caplog.at_level("INFO"):
+        rig.run(LeafBattery(generation="aze0"), 3.0)
+    # THEN nothing took a sequence number, the passport is not retried on every frame, and none is logged
+    assert rig.pipe.chain.seq == 0 and rig.pipe.counts["reading"] == 0
+    assert "passport update" not in caplog.text
