@@ -9,6 +9,7 @@ is for the updater, never a reason to stop reading the battery.
 
 from __future__ import annotations
 
+import contextlib
 import json
 import logging
 import os
@@ -16,7 +17,7 @@ from pathlib import Path
 from typing import Any
 
 from ..model import Health
-from .fs import write_atomic
+from .fs import safe_dir, write_atomic
 
 __all__ = ["HealthFile", "read_health"]
 
@@ -40,6 +41,8 @@ class HealthFile:
 
     def __init__(self, state_dir: str, version: str) -> None:
         self._path = Path(state_dir) / _NAME
+        with contextlib.suppress(OSError):  # a directory that cannot be used is reported by the first write
+            safe_dir(state_dir)
         previous = read_health(state_dir)
         starts = previous.starts + 1 if previous is not None and previous.sw == version else 1
         self._body: dict[str, Any] = {"sw": version, "pid": os.getpid(), "starts": starts,

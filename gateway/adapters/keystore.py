@@ -11,7 +11,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ..errors import ConfigError
-from .fs import write_atomic
+from .fs import safe_dir, write_atomic
 
 __all__ = ["certificate_request", "generate_key", "load_private_key", "load_public_key", "public_pem"]
 
@@ -30,7 +30,7 @@ def generate_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     pem = key.private_bytes(serialization.Encoding.PEM, serialization.PrivateFormat.PKCS8,
                             serialization.NoEncryption())
     try:
-        p.parent.mkdir(parents=True, exist_ok=True, mode=0o700)
+        safe_dir(p.parent)
         write_atomic(p, pem, mode=0o600, exclusive=True)
     except FileExistsError as exc:  # created meanwhile: never overwrite a device identity
         raise ConfigError(exists) from exc

@@ -29,7 +29,7 @@ from typing import Any
 
 from ..errors import UpdateError
 from ..model import OtaState, Probation
-from .fs import replace_symlink, write_atomic
+from .fs import replace_symlink, safe_dir, write_atomic
 
 __all__ = ["ReleaseDirs", "write_bundle"]
 
@@ -54,7 +54,7 @@ class ReleaseDirs:
         Raises:
             UpdateError: (kind ``busy``) another update holds it.
         """
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        safe_dir(self.state_dir)
         with (self.state_dir / "lock").open("a+") as f:
             try:
                 fcntl.flock(f, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -163,7 +163,7 @@ class ReleaseDirs:
         raw = {"counter": state.counter, "rolled_back": list(state.rolled_back),
                "probation": None if p is None else {"version": p.version, "previous": p.previous,
                                                     "counter": p.counter, "deadline_ms": p.deadline_ms}}
-        self.state_dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+        safe_dir(self.state_dir)
         write_atomic(self.state_dir / "state.json", json.dumps(raw).encode())
 
 

@@ -27,7 +27,7 @@ from pathlib import Path
 
 from ..errors import StateError
 from ..model import ChainPosition, Counters, OutboxRow, OutgoingMessage
-from .fs import write_atomic
+from .fs import safe_dir, write_atomic
 
 __all__ = ["SqliteOutbox"]
 
@@ -69,9 +69,9 @@ class SqliteOutbox:
         self.max_bytes, self.thin_bucket_s = max_bytes, thin_bucket_s
         self.new_epoch_reason = ""
         try:
-            self.dir.mkdir(parents=True, exist_ok=True, mode=0o700)
+            safe_dir(self.dir)
         except OSError as exc:
-            raise StateError(f"device.state_dir: cannot create {self.dir}: {exc.strerror}") from exc
+            raise StateError(f"device.state_dir: cannot use {self.dir}: {exc.strerror}") from exc
         self._lock = self._take_lock()
         self._db: sqlite3.Connection | None = None
         self._saved_epoch = self._last_epoch()
@@ -80,7 +80,7 @@ class SqliteOutbox:
     def _take_lock(self) -> int:
         path = self.dir / "lock"
         try:
-            fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o600)
+            fd = os.open(path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600)
         except OSError as exc:
             raise StateError(f"device.state_dir: cannot create {path}: {exc.strerror}") from exc
         try:
@@ -92,6 +92,11 @@ class SqliteOutbox:
         return fd
 
     def _connect(self) -> sqlite3.Connection:
+        # 0600 whatever the umask; SQLite gives its -wal and -shm files the database file's mode
+        try:
+            os.close(os.open(self.path, os.O_RDWR | os.O_CREAT | os.O_NOFOLLOW | os.O_CLOEXEC, 0o600))
+        except OSError as exc:
+            raise StateError(f"device.state_dir: cannot open {self.path}: {exc.strerror}") from exc
         db = sqlite3.connect(self.path, isolation_level=None, timeout=5.0)
         db.execute("PRAGMA auto_vacuum = INCREMENTAL")  # only takes effect on a new database
         db.execute("PRAGMA journal_mode = WAL")

@@ -16,7 +16,7 @@ from dataclasses import dataclass
 from pathlib import Path
 
 from ..adapters.can_bus import PythonCanBus
-from ..adapters.fs import write_atomic
+from ..adapters.fs import safe_dir, write_atomic
 from ..adapters.isotp import IsoTpDiagClient
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import port_open
@@ -25,7 +25,7 @@ from ..core.certificate import build_certificate
 from ..core.certificate_html import render_certificate
 from ..core.config import Config
 from ..core.polls import PollSpec
-from ..errors import InspectionError
+from ..errors import ConfigError, InspectionError
 from ..model import ChainPosition, Counters, OutgoingMessage
 from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
@@ -63,9 +63,12 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
 
     Raises:
         InspectionError: nothing answered (no certificate is written).
-        ConfigError, TransportError: as for the daemon.
+        ConfigError: ``out_dir`` is not a safe place to write (checked before anything is read or signed);
+            as for the daemon otherwise.
+        TransportError: as for the daemon.
     """
     started = time.monotonic()
+    out = _output_dir(out_dir)
     key = load_private_key(config.device.key_file)
     store = open_store(config)
     try:
@@ -79,7 +82,6 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
             source.close()
         message = _sign_certificate(config, parts, store, chain, polls)
         digest = hashlib.sha256(message.payload).hexdigest()
-        out = Path(out_dir)
         _write_files(out, message, lang=lang, key_id_hex=parts.signer.kid.hex(), digest_hex=digest)
         published = _publish_certificate(config, store, progress)
     finally:
@@ -105,13 +107,25 @@ def _sign_certificate(config: Config, parts: Assembly, store: SqliteOutbox, chai
     return message
 
 
+def _output_dir(out_dir: str, *, create: bool = False) -> Path:
+    """``--out``, refused when it is a link, another user's, or others can write it; created 0700 (when
+    ``create``) only once there is a certificate to put in it."""
+    out = Path(out_dir)
+    try:
+        if create or out.exists() or out.is_symlink():
+            safe_dir(out)
+    except OSError as exc:
+        raise ConfigError(f"inspect --out {out_dir}: {exc.strerror}") from exc
+    return out
+
+
 def _write_files(out: Path, message: OutgoingMessage, *, lang: str, key_id_hex: str, digest_hex: str) -> None:
-    out.mkdir(parents=True, exist_ok=True)
+    _output_dir(str(out), create=True)
     body = json.dumps(message.body, default=_hex, ensure_ascii=False, indent=1) + "\n"
     page = render_certificate(message.body, lang=lang, key_id_hex=key_id_hex, digest_hex=digest_hex)
     for name, data in (("certificate.cose", message.payload), ("certificate.json", body.encode()),
                        ("certificate.html", page.encode())):
-        write_atomic(out / name, data, mode=0o644)  # for the buyer: no secret in them
+        write_atomic(out / name, data, mode=0o600)  # battery serial, VIN hash: the operator hands it on
 
 
 def _hex(value: object) -> str:

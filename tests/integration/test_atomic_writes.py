@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from gateway.adapters.fs import replace_symlink, write_atomic
+from gateway.adapters.fs import replace_symlink, safe_dir, write_atomic
 
 GATEWAY = Path(__file__).resolve().parents[2] / "gateway"
 
@@ -55,6 +55,44 @@ def test_a_link_at_the_old_predictable_temporary_name_is_not_followed(tmp_path: 
     write_atomic(out / "certificate.cose", b"envelope")
     assert victim.read_bytes() == b"root's file"
     assert (out / "certificate.cose").read_bytes() == b"envelope"
+
+
+def test_a_directory_that_is_a_link_is_refused(tmp_path: Path) -> None:
+    # GIVEN /tmp/cert planted as a link to a directory of ours (inspect --out /tmp/cert, run as root)
+    (tmp_path / "etc").mkdir()
+    (tmp_path / "cert").symlink_to(tmp_path / "etc")
+    with pytest.raises(PermissionError, match="is a symbolic link"):
+        write_atomic(tmp_path / "cert" / "certificate.cose", b"envelope")
+    with pytest.raises(PermissionError, match="is a symbolic link"):
+        safe_dir(tmp_path / "cert")
+    assert list((tmp_path / "etc").iterdir()) == []
+
+
+def test_a_directory_others_can_write_is_refused_unless_sticky(tmp_path: Path) -> None:
+    shared = tmp_path / "shared"
+    shared.mkdir()
+    shared.chmod(0o777)  # anyone may swap files here
+    with pytest.raises(PermissionError, match="can be written by other users"):
+        write_atomic(shared / "x", b"")
+    shared.chmod(0o1777)  # like /tmp: others may add files but not rename or remove ours
+    write_atomic(shared / "x", b"ok")
+    assert (shared / "x").read_bytes() == b"ok"
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="giving a directory to another user needs root")
+def test_a_directory_another_user_owns_is_refused(tmp_path: Path) -> None:
+    theirs = tmp_path / "cert"
+    theirs.mkdir()
+    os.chown(theirs, 65534, 65534)  # nobody's: they could plant or swap anything in it
+    with pytest.raises(PermissionError, match="owned by another user"):
+        write_atomic(theirs / "certificate.cose", b"envelope")
+    with pytest.raises(PermissionError, match="owned by another user"):
+        safe_dir(theirs)
+
+
+def test_a_new_directory_is_private_whatever_the_umask(tmp_path: Path, umask: int) -> None:
+    made = safe_dir(tmp_path / "a" / "state")
+    assert stat.S_IMODE(made.stat().st_mode) == 0o700
 
 
 def test_a_failed_write_leaves_the_old_file_and_no_temporary(tmp_path: Path) -> None:

@@ -121,6 +121,9 @@ def test_japanese_page(tmp_path: Path) -> None:
     assert out.returncode == 0, out.stderr
     page = (tmp_path / "out" / "certificate.html").read_text()
     assert '<html lang="ja">' in page and "バッテリー健全性証明書" in page
+    # the serial and VIN hash stay with whoever ran it, whatever their umask
+    assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").iterdir()} == {"0o600"}
+    assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
     assert "承認" in page and "劣化予測" in page
 
 
@@ -194,3 +197,17 @@ def test_certificate_page_renders_in_a_real_headless_browser(tmp_path: Path, lan
     subprocess.run([CHROMIUM, *flags, "--window-size=420,2400", f"--screenshot={shot}", page.as_uri()],
                    capture_output=True, timeout=60)
     assert shot.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n" and shot.stat().st_size > 20_000
+
+
+def test_an_output_directory_planted_as_a_link_is_refused_before_anything_is_read(tmp_path: Path) -> None:
+    # GIVEN `inspect --out /tmp/cert` (the README's example, run as root) where another user left
+    # /tmp/cert as a link to a directory of root's
+    config, _ = setup(tmp_path, "ze1")
+    victim = tmp_path / "etc"
+    victim.mkdir()
+    (tmp_path / "cert").symlink_to(victim)
+    out = inspect(config, tmp_path / "cert")
+    # THEN one line, exit 2, nothing written through the link, nothing signed
+    assert out.returncode == 2 and "inspect --out" in out.stderr and "symbolic link" in out.stderr, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and list(victim.iterdir()) == []
+    assert not (tmp_path / "state" / "state.db").exists()
