@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import os
+import random
 import threading
 import time
 from collections.abc import Iterator
@@ -18,6 +20,10 @@ CAN_DATA = SHARED / "can-data"
 SCHEMA = (SHARED / "passport-models" / "admin-shell-io-smt-semantic-models"
           / "io.admin-shell.idta.batterypass.product_condition" / "1.0.1" / "gen"
           / "ProductConditionBattery-schema.json")
+
+
+# Debian's libfaketime (make setup installs it), for tests that move the clock instead of waiting
+FAKETIME = next(iter(sorted(Path("/usr/lib").glob("*/faketime/libfaketime.so.1"))), None)
 
 
 def capture_path(relative: str) -> Path:
@@ -37,6 +43,28 @@ def key() -> ec.EllipticCurvePrivateKey:
 def broker() -> Iterator[LocalBroker]:
     with LocalBroker() as b:
         yield b
+
+
+# One seed per session for every random generator of the tests (python's `random`, and hypothesis through
+# its own --hypothesis-seed): printed in the header, and BGW_TEST_SEED=N repeats a run exactly.
+SEED = int(os.environ.get("BGW_TEST_SEED") or random.SystemRandom().randrange(1 << 31))
+
+
+@pytest.hookimpl(tryfirst=True)  # before hypothesis' own plugin reads the option
+def pytest_configure(config: pytest.Config) -> None:
+    if config.getoption("hypothesis_seed", None) is None:
+        config.option.hypothesis_seed = SEED
+
+
+def pytest_report_header() -> str:
+    return f"random seed: {SEED} (repeat with BGW_TEST_SEED={SEED})"
+
+
+@pytest.fixture(autouse=True)
+def seeded_random(request: pytest.FixtureRequest) -> None:
+    """Each test's `random` starts from the session seed and the test's name: reproducible, and two tests
+    (or two runs with different seeds, side by side) do not pick the same ports."""
+    random.seed(f"{SEED}:{request.node.nodeid}")
 
 
 @pytest.fixture(autouse=True)

@@ -11,6 +11,8 @@ from cryptography.hazmat.primitives import hashes, serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import ExtendedKeyUsageOID, NameOID
 
+DEPLOY = Path(__file__).resolve().parents[1] / "deploy" / "mosquitto"
+
 
 def _name(cn: str) -> x509.Name:
     return x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, cn)])
@@ -58,8 +60,17 @@ class FleetPki:
         _write_key(key, key_path)
         return cert_path, key_path
 
-    def mosquitto_conf(self, acl_file: Path) -> str:
-        """The fleet set-up of docs/delivery.md: mutual TLS, identity from the certificate, per-device ACL."""
-        return (f"cafile {self.ca_file}\ncertfile {self.broker_cert}\nkeyfile {self.broker_key}\n"
-                f"require_certificate true\nuse_identity_as_username true\nallow_anonymous false\n"
-                f"acl_file {acl_file}\n")
+    def fleet_conf(self) -> str:
+        """deploy/mosquitto/fleet.conf and fleet.acl as shipped, with this PKI's files (the listener comes
+        from LocalBroker)."""
+        acl = self.dir / "fleet.acl"
+        acl.write_text((DEPLOY / "fleet.acl").read_text())
+        conf = (DEPLOY / "fleet.conf").read_text()
+        assert "use_username_as_clientid true" in conf
+        for shipped, ours in (("/etc/mosquitto/fleet-ca.pem", self.ca_file), ("/etc/mosquitto/broker.pem",
+                              self.broker_cert), ("/etc/mosquitto/broker.key", self.broker_key),
+                              ("/etc/mosquitto/fleet.acl", acl)):
+            assert shipped in conf
+            conf = conf.replace(shipped, str(ours))
+        lines = [line for line in conf.splitlines() if not line.startswith(("listener ", "persistence "))]
+        return "\n".join(lines) + "\n"

@@ -13,6 +13,7 @@ import subprocess
 import sys
 import threading
 import time
+from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -120,13 +121,25 @@ class Car:
         self.bus.close()
 
 
+_LOG_START: dict[int, tuple[Path, int]] = {}  # pid -> (daemon.log, its size when that daemon started)
+
+
 def start_daemon(rig: Rig, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
-    log = open(rig.tmp / "daemon.log", "ab")  # noqa: SIM115 - the process owns it
-    return subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
+    path = rig.tmp / "daemon.log"
+    log = open(path, "ab")  # noqa: SIM115 - the process owns it
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
                             stdout=log, stderr=log, env={**os.environ, **(env or {})})
+    _LOG_START[proc.pid] = (path, log.tell())
+    return proc
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
+    """SIGTERM once this daemon has installed its handlers (it logged "running:"), and its exit code."""
+    path, offset = _LOG_START.pop(proc.pid)
+    deadline = time.monotonic() + 20
+    while proc.poll() is None and time.monotonic() < deadline and \
+            b"running:" not in path.read_bytes()[offset:]:
+        time.sleep(0.05)
     proc.send_signal(signal.SIGTERM)
     return proc.wait(15)
 
@@ -148,10 +161,29 @@ def count(kind: str, n: int) -> Any:
     return lambda got: sum(1 for t, *_ in got if t == kind) >= n
 
 
+def wait_for(predicate: Callable[[], object], timeout_s: float, what: str) -> None:
+    """Poll ``predicate`` until it is true; fail naming ``what`` after ``timeout_s`` (never a fixed sleep)."""
+    deadline = time.monotonic() + timeout_s
+    while not predicate():
+        if time.monotonic() > deadline:
+            raise AssertionError(f"waited {timeout_s:g} s for {what}")
+        time.sleep(0.05)
+
+
+def daemon_log(rig: Rig) -> str:
+    path = rig.tmp / "daemon.log"
+    return path.read_text() if path.exists() else ""
+
+
 def outbox_rows(rig: Rig) -> int:
-    """Messages waiting in the daemon's outbox (a reader does not disturb it in WAL mode)."""
-    db = sqlite3.connect(rig.tmp / "state" / "state.db")
+    """Messages waiting in the daemon's outbox (a reader does not disturb it in WAL mode); 0 before it exists."""
+    path = rig.tmp / "state" / "state.db"
+    if not path.exists():
+        return 0
+    db = sqlite3.connect(f"file:{path}?mode=ro", uri=True)  # never creates the daemon's database
     try:
         return int(db.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+    except sqlite3.OperationalError:  # the daemon has not created its tables yet
+        return 0
     finally:
         db.close()

@@ -29,7 +29,7 @@ from paho.mqtt.properties import Properties
 from ..errors import PublishError
 from ..model import OutgoingMessage
 
-__all__ = ["COSE_CONTENT_TYPE", "PahoNotice", "PahoPublisher", "PahoSubscriber", "port_open"]
+__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber", "port_open"]
 
 log = logging.getLogger(__name__)
 
@@ -87,6 +87,8 @@ class PahoPublisher:
         self._stop = threading.Event()
         self._attached = False  # a socket is open (CONNECT sent); touched by the network thread only
         self._refused_logged = False
+        self.failed = ""  # why the network thread stopped (set on that thread): the daemon exits, systemd restarts
+        self.dropped: dict[str, int] = {"retained": 0, "queue_full": 0}  # commands not handed on (network thread)
         c = _client(device_id, tls_files)
         c.username_pw_set(device_id)
         c.max_inflight_messages_set(max_inflight)
@@ -108,6 +110,14 @@ class PahoPublisher:
 
     # -- our network thread ----------------------------------------------------------------------
     def _network(self) -> None:
+        try:
+            self._run_network()
+        except Exception as exc:  # whatever paho raises, the daemon must learn that it is offline
+            self.failed = f"{type(exc).__name__}: {exc}"
+            log.error("MQTT network thread stopped: %s", self.failed)
+            self.connected.clear()
+
+    def _run_network(self) -> None:
         delay = self._backoff[0]
         first = True
         while not self._stop.is_set():
@@ -163,8 +173,20 @@ class PahoPublisher:
         self._acks.put((mid, int(reason.value), str(reason)))
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
-        with contextlib.suppress(queue.Full):  # a flood of commands: drop, the main loop is behind anyway
+        if msg.retain:  # a command kept by the broker is old news at every reconnect: never acted on
+            self._drop("retained", "a retained command on %s ignored (commands are never taken from the "
+                       "broker's store; further ones are counted)", msg.topic)
+            return
+        try:
             self.commands.put_nowait((msg.topic.removeprefix(f"{self.base}/cmd/"), bytes(msg.payload)))
+        except queue.Full:  # a flood of commands: drop, the main loop is behind anyway
+            self._drop("queue_full", "command queue full (%d): commands dropped until the main loop catches up; "
+                       "further ones are counted", self.commands.maxsize)
+
+    def _drop(self, why: str, message: str, arg: object) -> None:
+        self.dropped[why] += 1
+        if self.dropped[why] == 1:
+            log.warning(message, arg)
 
     # -- main thread -----------------------------------------------------------------------------
     @property
@@ -180,6 +202,14 @@ class PahoPublisher:
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             return None
         return int(info.mid)
+
+    def publish_notice(self, subtopic: str, body: bytes) -> bool:
+        """Publish a retained JSON notice (QoS 1) under ``{prefix}/{device}/``. False when not connected."""
+        if not self.connected.is_set():
+            return False
+        info = self._client.publish(f"{self.base}/{subtopic}", body, qos=1, retain=True,
+                                    properties=_props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
+        return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def take_acks(self) -> list[tuple[int, int, str]]:
         """PUBACKs received since the last call: (message id, reason code, reason text)."""
@@ -209,56 +239,59 @@ class PahoPublisher:
 class PahoSubscriber:
     """A backend-side subscriber (``verify --mqtt``, the demo): collects (topic, payload) on a queue.
 
-    ``messages`` is filled on paho's network thread and read by the caller's thread."""
+    ``messages`` is filled on paho's network thread and read by the caller's thread; a refused connection
+    or subscription is recorded there too and raised by ``wait_ready`` / ``check`` on the caller's.
+    """
 
     def __init__(self, *, host: str, port: int, topic: str, client_id: str = "",
                  tls_files: tuple[str, str, str] | None = None) -> None:
+        """Connect (TLS handshake included) and subscribe in the background.
+
+        Raises:
+            PublishError: the broker cannot be reached or the TLS files cannot be loaded.
+        """
         self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        self.topic, self._where = topic, f"{host}:{port}"
+        self._subscribed = threading.Event()
+        self._failure = ""
         self._client = _client(client_id or f"verify-{random.randrange(1 << 30)}", tls_files)
         self._client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
-        self._client.on_connect = lambda c, u, f, rc, p: c.subscribe(topic, qos=1)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
         try:
             self._client.connect(host, port)
         except (OSError, ValueError) as exc:
-            raise PublishError(f"mqtt: cannot connect to {host}:{port}: {exc}") from exc
+            raise PublishError(f"mqtt: cannot connect to {self._where}: {exc}") from exc
         self._client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._failure = f"broker {self._where} refused the connection: {reason}"
+            self._subscribed.set()  # wake wait_ready
+        else:
+            client.subscribe(self.topic, qos=1)
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        refused = [str(r) for r in reasons if r.is_failure]
+        if refused:
+            self._failure = f"broker {self._where} refused the subscription to {self.topic}: {', '.join(refused)}"
+        self._subscribed.set()
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Block until the subscription is in place.
+
+        Raises:
+            PublishError: the broker refused the connection or the subscription, or did not answer.
+        """
+        if not self._subscribed.wait(timeout_s):
+            raise PublishError(f"mqtt: no answer from {self._where} within {timeout_s:g} s (CONNACK/SUBACK)")
+        self.check()
+
+    def check(self) -> None:
+        """Raises PublishError when the broker refused the connection or subscription since."""
+        if self._failure:
+            raise PublishError(f"mqtt: {self._failure}")
 
     def close(self) -> None:
         self._client.loop_stop()
         self._client.disconnect()
-
-
-class PahoNotice:
-    """Retained JSON notices from a short-lived process (the updater's progress on ``{base}/ota``).
-
-    Best effort: when the broker cannot be reached within ``timeout_s`` the notices are dropped (the
-    journal and the updater's state still have them); the next run publishes the current state again.
-    """
-
-    def __init__(self, *, host: str, port: int, device_id: str, topic: str,
-                 tls_files: tuple[str, str, str] | None = None, timeout_s: float = 5.0) -> None:
-        self.topic, self._timeout_s = topic, timeout_s
-        self._connected = threading.Event()
-        self._client = _client(f"{device_id}-ota", tls_files)
-        self._client.username_pw_set(device_id)
-        self._client.on_connect = lambda c, u, f, rc, p: None if rc.is_failure else self._connected.set()
-        try:
-            self._client.connect(host, port, keepalive=30)
-        except (OSError, ValueError) as exc:
-            log.warning("ota notices not published: broker %s:%d unreachable (%s)", host, port, exc)
-            return
-        self._client.loop_start()
-        self._connected.wait(timeout_s)
-
-    def publish(self, body: dict[str, Any]) -> None:
-        if not self._connected.is_set():
-            return
-        info = self._client.publish(self.topic, json.dumps(body, separators=(",", ":")), qos=1, retain=True,
-                                    properties=_props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
-        with contextlib.suppress(RuntimeError, ValueError):  # lost the connection: best effort
-            info.wait_for_publish(self._timeout_s)
-
-    def close(self) -> None:
-        if self._connected.is_set():
-            self._client.disconnect()
-        self._client.loop_stop()

@@ -21,6 +21,7 @@ import json
 import logging
 import os
 import shutil
+import stat
 import subprocess
 import tarfile
 from collections.abc import Iterator
@@ -31,11 +32,28 @@ from ..errors import UpdateError
 from ..model import OtaState, Probation
 from .fs import replace_symlink, safe_dir, write_atomic
 
-__all__ = ["ReleaseDirs", "write_bundle"]
+__all__ = ["STATUS_FILE", "ReleaseDirs", "read_status", "write_bundle"]
 
 log = logging.getLogger(__name__)
 
 _PIP_TIMEOUT_S = 900  # a Pi Zero 2 installing cryptography from a wheel takes about a minute
+STATUS_FILE = "ota-status.json"  # the updater's latest notice, which the daemon publishes on {base}/ota
+_MAX_STATUS_BYTES = 16384
+
+
+def read_status(releases_dir: str) -> tuple[tuple[int, int], bytes] | None:
+    """The updater's latest notice and a stamp that changes when it is rewritten, or None when there is
+    none (or it is not a small regular file)."""
+    path = Path(releases_dir) / STATUS_FILE
+    try:
+        fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_NOFOLLOW | os.O_CLOEXEC)
+    except OSError:
+        return None
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(f.fileno())
+        if not stat.S_ISREG(st.st_mode) or st.st_size > _MAX_STATUS_BYTES:
+            return None
+        return (st.st_mtime_ns, st.st_ino), f.read(_MAX_STATUS_BYTES)
 
 
 class ReleaseDirs:
@@ -142,6 +160,14 @@ class ReleaseDirs:
             if d.name not in keep:
                 shutil.rmtree(d, ignore_errors=True)
                 log.info("removed old release %s", d.name)
+
+    def write_status(self, body: dict[str, Any]) -> None:
+        """Leave the latest notice for the daemon, which publishes it (the device has one MQTT identity and
+        one connection: docs/ota.md). Best effort: the journal and ``state.json`` have it too."""
+        try:
+            write_atomic(self.root / STATUS_FILE, json.dumps(body, separators=(",", ":")).encode(), mode=0o644)
+        except OSError as exc:
+            log.warning("ota notice not written to %s: %s", self.root / STATUS_FILE, exc.strerror)
 
     def load_state(self) -> OtaState:
         path = self.state_dir / "state.json"

@@ -121,14 +121,18 @@ def _parser() -> argparse.ArgumentParser:
                                    "repository for the release in ota.target, downloads it (resuming), installs "
                                    "it next to the current one, switches `current`, restarts the daemon and "
                                    "waits until it is healthy or rolls back. Exit 1 when refused, failed or "
-                                   "rolled back. Progress goes to {topic_prefix}/{device.id}/ota (retained).")
+                                   "rolled back. Progress goes to ota-status.json in ota.releases_dir; the daemon "
+                                   "publishes it on {topic_prefix}/{device.id}/ota (retained).")
     s.add_argument("--config", required=True, metavar="PATH")
     s.add_argument("--check", action="store_true", help="refresh the metadata and say what would be installed")
 
     s = sub.add_parser("command", help="sign a command for a device with the backend key (writes COSE bytes)",
-                       description="Publish the output on {topic_prefix}/{device}/cmd/{NAME}, e.g. "
-                                   "mosquitto_pub -t bp/v1/gw-0001/cmd/ota -f cmd.cose")
-    s.add_argument("name", choices=("ota",), metavar="NAME", help="the command: ota")
+                       description="Publish the output (not retained: a retained command is ignored) on "
+                                   "{topic_prefix}/{device}/cmd/{NAME} within 10 minutes, e.g. "
+                                   "mosquitto_pub -t bp/v1/gw-0001/cmd/ota -f cmd.cose -q 1. The device checks "
+                                   "it against ota.command_key.")
+    s.add_argument("name", choices=("ota", "passport"), metavar="NAME",
+                   help="ota (check for an update now) or passport (publish a passport update now)")
     s.add_argument("--key", required=True, metavar="PEM", help="the backend's command key (PKCS#8 PEM)")
     s.add_argument("--device", required=True, metavar="ID")
     s.add_argument("--out", required=True, metavar="FILE", help="where to write the envelope; - for stdout")

@@ -23,14 +23,16 @@ from ..adapters.health import HealthFile
 from ..adapters.isotp import IsoTpDiagClient
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import PahoPublisher
+from ..adapters.releases import read_status
 from ..adapters.sqlite_outbox import SqliteOutbox
 from ..adapters.systemd import SystemdNotifier
+from ..core.commands import COMMANDS
 from ..core.config import Config
 from ..errors import TransportError
 from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
-from .commands import OtaCommandIntake
+from .commands import CommandIntake
 from .wiring import Assembly, assemble, drain, open_bus, open_store, open_uplink, vin_salt
 
 __all__ = ["run_daemon"]
@@ -38,16 +40,48 @@ __all__ = ["run_daemon"]
 log = logging.getLogger(__name__)
 
 
-def _handle_commands(publisher: PahoPublisher, pipeline: Pipeline, ota: OtaCommandIntake) -> None:
-    while not publisher.commands.empty():
-        name, payload = publisher.commands.get_nowait()
-        if name == "passport":
-            log.info("passport requested over MQTT")
-            pipeline.request_passport("request")
-        elif name == "ota":
-            ota.handle(payload, now_ms=round(time.time() * 1000))
-        else:
-            log.warning("unknown command %r ignored", name)
+class _Commands:
+    """Takes the commands paho queued: signed ones to the intake, unknown ones counted (logged at most once
+    a minute, with the count: a flood of junk cannot fill the journal)."""
+
+    def __init__(self, intake: CommandIntake) -> None:
+        self.intake = intake
+        self.unknown = 0
+        self._logged_at = -60.0
+
+    def take(self, publisher: PahoPublisher, pipeline: Pipeline) -> None:
+        while not publisher.commands.empty():
+            name, payload = publisher.commands.get_nowait()
+            if name not in COMMANDS:
+                self._unknown(name)
+            elif self.intake.accept(name, payload, now_ms=round(time.time() * 1000)) and name == "passport":
+                pipeline.request_passport("request")  # an accepted cmd/ota already wrote the update request
+
+    def _unknown(self, name: str) -> None:
+        self.unknown += 1
+        now = time.monotonic()
+        if now - self._logged_at >= 60.0:
+            self._logged_at = now
+            log.warning("unknown command %r ignored (%d unknown commands so far)", name[:64], self.unknown)
+
+
+class _OtaNotices:
+    """Publishes the updater's latest notice (``ota-status.json`` in the releases directory) retained on
+    ``{prefix}/{device}/ota``: the updater never connects itself, so the device has one MQTT identity."""
+
+    def __init__(self, releases_dir: str) -> None:
+        self._dir = releases_dir
+        self._published: tuple[int, int] | None = None
+        self._next_look = 0.0
+
+    def step(self, publisher: PahoPublisher) -> None:
+        now = time.monotonic()
+        if now < self._next_look or not publisher.is_connected:
+            return
+        self._next_look = now + 1.0
+        status = read_status(self._dir)
+        if status is not None and status[0] != self._published and publisher.publish_notice("ota", status[1]):
+            self._published = status[0]
 
 
 class _Watchdog:
@@ -83,12 +117,12 @@ def run_daemon(config: Config, *, stop: threading.Event) -> int:
     """
     health = HealthFile(config.device.state_dir, __version__)  # first: a crash below still counts a start
     key = load_private_key(config.device.key_file)
-    ota = OtaCommandIntake(config)
+    intake = CommandIntake(config)
     store = open_store(config)
     chain, counters = store.load()
     parts = assemble(config, key, sink=store, chain=chain, counters=counters, device_id=config.device.id,
                      vin_salt=vin_salt(config.device.state_dir), epoch_note=store.new_epoch_reason)
-    daemon = _Daemon(config, parts, store=store, publisher=open_uplink(config), ota=ota, health=health)
+    daemon = _Daemon(config, parts, store=store, publisher=open_uplink(config), intake=intake, health=health)
     code = 0
     try:
         daemon.run(stop)
@@ -104,9 +138,10 @@ class _Daemon:
     """The running daemon's parts, its main loop, and its orderly shutdown."""
 
     def __init__(self, config: Config, parts: Assembly, *, store: SqliteOutbox, publisher: PahoPublisher,
-                 ota: OtaCommandIntake, health: HealthFile) -> None:
+                 intake: CommandIntake, health: HealthFile) -> None:
         self.config, self.parts, self.store, self.publisher = config, parts, store, publisher
-        self.ota, self.health = ota, health
+        self.commands, self.health = _Commands(intake), health
+        self.notices = _OtaNotices(config.ota.releases_dir) if config.ota.metadata_url else None
         self.forwarder = Forwarder(store, publisher, window=config.mqtt.max_inflight)
         self.notifier = SystemdNotifier.from_environment()
         self.watchdog = _Watchdog(self.notifier)
@@ -140,7 +175,11 @@ class _Daemon:
             pipeline.tick(now)
         diag.step(now, schedule=diag.specs != ())
         self.forwarder.step(now)
-        _handle_commands(self.publisher, pipeline, self.ota)
+        self.commands.take(self.publisher, pipeline)
+        if self.notices is not None:
+            self.notices.step(self.publisher)
+        if self.publisher.failed:  # offline for good otherwise: exit 1, systemd restarts the service
+            raise TransportError(f"mqtt: the network thread stopped ({self.publisher.failed})")
         if self.publisher.is_connected:
             self.health.mark("broker")
             if self.forwarder.counts["delivered"]:
@@ -163,7 +202,12 @@ class _Daemon:
         drain(self.forwarder, timeout_s=5.0)  # what is still unsent stays in the outbox for the next start
         self.publisher.close()
         diag = Counter({f"diag_{k}": v for k, v in (self.diag.failures if self.diag else {}).items()})
-        counts = pipeline.counts + diag + self.forwarder.counts
+        dropped = {f"commands_{k}": v for k, v in self.publisher.dropped.items() if v}
+        if self.commands.unknown:
+            dropped["commands_unknown"] = self.commands.unknown
+        if self.commands.intake.ignored:
+            dropped["commands_ignored"] = self.commands.intake.ignored
+        counts = pipeline.counts + diag + self.forwarder.counts + Counter(dropped)
         log.info("stopped: %d messages left in the outbox; %s", self.store.count(),
                  ", ".join(f"{k} {v}" for k, v in sorted(counts.items())))
         self.store.close()

@@ -1,5 +1,6 @@
 """Composition root of the updater process (``battery-gateway update``): builds the adapters (python-tuf,
-release directories, the retained ``ota`` notice) and wires ``services/ota.OtaService``. The signed
+release directories) and wires ``services/ota.OtaService``. Its progress goes to ``ota-status.json`` in the
+releases directory, which the daemon publishes: the updater never connects to the broker itself. The signed
 ``cmd/ota`` that may start it is ``app/commands.py``. The daemon never imports this module (nor
 python-tuf). docs/ota.md describes the whole flow.
 """
@@ -13,7 +14,6 @@ import sys
 import time
 
 from ..adapters.health import read_health
-from ..adapters.mqtt import PahoNotice
 from ..adapters.releases import ReleaseDirs
 from ..adapters.tuf_client import TufUpdateClient
 from ..core.config import Config
@@ -44,14 +44,10 @@ def run_update(config: Config, *, check_only: bool = False) -> int:
     o = config.ota
     if not o.metadata_url:
         raise ConfigError("ota.metadata_url: required for update (empty = over-the-air updates off)")
-    m = config.mqtt
-    notice = PahoNotice(host=m.host, port=m.port, device_id=config.device.id,
-                        topic=f"{m.topic_prefix}/{config.device.id}/ota",
-                        tls_files=(m.ca_file, m.cert_file, m.key_file) if m.tls else None)
     releases = ReleaseDirs(o.releases_dir, o.dir, python=sys.executable)
 
     def report(body: dict[str, object]) -> None:
-        notice.publish({**body, "dev": config.device.id})
+        releases.write_status({**body, "dev": config.device.id})
 
     try:
         with releases.lock():
@@ -71,5 +67,3 @@ def run_update(config: Config, *, check_only: bool = False) -> int:
         report({"state": "refused" if exc.kind == "refused" else "failed", "reason": str(exc),
                 "ts": round(time.time() * 1000)})
         return 1
-    finally:
-        notice.close()

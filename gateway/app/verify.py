@@ -67,7 +67,9 @@ def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
     """(topic, payload) of the signed messages on a subscription, until ``duration_s`` (or forever).
 
     Raises:
-        ConfigError: a malformed HOST:PORT. PublishError: the broker cannot be reached.
+        ConfigError: a malformed HOST:PORT.
+        PublishError: the broker cannot be reached, or refuses the connection or the subscription (also
+            later: a subscription that stops is not a quiet "nothing arrived").
     """
     host, _, port = address.rpartition(":")
     if not host or not port.isdigit():
@@ -76,10 +78,12 @@ def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
                                 tls_files=(tls[0], tls[1], tls[2]) if tls else None)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
+        subscriber.wait_ready()
         while deadline is None or time.monotonic() < deadline:
             try:
                 name, payload = subscriber.messages.get(timeout=0.2)
             except queue.Empty:
+                subscriber.check()
                 continue
             if not name.endswith(("/status", "/ota")) and "/cmd/" not in name:
                 yield name, payload

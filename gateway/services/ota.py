@@ -18,7 +18,7 @@ daemon's health record. Invariants:
 from __future__ import annotations
 
 import logging
-from collections.abc import Callable, Mapping
+from collections.abc import Callable
 from dataclasses import dataclass, field, replace
 from typing import Any
 
@@ -26,7 +26,7 @@ from ..errors import UpdateError
 from ..model import Health, OtaState, Probation, Release
 from ..ports import ReleaseStore, UpdateClient
 
-__all__ = ["COMMAND_MAX_AGE_S", "OtaService", "check_command", "decide", "probation_verdict"]
+__all__ = ["OtaService", "decide", "probation_verdict"]
 
 log = logging.getLogger(__name__)
 
@@ -64,30 +64,6 @@ def probation_verdict(p: Probation, health: Health | None, *, now_ms: int, max_c
         got = "no health record" if not mine or health is None else \
             ", ".join(k for k in ("bus", "broker", "acked") if not getattr(health, k))
         return f"rollback: {p.version} not healthy within its probation (missing: {got})"
-    return None
-
-
-COMMAND_MAX_AGE_S = 600.0
-
-
-def check_command(payload: Mapping[str, Any], *, device_id: str, now_ms: int, last_ts_ms: int) -> str | None:
-    """Why a signed ``cmd/ota`` payload (signature already verified) must be ignored, or None to accept it.
-
-    A command is ``{"kind": "command", "cmd": "ota", "dev": <this device>, "ts": <ms>}``; it must be for
-    this device, at most ``COMMAND_MAX_AGE_S`` old (or early), and newer than the last one accepted, so
-    a recorded command cannot be replayed.
-    """
-    if payload.get("kind") != "command" or payload.get("cmd") != "ota":
-        return f"not an ota command (kind {payload.get('kind')!r}, cmd {payload.get('cmd')!r})"
-    if payload.get("dev") != device_id:
-        return f"for device {payload.get('dev')!r}, not {device_id!r}"
-    ts = payload.get("ts")
-    if isinstance(ts, bool) or not isinstance(ts, int):
-        return f"ts must be integer milliseconds, got {ts!r}"
-    if abs(now_ms - ts) > COMMAND_MAX_AGE_S * 1000:
-        return f"ts {ts} is {abs(now_ms - ts) / 1000:.0f} s away from the device clock"
-    if ts <= last_ts_ms:
-        return f"replayed: ts {ts} is not newer than the last accepted command ({last_ts_ms})"
     return None
 
 

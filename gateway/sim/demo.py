@@ -122,6 +122,7 @@ def run_demo(*, duration_s: float = 20.0) -> int:
 
 def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int, duration_s: float) -> int:
     sub = PahoSubscriber(host="127.0.0.1", port=mqtt_port, topic="bp/v1/demo-leaf/#", client_id="demo-backend")
+    sub.wait_ready()
     log_path = tmp / "daemon.log"
     env = {**os.environ, "PYTHONUNBUFFERED": "1"}
     with open(log_path, "wb") as log_file:

@@ -12,7 +12,6 @@ import os
 import random
 import subprocess
 import sys
-import time
 from pathlib import Path
 
 import jsonschema
@@ -22,7 +21,20 @@ from gateway.adapters.keystore import load_public_key
 from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker, free_port
 from tests.conftest import SCHEMA
-from tests.rig import GROUP, Car, Rig, Subscriber, count, counters, signed, start_daemon, stop_daemon, write_config
+from tests.rig import (
+    GROUP,
+    Car,
+    Rig,
+    Subscriber,
+    count,
+    counters,
+    outbox_rows,
+    signed,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+    write_config,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -119,7 +131,7 @@ def test_broker_that_starts_late_still_gets_every_message(tmp_path: Path) -> Non
     car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
     daemon = start_daemon(rig)
     try:
-        time.sleep(3)  # readings signed while no broker listens
+        wait_for(lambda: outbox_rows(rig) >= 3, 30, "readings signed while no broker listens")
         with LocalBroker(port=port) as broker:
             s = Subscriber(broker.port, rig.device)
             try:
