@@ -86,6 +86,7 @@ class OutgoingMessage:
     seq: int
     ep: int
     body: dict[str, object] = field(default_factory=dict, compare=False)
+    readings: int = 1  # readings it carries (a batch: its ``n``, each with its own sequence number)
 
 
 @dataclass(frozen=True, slots=True)

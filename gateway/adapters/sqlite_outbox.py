@@ -7,7 +7,9 @@ Invariants:
   UNIQUE: a crash at any moment leaves either both or neither, so the same ``(dev, ep, seq)`` can never
   carry two different messages, and a restart continues the chain.
 - Rows leave only by ``delete`` (after a successful PUBACK) or by thinning. Thinning touches only
-  readings, oldest first, keeping one per time bucket; passports and certificates are never dropped.
+  readings, single or batched, oldest first, keeping one row per time bucket; passports and
+  certificates are never dropped. A batch row counts as the readings it carries.
+- An older schema is upgraded in place; only a damaged or unknown one starts a new epoch.
   What was thinned is counted until the next passport takes the count (``take_thinned``).
 - ``synchronous=FULL``: a committed message survives power loss.
 - A corrupt or unreadable database is moved aside (``state.db.corrupt``) and a new epoch starts,
@@ -33,15 +35,18 @@ __all__ = ["SqliteOutbox"]
 
 log = logging.getLogger(__name__)
 
-_SCHEMA_VERSION = 1
+_SCHEMA_VERSION = 2
 _SCHEMA = """
 CREATE TABLE IF NOT EXISTS meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS chain (id INTEGER PRIMARY KEY CHECK (id = 1), ep INTEGER NOT NULL,
     seq INTEGER NOT NULL, prev BLOB NOT NULL, counters TEXT NOT NULL);
 CREATE TABLE IF NOT EXISTS outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, ep INTEGER NOT NULL,
     seq INTEGER NOT NULL, kind TEXT NOT NULL, topic TEXT NOT NULL, retain INTEGER NOT NULL,
-    ts INTEGER NOT NULL, payload BLOB NOT NULL, UNIQUE (ep, seq));
+    ts INTEGER NOT NULL, payload BLOB NOT NULL, readings INTEGER NOT NULL DEFAULT 1, UNIQUE (ep, seq));
 """
+# version -> the statements that bring a database of that version to the next one
+_MIGRATIONS = {1: "ALTER TABLE outbox ADD COLUMN readings INTEGER NOT NULL DEFAULT 1"}
+_THINNABLE = ("reading", "batch")  # passports and certificates are never thinned
 
 
 def _int_ts(value: object) -> int:
@@ -109,11 +114,7 @@ class SqliteOutbox:
         existed = self.path.exists()
         try:
             self._db = self._connect()
-            version = self._meta("version")
-            if version is None:
-                self._set_meta("version", str(_SCHEMA_VERSION))
-            elif version != str(_SCHEMA_VERSION):
-                raise ValueError(f"schema version {version}, expected {_SCHEMA_VERSION}")
+            self._migrate(self._meta("version"))
             row = self._db.execute("SELECT ep, seq, prev, counters FROM chain WHERE id = 1").fetchone()
             if row is not None:
                 chain = ChainPosition(int(row[0]), int(row[1]), bytes(row[2]))
@@ -133,6 +134,22 @@ class SqliteOutbox:
         log.error("state lost: %s; starting epoch %d, counters restart from zero", self.new_epoch_reason, chain.ep)
         self._save_epoch(chain.ep)
         return chain, Counters()
+
+    def _migrate(self, version: str | None) -> None:
+        """Bring an older database to ``_SCHEMA_VERSION`` in place (an update must not cost the chain).
+
+        Raises:
+            ValueError: a version this release does not know (a newer one: the database is kept aside).
+        """
+        if version is None:
+            self._set_meta("version", str(_SCHEMA_VERSION))
+            return
+        if not version.isdigit() or not 1 <= int(version) <= _SCHEMA_VERSION:
+            raise ValueError(f"schema version {version}, expected {_SCHEMA_VERSION} or older")
+        for v in range(int(version), _SCHEMA_VERSION):
+            self._conn().execute(_MIGRATIONS[v])
+            self._set_meta("version", str(v + 1))
+            log.info("state database upgraded from schema %d to %d", v, v + 1)
 
     def _move_aside(self) -> None:
         if self._db is not None:
@@ -230,9 +247,10 @@ class SqliteOutbox:
             db.execute("INSERT OR REPLACE INTO chain (id, ep, seq, prev, counters) VALUES (1, ?, ?, ?, ?)",
                        (chain.ep, chain.seq, chain.prev, json.dumps(counters.to_dict(), separators=(",", ":"))))
             if message is not None:
-                db.execute("INSERT INTO outbox (ep, seq, kind, topic, retain, ts, payload) VALUES (?,?,?,?,?,?,?)",
+                db.execute("INSERT INTO outbox (ep, seq, kind, topic, retain, ts, payload, readings) "
+                           "VALUES (?,?,?,?,?,?,?,?)",
                            (message.ep, message.seq, message.kind, message.topic, int(message.retain),
-                            _int_ts(message.body.get("ts")), message.payload))
+                            _int_ts(message.body.get("ts")), message.payload, message.readings))
             db.execute("COMMIT")
         except BaseException:
             with contextlib.suppress(sqlite3.Error):
@@ -252,10 +270,10 @@ class SqliteOutbox:
         """Up to ``limit`` rows, oldest first, skipping the ids in ``exclude`` (in flight)."""
         exclude = exclude or set()
         rows = self._conn().execute(
-            "SELECT id, ep, seq, kind, topic, retain, payload FROM outbox ORDER BY id LIMIT ?",
+            "SELECT id, ep, seq, kind, topic, retain, payload, readings FROM outbox ORDER BY id LIMIT ?",
             (limit + len(exclude),)).fetchall()
         out = [OutboxRow(r[0], OutgoingMessage(topic=r[4], payload=bytes(r[6]), retain=bool(r[5]), kind=r[3],
-                                               seq=r[2], ep=r[1]))
+                                               seq=r[2], ep=r[1], readings=r[7]))
                for r in rows if r[0] not in exclude]
         return out[:limit]
 
@@ -288,12 +306,12 @@ class SqliteOutbox:
         db = self._conn()
         deleted, bucket_ms = 0, int(self.thin_bucket_s * 1000)
         while force or self.used_bytes() > self.max_bytes:
-            rows = db.execute("SELECT id, ts FROM outbox WHERE kind = 'reading' ORDER BY id").fetchall()
+            rows = db.execute(f"SELECT id, ts, readings FROM outbox WHERE kind IN {_THINNABLE} ORDER BY id").fetchall()
             kept: set[int] = set()
             drop = []
-            for row_id, ts in rows:
+            for row_id, ts, readings in rows:
                 if ts // bucket_ms in kept:
-                    drop.append(row_id)
+                    drop.append((row_id, readings))
                 else:
                     kept.add(ts // bucket_ms)
             if not drop:
@@ -302,9 +320,9 @@ class SqliteOutbox:
                 bucket_ms *= 2
                 continue
             db.execute("BEGIN IMMEDIATE")
-            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i in drop])
+            db.executemany("DELETE FROM outbox WHERE id = ?", [(i,) for i, _ in drop])
             db.execute("COMMIT")
-            deleted += len(drop)
+            deleted += sum(n for _, n in drop)
             bucket_ms *= 2
             force = False
         if deleted:

@@ -299,7 +299,7 @@ class Pipeline:
         """
         envelope = self._signer.sign(payload)
         message = OutgoingMessage(topic=topic or kind, payload=envelope, retain=kind == "passport", kind=kind,
-                                  seq=payload["seq"], ep=payload["ep"], body=payload)
+                                  seq=payload["seq"], ep=payload["ep"], body=payload, readings=count)
         following = self._chain.after(envelope, count)
         try:
             taken = self._sink.put(message, chain=following, counters=self._tracker.counters)

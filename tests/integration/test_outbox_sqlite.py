@@ -3,6 +3,7 @@ read-only disks, one process per state directory."""
 
 from __future__ import annotations
 
+import json
 import os
 import sqlite3
 from pathlib import Path
@@ -154,3 +155,47 @@ def test_saving_the_state_never_moves_the_stored_position_back(tmp_path: Path) -
     chain, _ = again.load()
     assert chain.seq == 10
     again.close()
+
+
+def test_batched_readings_are_thinned_under_the_cap_like_single_ones(tmp_path: Path) -> None:
+    # GIVEN [publish] batch = 10 and a small disk cap
+    store = open_store(tmp_path, max_bytes=200_000, thin_bucket_s=10.0)
+    for i in range(400):  # batches of 10 readings, one every 10 s; a passport every 40 batches
+        seq = 1 + i * 10
+        kind = "passport" if i % 40 == 39 else "batch"
+        msg = OutgoingMessage(topic="reading" if kind == "batch" else kind, payload=os.urandom(1200),
+                              retain=kind == "passport", kind=kind, seq=seq, ep=1, body={"ts": i * 10_000},
+                              readings=10 if kind == "batch" else 1)
+        store.put(msg, chain=ChainPosition(1, seq + 9), counters=Counters())  # WHEN it fills: no StateError
+    # THEN old batches were thinned, passports kept, and the count is in readings
+    assert store.used_bytes() <= 200_000 + 64 * 1024
+    kinds = [r.message.kind for r in store.oldest(5000)]
+    assert kinds.count("passport") == 10
+    thinned = store.take_thinned()
+    assert thinned > 0 and thinned % 10 == 0
+    store.close()
+
+
+def test_a_schema_1_database_is_upgraded_in_place_not_thrown_away(tmp_path: Path) -> None:
+    # GIVEN the state of a device running the previous release (schema 1, no readings column)
+    db = sqlite3.connect(tmp_path / "state.db")
+    db.executescript("""
+        CREATE TABLE meta (k TEXT PRIMARY KEY, v TEXT NOT NULL);
+        CREATE TABLE chain (id INTEGER PRIMARY KEY CHECK (id = 1), ep INTEGER NOT NULL, seq INTEGER NOT NULL,
+            prev BLOB NOT NULL, counters TEXT NOT NULL);
+        CREATE TABLE outbox (id INTEGER PRIMARY KEY AUTOINCREMENT, ep INTEGER NOT NULL, seq INTEGER NOT NULL,
+            kind TEXT NOT NULL, topic TEXT NOT NULL, retain INTEGER NOT NULL, ts INTEGER NOT NULL,
+            payload BLOB NOT NULL, UNIQUE (ep, seq));
+        INSERT INTO meta VALUES ('version', '1');
+        INSERT INTO outbox (ep, seq, kind, topic, retain, ts, payload) VALUES (3, 7, 'reading', 'reading', 0, 1, x'00');
+    """)
+    db.execute("INSERT INTO chain VALUES (1, 3, 7, ?, ?)", (b"\x05" * 32, json.dumps(Counters().to_dict())))
+    db.commit()
+    db.close()
+    (tmp_path / "epoch").write_text("3\n")
+    # WHEN the new release opens it THEN the chain continues in the same epoch and the row is still there
+    store = SqliteOutbox(tmp_path)
+    chain, _ = store.load()
+    assert (chain.ep, chain.seq) == (3, 7) and store.new_epoch_reason == ""
+    assert [r.message.readings for r in store.oldest(10)] == [1]
+    store.close()
