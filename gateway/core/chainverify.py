@@ -54,7 +54,7 @@ class ChainVerifier:
     def add(self, envelope: bytes) -> Verdict:
         """Check one envelope."""
         try:
-            _, _, claimed, _ = open_envelope(envelope)
+            claimed = open_envelope(envelope).payload
             dev, ep, seq = claimed.get("dev"), claimed.get("ep"), claimed.get("seq")
             if not isinstance(dev, str) or not isinstance(ep, int) or not isinstance(seq, int):
                 raise EnvelopeError("payload lacks dev/ep/seq")

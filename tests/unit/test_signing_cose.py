@@ -12,7 +12,7 @@ from cryptography.hazmat.primitives.asymmetric.utils import encode_dss_signature
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from gateway.core.signing import Signer, key_id, open_envelope, verify_envelope
+from gateway.core.signing import Signer, key_id, verify_envelope
 from gateway.errors import EnvelopeError
 from gateway.model import ZERO_HASH, ChainPosition
 
@@ -79,11 +79,48 @@ def test_garbage_is_rejected_cleanly(garbage: bytes) -> None:
         verify_envelope(garbage, KEY.public_key())
 
 
-def test_open_envelope_rejects_non_canonical_payload(key: ec.EllipticCurvePrivateKey) -> None:
-    protected, _, _, sig = cbor2.loads(Signer(key).sign(PAYLOAD)).value
-    body = cbor2.dumps({"b": 1, "a": 2})  # not sorted
-    with pytest.raises(EnvelopeError, match="deterministic"):
-        open_envelope(cbor2.dumps(cbor2.CBORTag(18, [protected, {}, body, sig])))
+def test_a_payload_in_any_key_order_verifies_but_a_key_twice_does_not(key: ec.EllipticCurvePrivateKey) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from gateway.core.signing import _sig_structure
+
+    protected = cbor2.loads(Signer(key).sign(PAYLOAD)).value[0]
+
+    def envelope(body: bytes) -> bytes:
+        r, s = decode_dss_signature(key.sign(_sig_structure(protected, body), ec.ECDSA(hashes.SHA256())))
+        return cbor2.dumps(cbor2.CBORTag(18, [protected, {}, body, r.to_bytes(32, "big") + s.to_bytes(32, "big")]))
+
+    unsorted = cbor2.dumps({"b": 1, "a": 2})  # a standard library need not sort: signed as it is, it verifies
+    assert verify_envelope(envelope(unsorted), key.public_key()) == {"a": 2, "b": 1}
+    twice = bytes([0xA2, 0x61, 0x61, 0x01, 0x61, 0x61, 0x02])  # {"a": 1, "a": 2}: which one is meant?
+    with pytest.raises(EnvelopeError, match="appears twice"):
+        verify_envelope(envelope(twice), key.public_key())
+
+
+def test_kid_may_be_in_the_unprotected_header_but_not_in_both(key: ec.EllipticCurvePrivateKey) -> None:
+    from cryptography.hazmat.primitives import hashes
+    from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
+
+    from gateway.core.signing import _sig_structure
+
+    body = cbor2.dumps(PAYLOAD, canonical=True)
+
+    def envelope(protected_map: dict[int, object], unprotected: dict[int, object]) -> bytes:
+        protected = cbor2.dumps(protected_map)
+        r, s = decode_dss_signature(key.sign(_sig_structure(protected, body), ec.ECDSA(hashes.SHA256())))
+        return cbor2.dumps(cbor2.CBORTag(18, [protected, unprotected, body,
+                                              r.to_bytes(32, "big") + s.to_bytes(32, "big")]))
+
+    kid = key_id(key.public_key())
+    assert verify_envelope(envelope({1: -7}, {4: kid}), key.public_key())["kind"] == PAYLOAD["kind"]
+    assert verify_envelope(envelope({1: -7}, {}), key.public_key())["kind"] == PAYLOAD["kind"]  # the signature decides
+    with pytest.raises(EnvelopeError, match="both"):
+        verify_envelope(envelope({1: -7, 4: kid}, {4: kid}), key.public_key())
+    with pytest.raises(EnvelopeError, match="kid does not match"):
+        verify_envelope(envelope({1: -7}, {4: b"someone else"}), key.public_key())
+    with pytest.raises(EnvelopeError, match="protected header"):
+        verify_envelope(envelope({}, {1: -7, 4: kid}), key.public_key())  # alg must be protected
 
 
 def test_chain_links_each_envelope_to_the_previous(key: ec.EllipticCurvePrivateKey) -> None:
