@@ -60,6 +60,16 @@ class FleetPki:
         _write_key(key, key_path)
         return cert_path, key_path
 
+    def sign_csr(self, csr: x509.CertificateSigningRequest) -> bytes:
+        """What the fleet CA does with a device's CSR: a client certificate for its subject (PEM)."""
+        now = datetime.datetime.now(datetime.UTC)
+        cert = (x509.CertificateBuilder().subject_name(csr.subject).issuer_name(self.ca.subject)
+                .public_key(csr.public_key()).serial_number(x509.random_serial_number())
+                .not_valid_before(now - datetime.timedelta(days=1)).not_valid_after(now + datetime.timedelta(days=30))
+                .add_extension(x509.ExtendedKeyUsage([ExtendedKeyUsageOID.CLIENT_AUTH]), critical=False)
+                .sign(self.ca_key, hashes.SHA256()))
+        return cert.public_bytes(serialization.Encoding.PEM)
+
     def fleet_conf(self) -> str:
         """deploy/mosquitto/fleet.conf and fleet.acl as shipped, with this PKI's files (the listener comes
         from LocalBroker)."""

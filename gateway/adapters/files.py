@@ -17,16 +17,20 @@ from typing import Any
 import cantools
 
 from ..errors import ConfigError
+from .fs import read_regular
 
-__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "load_dbc", "missing_dbc", "read_config", "read_package_json",
-           "read_profile"]
+__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "check_json_file", "load_dbc", "missing_dbc", "read_config",
+           "read_package_json", "read_profile"]
 
 BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 
 
+_MAX_TOML_BYTES = 1 << 20  # a config or profile is a few kB
+
+
 def _read_toml(path: Path, *, key: str) -> dict[str, Any]:
     try:
-        return tomllib.loads(path.read_text(encoding="utf-8"))
+        return tomllib.loads(read_regular(path, max_bytes=_MAX_TOML_BYTES).decode("utf-8"))
     except OSError as exc:
         raise ConfigError(f"{key}: cannot read {path}: {exc.strerror}") from exc
     except (tomllib.TOMLDecodeError, UnicodeDecodeError) as exc:
@@ -41,7 +45,7 @@ def read_config(path: str | Path) -> dict[str, Any]:
     """
     p = Path(path)
     try:
-        text = p.read_text(encoding="utf-8")
+        text = read_regular(p, max_bytes=_MAX_TOML_BYTES).decode("utf-8")
     except OSError as exc:
         raise ConfigError(f"{p}: cannot read config: {exc.strerror}") from exc
     except UnicodeDecodeError as exc:
@@ -109,6 +113,18 @@ def load_dbc(profile: str, names: tuple[str, ...], dirs: tuple[Path, ...]) -> li
         except Exception as exc:  # cantools raises many types (ParseError, UnsupportedDatabaseFormatError)
             raise ConfigError(f"profile {profile}: DBC {path}: {exc}") from exc
     return databases
+
+
+def check_json_file(path: str, *, key: str, must_have: tuple[str, ...] = ()) -> str | None:
+    """What is wrong with a JSON document the config points at (``key``), or None."""
+    try:
+        doc = json.loads(read_regular(path, max_bytes=1 << 20))
+    except OSError as exc:
+        return f"{key}: {path}: {exc.strerror}"
+    except ValueError as exc:
+        return f"{key}: {path}: not JSON ({exc})"
+    missing = [k for k in must_have if not isinstance(doc, dict) or k not in doc]
+    return f"{key}: {path}: lacks {', '.join(missing)}" if missing else None
 
 
 def read_package_json(name: str, *, what: str) -> Any:

@@ -25,7 +25,7 @@ import stat
 from collections.abc import Iterator
 from pathlib import Path
 
-__all__ = ["replace_symlink", "safe_dir", "write_atomic"]
+__all__ = ["read_regular", "replace_symlink", "safe_dir", "write_atomic"]
 
 _DIR_FLAGS = os.O_RDONLY | os.O_DIRECTORY | os.O_NOFOLLOW | os.O_CLOEXEC
 
@@ -128,6 +128,30 @@ def replace_symlink(link: str | Path, points_to: str | Path) -> None:
         with _removed_on_error(tmp, dfd):
             os.replace(tmp, target.name, src_dir_fd=dfd, dst_dir_fd=dfd)
         os.fsync(dfd)
+
+
+def read_regular(path: str | Path, *, max_bytes: int, private: bool = False) -> bytes:
+    """The content of a regular file of at most ``max_bytes``: never a device (``/dev/zero`` would fill
+    memory), never a FIFO (opened without blocking, so one without a writer cannot hang us).
+
+    Args:
+        private: refuse, before reading a byte, a file that group or others may read (a key).
+
+    Raises:
+        PermissionError: ``private`` and the mode lets others read it (``strerror`` says the mode).
+        OSError: missing, unreadable, not a regular file, or larger than ``max_bytes``.
+    """
+    fd = os.open(path, os.O_RDONLY | os.O_NONBLOCK | os.O_CLOEXEC)
+    with os.fdopen(fd, "rb") as f:
+        st = os.fstat(fd)
+        if not stat.S_ISREG(st.st_mode):
+            raise OSError(errno.EINVAL, "not a regular file", str(path))
+        if private and st.st_mode & (stat.S_IRWXG | stat.S_IRWXO):
+            raise PermissionError(errno.EACCES, f"readable by others (mode {stat.S_IMODE(st.st_mode):04o})", str(path))
+        data = f.read(max_bytes + 1)
+    if len(data) > max_bytes:
+        raise OSError(errno.EFBIG, f"larger than {max_bytes} bytes", str(path))
+    return data
 
 
 @contextlib.contextmanager

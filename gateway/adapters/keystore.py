@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import stat
+import errno
 from pathlib import Path
 
 from cryptography import x509
@@ -11,7 +11,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from cryptography.x509.oid import NameOID
 
 from ..errors import ConfigError
-from .fs import safe_dir, write_atomic
+from .fs import read_regular, safe_dir, write_atomic
+
+_MAX_PEM_BYTES = 65536  # a PEM key or certificate is a few kB
 
 __all__ = ["certificate_request", "generate_key", "load_private_key", "load_public_key", "public_pem"]
 
@@ -39,51 +41,57 @@ def generate_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
     return key
 
 
-def load_private_key(path: str | Path) -> ec.EllipticCurvePrivateKey:
-    """Load the device key, refusing a file that group or others can read.
+def load_private_key(path: str | Path, *, what: str = "device.key_file") -> ec.EllipticCurvePrivateKey:
+    """Load a P-256 private key, refusing a file that group or others can read, or that is not a regular
+    file (``/dev/zero``, a FIFO) or is too large to be a key.
+
+    Args:
+        what: the config key or option that named the file, for the message.
 
     Raises:
         ConfigError: missing, unreadable, too open, not a P-256 private key.
     """
     p = Path(path)
     try:
-        mode = p.stat().st_mode
-        data = p.read_bytes()
+        data = read_regular(p, max_bytes=_MAX_PEM_BYTES, private=True)  # the mode is checked before reading
+    except PermissionError as exc:
+        raise ConfigError(f"{what}: {p} is {exc.strerror}; run 'chmod 600 {p}'") from exc
     except OSError as exc:
-        raise ConfigError(f"device.key_file: {p}: {exc.strerror} (create one with "
-                          f"'battery-gateway keygen --key {p}')") from exc
-    if mode & (stat.S_IRWXG | stat.S_IRWXO):
-        raise ConfigError(f"device.key_file: {p} is readable by others (mode {stat.S_IMODE(mode):04o}); "
-                          f"run 'chmod 600 {p}'")
+        hint = f" (create one with 'battery-gateway keygen --key {p}')" if exc.errno == errno.ENOENT else ""
+        raise ConfigError(f"{what}: {p}: {exc.strerror}{hint}") from exc
     try:
         key = serialization.load_pem_private_key(data, password=None)
     except (ValueError, TypeError) as exc:
-        raise ConfigError(f"device.key_file: {p}: not an unencrypted PEM private key") from exc
+        raise ConfigError(f"{what}: {p}: not an unencrypted PEM private key") from exc
     if not isinstance(key, ec.EllipticCurvePrivateKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ConfigError(f"device.key_file: {p}: not a P-256 (ES256) key")
+        raise ConfigError(f"{what}: {p}: not a P-256 (ES256) key")
     return key
 
 
-def load_public_key(path: str | Path) -> ec.EllipticCurvePublicKey:
+def load_public_key(path: str | Path, *, what: str = "") -> ec.EllipticCurvePublicKey:
     """Load a P-256 public key (SubjectPublicKeyInfo PEM), or take the public half of a private key.
 
+    Args:
+        what: the config key or option that named the file, for the message.
+
     Raises:
-        ConfigError: missing, unreadable, or not P-256.
+        ConfigError: missing, unreadable, not a regular file, or not P-256.
     """
     p = Path(path)
+    where = f"{what}: {p}" if what else str(p)
     try:
-        data = p.read_bytes()
+        data = read_regular(p, max_bytes=_MAX_PEM_BYTES)
     except OSError as exc:
-        raise ConfigError(f"{p}: {exc.strerror}") from exc
+        raise ConfigError(f"{where}: {exc.strerror}") from exc
     try:
         key: object = serialization.load_pem_public_key(data)
     except ValueError:
         try:
             key = serialization.load_pem_private_key(data, password=None).public_key()
         except (ValueError, TypeError) as exc:
-            raise ConfigError(f"{p}: not a PEM public key") from exc
+            raise ConfigError(f"{where}: not a PEM public key") from exc
     if not isinstance(key, ec.EllipticCurvePublicKey) or not isinstance(key.curve, ec.SECP256R1):
-        raise ConfigError(f"{p}: not a P-256 (ES256) public key")
+        raise ConfigError(f"{where}: not a P-256 (ES256) public key")
     return key
 
 
@@ -101,7 +109,7 @@ def certificate_request(key_path: str | Path, device_id: str) -> bytes:
     Raises:
         ConfigError: the key cannot be created or read.
     """
-    key = load_private_key(key_path) if Path(key_path).exists() else generate_key(key_path)
+    key = load_private_key(key_path, what="csr --key") if Path(key_path).exists() else generate_key(key_path)
     csr = (x509.CertificateSigningRequestBuilder()
            .subject_name(x509.Name([x509.NameAttribute(NameOID.COMMON_NAME, device_id)]))
            .sign(key, hashes.SHA256()))

@@ -18,6 +18,7 @@ import logging
 import queue
 import random
 import socket
+import ssl
 import threading
 import time
 from typing import Any
@@ -28,13 +29,37 @@ from paho.mqtt.properties import Properties
 
 from ..errors import PublishError
 from ..model import OutgoingMessage
+from .fs import read_regular
 
-__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber", "port_open"]
+__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber", "check_tls_files", "port_open"]
 
 log = logging.getLogger(__name__)
 
 COSE_CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
 JSON_CONTENT_TYPE = "application/json"
+
+
+def check_tls_files(*, ca_file: str, cert_file: str, key_file: str) -> list[str]:
+    """What is wrong with the TLS files, one line each naming the config key (empty when they load)."""
+    problems = []
+    for key, path in (("mqtt.ca_file", ca_file), ("mqtt.cert_file", cert_file), ("mqtt.key_file", key_file)):
+        try:
+            read_regular(path, max_bytes=1 << 20, private=key == "mqtt.key_file")
+        except OSError as exc:
+            problems.append(f"{key}: {path}: {exc.strerror}")
+    if problems:
+        return problems
+    context = ssl.SSLContext(ssl.PROTOCOL_TLS_CLIENT)
+    try:
+        context.load_verify_locations(cafile=ca_file)
+    except (ssl.SSLError, OSError) as exc:
+        problems.append(f"mqtt.ca_file: {ca_file}: no PEM CA certificate in it ({exc})")
+    try:
+        context.load_cert_chain(cert_file, key_file)
+    except (ssl.SSLError, OSError) as exc:
+        problems.append(f"mqtt.cert_file, mqtt.key_file: {cert_file}, {key_file}: not a PEM certificate and its key "
+                        f"({exc})")
+    return problems
 
 
 def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:

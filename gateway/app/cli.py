@@ -183,10 +183,11 @@ def _write_output(path: str, data: bytes) -> None:
 
 def _cmd_check_config(args: argparse.Namespace) -> int:
     from ..core.config import render_toml
-    from .wiring import load_config, load_profile
+    from .wiring import check_files, load_config, load_profile
 
     config = load_config(args.config)
     load_profile(config.vehicle.profile)
+    check_files(config)  # every file it points at opens and parses: a broken one is named, not met at run time
     print(render_toml(config), end="")
     return 0
 

@@ -35,7 +35,7 @@ def sign_command(key_file: str, *, device_id: str, command: str) -> bytes:
         ConfigError: the key file is missing, too open or not a P-256 key.
     """
     payload = {"v": 1, "kind": "command", "cmd": command, "dev": device_id, "ts": round(time.time() * 1000)}
-    return Signer(load_private_key(key_file)).sign(payload)
+    return Signer(load_private_key(key_file, what="command --key")).sign(payload)
 
 
 def _last_ts(path: Path) -> dict[str, int]:
@@ -53,7 +53,7 @@ class CommandIntake:
         """Raises:
             ConfigError: ``ota.command_key`` is set but unreadable.
         """
-        self._key = load_public_key(config.ota.command_key) if config.ota.command_key else None
+        self._key = load_public_key(config.ota.command_key, what="ota.command_key") if config.ota.command_key else None
         self._device_id = config.device.id
         state = Path(config.device.state_dir)
         self._ota_path, self._seen_path = state / "ota-command.json", state / "commands.json"

@@ -26,7 +26,7 @@ def trusted_keys(*, pubkey: str | None, trust_dir: str | None) -> Callable[[str]
         ConfigError: the key file or directory is unreadable.
     """
     if pubkey:
-        key = load_public_key(pubkey)
+        key = load_public_key(pubkey, what="verify --pubkey")
         return lambda dev: key
     assert trust_dir is not None
     directory = Path(trust_dir)

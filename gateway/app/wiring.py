@@ -17,9 +17,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import __version__
 from ..adapters.can_bus import PythonCanBus
-from ..adapters.files import load_dbc, missing_dbc, read_config, read_package_json, read_profile
+from ..adapters.files import check_json_file, load_dbc, missing_dbc, read_config, read_package_json, read_profile
 from ..adapters.fs import write_atomic
-from ..adapters.mqtt import PahoPublisher
+from ..adapters.keystore import load_private_key, load_public_key
+from ..adapters.mqtt import PahoPublisher, check_tls_files
 from ..adapters.sqlite_outbox import SqliteOutbox
 from ..adapters.tflite import load_segment_model
 from ..core.battery import BatteryTracker
@@ -35,8 +36,8 @@ from ..ports import MessageSink
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
 
-__all__ = ["SW", "Assembly", "assemble", "drain", "load_config", "load_prior", "load_profile", "open_bus", "open_store",
-           "open_uplink", "vin_salt"]
+__all__ = ["SW", "Assembly", "assemble", "check_files", "drain", "load_config", "load_prior", "load_profile",
+           "open_bus", "open_store", "open_uplink", "vin_salt"]
 
 log = logging.getLogger(__name__)
 
@@ -56,6 +57,33 @@ def load_config(path: str | Path, *, sections: tuple[str, ...] = tuple(SCHEMA)) 
         return parse_config(data, sections=sections)
     except ConfigError as exc:
         raise ConfigError([f"{path}: {problem}" for problem in exc.problems]) from None
+
+
+def check_files(config: Config) -> None:
+    """Open every file the config points at, as the daemon and the updater will (``check-config``).
+
+    Raises:
+        ConfigError: naming each broken file by its config key.
+    """
+    problems = []
+    loaders: list[tuple[bool, Callable[[], object]]] = [
+        (True, lambda: load_private_key(config.device.key_file)),
+        (bool(config.ota.command_key), lambda: load_public_key(config.ota.command_key, what="ota.command_key")),
+    ]
+    for wanted, load in loaders:
+        if wanted:
+            try:
+                load()
+            except ConfigError as exc:
+                problems.extend(exc.problems)
+    m = config.mqtt
+    if m.tls:
+        problems += check_tls_files(ca_file=m.ca_file, cert_file=m.cert_file, key_file=m.key_file)
+    if config.ota.metadata_url:
+        problem = check_json_file(config.ota.trusted_root, key="ota.trusted_root", must_have=("signed", "signatures"))
+        problems += [problem] if problem else []
+    if problems:
+        raise ConfigError(problems)
 
 
 def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import math
+import re
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, fields
 from typing import Any
@@ -131,6 +132,27 @@ def _num(lo: float, hi: float, *, integer: bool = False) -> _Check:
     return check
 
 
+_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
+_TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
+
+
+def _device_id(v: Any) -> str | None:
+    """The MQTT client id, username, topic level and certificate CN at once: nothing a broker reads as
+    syntax (``+ # /``, NUL), nothing too long for any of them."""
+    if not isinstance(v, str) or not _DEVICE_ID.fullmatch(v):
+        return (f"expected 1-64 letters, digits, '.', '_' or '-' (it is the MQTT client id and a topic level), "
+                f"got {v!r}" if isinstance(v, str) and len(v) <= 80 else "expected a short device id")
+    return None
+
+
+def _topic_prefix(v: Any) -> str | None:
+    if not isinstance(v, str) or len(v) > 128 or not all(_TOPIC_LEVEL.fullmatch(level) for level in v.split("/")):
+        return ("expected topic levels of letters, digits, '.', '_' or '-' separated by '/' (no wildcards + #, "
+                f"no empty level, at most 128 characters), got {v[:80]!r}" if isinstance(v, str)
+                else "expected a string")
+    return None
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
 
@@ -147,7 +169,8 @@ def _choice(*options: str) -> _Check:
 # section -> key -> (default, check, unit, description). A default of None means "required".
 SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
     "device": {
-        "id": (None, _str(), "", "device id; also the MQTT client id and username"),
+        "id": (None, _device_id, "", "device id; also the MQTT client id, username and topic level (1-64 of "
+                                     "A-Z a-z 0-9 . _ -)"),
         "key_file": ("/var/lib/battery-gateway/device-key.pem", _str(), "path",
                      "P-256 private key (PKCS#8 PEM, mode 0600; create with keygen)"),
         "state_dir": ("/var/lib/battery-gateway", _str(), "path",
@@ -174,7 +197,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "ca_file": ("", _str(False), "path", "CA bundle that signed the broker certificate (tls)"),
         "cert_file": ("", _str(False), "path", "device certificate (tls)"),
         "key_file": ("", _str(False), "path", "device TLS key (tls)"),
-        "topic_prefix": ("bp/v1", _str(), "", "topics are {topic_prefix}/{device.id}/..."),
+        "topic_prefix": ("bp/v1", _topic_prefix, "", "topics are {topic_prefix}/{device.id}/... (levels of "
+                                                     "A-Z a-z 0-9 . _ -, no wildcards)"),
         "keepalive_s": (60, _num(5, 3600, integer=True), "s", "MQTT keep-alive"),
         "max_inflight": (100, _num(1, 65535, integer=True), "messages",
                          "QoS 1 messages sent and not yet acknowledged (the window)"),

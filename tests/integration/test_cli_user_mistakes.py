@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import os
 import stat
 import subprocess
 import sys
@@ -28,8 +29,10 @@ def test_help_teaches_the_commands() -> None:
 
 
 def test_check_config_prints_effective_config(tmp_path: Path) -> None:
+    generate_key(tmp_path / "key.pem")
     path = tmp_path / "g.toml"
-    path.write_text('[device]\nid = "gw-0001"\n[vehicle]\nprofile = "leaf-aze0"\n')
+    path.write_text(f'[device]\nid = "gw-0001"\nkey_file = "{tmp_path / "key.pem"}"\n'
+                    '[vehicle]\nprofile = "leaf-aze0"\n')
     out = cli("check-config", "--config", str(path))
     assert out.returncode == 0, out.stderr
     assert 'profile = "leaf-aze0"' in out.stdout and "reading_interval_s = 60.0" in out.stdout
@@ -140,3 +143,54 @@ def test_replay_mistakes_exit_2_with_one_line(tmp_path: Path, args: list[str], n
     out = cli(*[a.format(tmp=tmp_path) for a in args])
     assert out.returncode == 2
     assert needle in out.stderr and out.stderr.strip().count("\n") == 0, out.stderr
+
+
+def _config(tmp: Path, device: str = "[device]\nid = \"gw-1\"\n", extra: str = "") -> Path:
+    if not (tmp / "key.pem").exists():
+        generate_key(tmp / "key.pem")
+    path = tmp / "g.toml"
+    path.write_text(f'{device}key_file = "{tmp / "key.pem"}"\nstate_dir = "{tmp / "state"}"\n{extra}')
+    return path
+
+
+@pytest.mark.parametrize("bad_id", ["+", "#", "gw/1", "gw-\\u0000", "x" * 65536, "", "$SYS"])
+def test_an_id_the_broker_would_read_as_syntax_is_refused(tmp_path: Path, bad_id: str) -> None:
+    # a "+" passed before: the daemon said READY=1 and never connected, logging nothing
+    for command in ("check-config", "run"):
+        out = cli(command, "--config", str(_config(tmp_path, f'[device]\nid = "{bad_id}"\n')))
+        assert out.returncode == 2 and "device.id:" in out.stderr and "Traceback" not in out.stderr, out.stderr
+
+
+@pytest.mark.parametrize("prefix", ["bp/#", "bp/+/v1", "/bp", "bp//v1", "bp/v1/", "bp v1", "x" * 200])
+def test_a_topic_prefix_with_wildcards_or_empty_levels_is_refused(tmp_path: Path, prefix: str) -> None:
+    out = cli("check-config", "--config", str(_config(tmp_path, extra=f'[mqtt]\ntopic_prefix = "{prefix}"\n')))
+    assert out.returncode == 2 and "mqtt.topic_prefix:" in out.stderr, out.stderr
+
+
+def test_a_key_that_is_a_device_or_a_fifo_is_refused_at_once(tmp_path: Path) -> None:
+    os.mkfifo(tmp_path / "fifo.pem", 0o600)  # no writer: reading it would hang
+    for key, why in (("/dev/zero", "not a regular file"), (str(tmp_path / "fifo.pem"), "not a regular file")):
+        config = tmp_path / "g.toml"
+        config.write_text(f'[device]\nid = "gw-1"\nkey_file = "{key}"\n')
+        out = cli("check-config", "--config", str(config), timeout=20)  # before: MemoryError, or a hang
+        assert out.returncode == 2 and f"device.key_file: {key}: {why}" in out.stderr, out.stderr
+
+
+def test_check_config_opens_every_file_it_names_and_names_the_broken_one(tmp_path: Path) -> None:
+    (tmp_path / "ca.pem").write_text("not a certificate\n")
+    (tmp_path / "cert.pem").write_text("x\n")
+    (tmp_path / "tls.key").write_text("x\n")
+    (tmp_path / "tls.key").chmod(0o644)
+    (tmp_path / "root.json").write_text("{broken")
+    extra = (f'[mqtt]\ntls = true\nca_file = "{tmp_path / "ca.pem"}"\ncert_file = "{tmp_path / "cert.pem"}"\n'
+             f'key_file = "{tmp_path / "tls.key"}"\n[ota]\nmetadata_url = "https://u.example/metadata"\n'
+             f'trusted_root = "{tmp_path / "root.json"}"\ncommand_key = "{tmp_path / "nowhere.pub"}"\n')
+    out = cli("check-config", "--config", str(_config(tmp_path, extra=extra)))
+    assert out.returncode == 2, out.stderr
+    lines = out.stderr.strip().splitlines()
+    assert any(line.startswith("error: mqtt.key_file:") and "readable by others" in line for line in lines), lines
+    assert any(line.startswith("error: ota.trusted_root:") and "not JSON" in line for line in lines), lines
+    assert any(line.startswith("error: ota.command_key:") and "No such file" in line for line in lines), lines
+    (tmp_path / "tls.key").chmod(0o600)
+    out = cli("check-config", "--config", str(tmp_path / "g.toml"))
+    assert any(line.startswith("error: mqtt.ca_file:") for line in out.stderr.splitlines()), out.stderr

@@ -61,21 +61,47 @@ def _firstboot(tmp: Path) -> subprocess.CompletedProcess[str]:
     gateway.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m gateway "$@"\n')
     gateway.chmod(0o755)
     env = {**os.environ, "BOOT_DIR": str(tmp / "boot"), "STATE_DIR": str(tmp / "state"), "ETC_DIR": str(tmp / "etc"),
-           "GATEWAY": str(gateway), "OWNER": getpass.getuser()}
+           "PROVISION_DIR": str(tmp / "provision"), "GATEWAY": str(gateway), "OWNER": getpass.getuser()}
     return subprocess.run([str(FILES / "battery-gateway-firstboot")], env=env, capture_output=True, text=True,
                           timeout=60)
 
 
-def test_first_boot_creates_key_csr_and_config_once_then_installs_the_certificate(tmp_path: Path) -> None:
-    (tmp_path / "boot").mkdir()
-    shutil.copy(FILES / "battery-gateway.toml", tmp_path / "boot" / "battery-gateway.toml")
+def _boot_config(tmp: Path, text: str | None = None) -> None:
+    """The shipped template (or ``text``) on the boot partition, its /var/lib and /etc paths moved to ``tmp``."""
+    (tmp / "boot").mkdir(exist_ok=True)
+    (tmp / "etc").mkdir(exist_ok=True)
+    (tmp / "etc" / "tuf-root.json").write_text('{"signed": {}, "signatures": []}')  # shipped in the image
+    template = text if text is not None else (FILES / "battery-gateway.toml").read_text()
+    moved = template.replace("/var/lib/battery-gateway", str(tmp / "state"))
+    (tmp / "boot" / "battery-gateway.toml").write_text(moved + f'trusted_root = "{tmp / "etc" / "tuf-root.json"}"\n'
+                                                       if "[ota]" in moved and "trusted_root" not in moved else moved)
+
+
+def _fleet_ca_answers(tmp: Path, device: str) -> None:
+    """What the fleet CA sends back for the CSR: the device certificate and the CA, on the boot partition."""
+    from tests.pki import FleetPki
+
+    pki = FleetPki(tmp / "ca")
+    csr = x509.load_pem_x509_csr((tmp / "boot" / "battery-gateway" / f"{device}.csr").read_bytes())
+    cert = pki.sign_csr(csr)
+    (tmp / "boot" / "battery-gateway" / f"{device}.crt").write_bytes(cert)
+    shutil.copy(pki.ca_file, tmp / "boot" / "battery-gateway" / "ca.crt")
+
+
+def _device_id(tmp: Path) -> str:
+    return next(line.split(": ")[1] for line in (tmp / "state" / "device.txt").read_text().splitlines()
+                if line.startswith("device id: "))
+
+
+def test_first_boot_makes_key_and_csr_then_provisions_with_the_certificates_and_config(tmp_path: Path) -> None:
+    _boot_config(tmp_path)
+    # GIVEN a new device's first boot: key and CSR made, the config waits for the certificates it names
     first = _firstboot(tmp_path)
     assert first.returncode == 0, first.stderr
     state = tmp_path / "state"
     assert (state / "device-key.pem").stat().st_mode & 0o077 == 0
     assert (state / "tls-key.pem").stat().st_mode & 0o077 == 0
-    device = next(line.split(": ")[1] for line in (state / "device.txt").read_text().splitlines()
-                  if line.startswith("device id: "))
+    device = _device_id(tmp_path)
     out = tmp_path / "boot" / "battery-gateway"
     csr = x509.load_pem_x509_csr((out / f"{device}.csr").read_bytes())
     assert csr.is_signature_valid
@@ -83,27 +109,53 @@ def test_first_boot_creates_key_csr_and_config_once_then_installs_the_certificat
     assert csr.public_key() == load_private_key(state / "tls-key.pem").public_key()
     assert "BEGIN CERTIFICATE REQUEST" in first.stdout, "the CSR is printed on the console"
     assert "BEGIN PUBLIC KEY" in (out / f"{device}.pub").read_text()
-    config = load_config(tmp_path / "etc" / "gateway.toml")
-    assert config.device.id == device and config.mqtt.cert_file.endswith(f"{device}.crt")
-    assert (tmp_path / "boot" / "battery-gateway.toml.applied").exists()
-
+    assert "mqtt.cert_file" in first.stderr and "not applied" in first.stderr and "not provisioned yet" in first.stdout
+    assert not (tmp_path / "etc" / "gateway.toml").exists()
+    # WHEN the CA's answer is on the boot partition at the next boot
     key_before, csr_before = (state / "device-key.pem").read_bytes(), (out / f"{device}.csr").read_bytes()
-    (out / f"{device}.crt").write_text("certificate from the fleet CA\n")
-    (out / "ca.crt").write_text("fleet CA\n")
+    _fleet_ca_answers(tmp_path, device)
     second = _firstboot(tmp_path)
+    # THEN certificates (never world-readable) and config are installed, and that is recorded
     assert second.returncode == 0, second.stderr
     assert (state / "device-key.pem").read_bytes() == key_before, "the device identity never changes"
     assert (out / f"{device}.csr").read_bytes() == csr_before
-    assert (state / f"{device}.crt").read_text() == "certificate from the fleet CA\n"
-    assert (state / "ca.crt").exists() and "installed ca.crt" in second.stdout
+    assert (state / f"{device}.crt").stat().st_mode & 0o077 == 0 and (state / "ca.crt").exists()
+    config = load_config(tmp_path / "etc" / "gateway.toml")
+    assert config.device.id == device and config.mqtt.cert_file.endswith(f"{device}.crt")
+    assert (tmp_path / "boot" / "battery-gateway.toml.applied").exists()
+    assert (tmp_path / "provision" / "provisioned").exists() and "provisioned" in second.stdout
+
+
+def test_once_provisioned_the_boot_partition_is_never_read_again(tmp_path: Path) -> None:
+    _boot_config(tmp_path)
+    _firstboot(tmp_path)
+    device = _device_id(tmp_path)
+    _fleet_ca_answers(tmp_path, device)
+    assert _firstboot(tmp_path).returncode == 0
+    installed = (tmp_path / "etc" / "gateway.toml").read_bytes()
+    ca = (tmp_path / "state" / "ca.crt").read_bytes()
+    # GIVEN someone with the SD card: a config with their own trust root, update server and restart command,
+    # and their own CA
+    evil = (tmp_path / "etc" / "gateway.toml").read_text().replace("updates.fleet.example", "evil.example") + \
+        '\n[ota]\nrestart_command = "sh -c \'id > /tmp/owned\'"\n'
+    (tmp_path / "boot" / "battery-gateway.toml").write_text(evil)
+    (tmp_path / "boot" / "battery-gateway" / "ca.crt").write_text("their CA\n")
+    # WHEN the device boots again THEN nothing of it is taken
+    again = _firstboot(tmp_path)
+    assert again.returncode == 0 and "is not read" in again.stdout
+    assert (tmp_path / "etc" / "gateway.toml").read_bytes() == installed
+    assert (tmp_path / "state" / "ca.crt").read_bytes() == ca
+    assert (tmp_path / "boot" / "battery-gateway.toml").exists()  # left where it was, untouched
+    unit = (REPO / "systemd" / "battery-gateway-firstboot.service").read_text()
+    assert "ConditionPathExists=!/var/lib/battery-gateway-provision/provisioned" in unit  # systemd skips it too
 
 
 def test_first_boot_rejects_a_bad_config_on_the_boot_partition_and_keeps_it(tmp_path: Path) -> None:
-    (tmp_path / "boot").mkdir()
-    (tmp_path / "boot" / "battery-gateway.toml").write_text('[device]\nid = "@DEVICE_ID@"\n[mqtt]\nport = "x"\n')
+    _boot_config(tmp_path, '[device]\nid = "@DEVICE_ID@"\n[mqtt]\nport = "x"\n')
     run = _firstboot(tmp_path)
     assert run.returncode == 0, run.stderr  # the key and CSR are still made; the config waits for a fix
-    assert "mqtt.port" in run.stderr and "rejected" in run.stderr
+    assert "mqtt.port" in run.stderr and "not applied" in run.stderr
     assert not (tmp_path / "etc" / "gateway.toml").exists()
     assert (tmp_path / "boot" / "battery-gateway.toml").exists()
     assert list((tmp_path / "boot" / "battery-gateway").glob("*.csr"))
+    assert not (tmp_path / "provision" / "provisioned").exists()
