@@ -242,7 +242,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
                             "systemctl restart battery-gateway.service'", _str(), "",
                             "how the updater restarts the daemon after switching releases"),
         "command_key": ("", _str(False), "path",
-                        "backend public key (PEM) that signs cmd/ota; empty = cmd/ota is ignored"),
+                        "backend public key (PEM) that signs commands (cmd/ota, cmd/passport); empty = commands are "
+                        "ignored"),
     },
     "warranty": {
         "threshold_pct": (70.0, _num(1.0, 100.0), "%", "the SoH the battery must keep (capacity-based)"),
