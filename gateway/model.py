@@ -58,6 +58,8 @@ FIELDS: dict[str, FieldSpec] = {
     "gids_full": FieldSpec("gids", 1.0, 1022.0, "full-capacity GIDs (Leaf 30 kWh and later)"),
     "full_energy_kwh": FieldSpec("kWh", 0.1, 200.0, "full usable energy as the BMS reports it"),
     "capacity_bars": FieldSpec("bars", 0.0, 12.0, "capacity bars on the dash (Leaf)"),
+    "capacity_bars_ze0": FieldSpec("bars", 0.0, 12.0, "capacity bars in the ZE0 layout of 0x5BC (low nibble of "
+                                   "d[2]); taken as capacity_bars on a car whose battery ECU sends no 0x59E"),
     "temp_c_min": FieldSpec("degC", -40.0, 100.0, "lowest pack temperature"),
     "temp_c_max": FieldSpec("degC", -40.0, 100.0, "highest pack temperature"),
     "temp_c_avg": FieldSpec("degC", -40.0, 100.0, "average pack temperature"),

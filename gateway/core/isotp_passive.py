@@ -6,7 +6,9 @@ Invariant: strict. A message is handed out only when its single or first frame a
 consecutive frames arrived with sequence numbers 1, 2, ... 15, 0, 1 ... without a gap, duplicate or
 pause over ``max_gap_s``, until that length. Anything else raises ``DecodeError`` (kind
 ``isotp_sequence``, ``isotp_length``, ``isotp_unexpected``, ``isotp_timeout``) and drops the message:
-a duplicated or missing frame gives no value, never a garbage Hx. Streams are keyed by CAN id only,
+a duplicated or missing frame gives no value, never a garbage Hx. A message still short of its length
+when the input ends (a capture cut off mid-reply) is handed back by ``finish`` as an error of kind
+``isotp_incomplete``, so it is counted like any other broken reply. Streams are keyed by CAN id only,
 so the same reply seen twice on two buses counts as duplicated frames. Pure.
 """
 
@@ -86,6 +88,17 @@ class PassiveIsoTp:
                 return bytes(part.data[:part.length])
             return None
         return None  # flow control (3x) and anything else: not part of a reply
+
+    def finish(self) -> list[DecodeError]:
+        """End of input: every message still in progress, as an ``isotp_incomplete`` error; forgets them.
+
+        Returns:
+            One error per CAN id whose message stopped short of the length its first frame announced.
+        """
+        errors = [DecodeError(f"0x{cid:03X}: input ended {len(part.data)} of {part.length} bytes into a message",
+                              frame_id=cid, kind="isotp_incomplete") for cid, part in sorted(self._partial.items())]
+        self._partial.clear()
+        return errors
 
     def _abort(self, cid: int) -> None:
         self._partial.pop(cid, None)

@@ -6,9 +6,14 @@ byte fields: numbers, arrays (cell voltages, temperatures), text (serial, part n
 counts. The payload is the reply after its positive-response header (``request[0] + 0x40`` followed
 by the rest of the request: ``61 01`` for ``21 01``, ``62 01 05`` for ``22 01 05``).
 
+Two layouts may share a length when one of them has a ``filler``: bytes the ECU sends in place of data
+(the ZE1 battery ECU answers group 0x06 with the 24 bytes of the older packs, 12 of them 0xFF). A reply
+takes the layout whose filler it carries, else the one without a filler.
+
 Invariants: a reply whose payload length has no layout yields no value (a ZE1 group 0x01 reply of a
-24 kWh length is not decoded with the wrong offsets); a negative response ``7F SID NRC`` raises
-``UdsNegativeResponse``; every number returned is inside its canonical range. Pure.
+24 kWh length is not decoded with the wrong offsets); filler bytes are never decoded as data; a negative
+response ``7F SID NRC`` raises ``UdsNegativeResponse``; every number returned is inside its canonical
+range. Pure.
 """
 
 from __future__ import annotations
@@ -20,8 +25,8 @@ from typing import Any
 from ..errors import DecodeError, UdsNegativeResponse
 from ..model import FIELDS
 
-__all__ = ["ARRAY_FIELDS", "TEXT_FIELDS", "VEHICLE_STATES", "ByteField", "DiagValues", "Layout", "PollSpec",
-           "decode_reply", "parse_polls"]
+__all__ = ["ARRAY_FIELDS", "TEXT_FIELDS", "VEHICLE_STATES", "ByteField", "DiagValues", "Filler", "Layout",
+           "PollSpec", "decode_reply", "parse_polls"]
 
 VEHICLE_STATES = ("off", "awake", "driving", "charging")
 # Arrays and what the gateway derives from them (min, max) into canonical fields.
@@ -53,12 +58,34 @@ class ByteField:
 
 
 @dataclass(frozen=True, slots=True)
+class Filler:
+    """``size`` bytes from ``at`` that all hold ``byte``: what the ECU sends where a layout has no data."""
+
+    at: int
+    size: int
+    byte: int = 0xFF
+
+    def found_in(self, payload: bytes) -> bool:
+        """True when ``payload`` carries this filler."""
+        part = payload[self.at:self.at + self.size]
+        return len(part) == self.size and part == bytes([self.byte]) * self.size
+
+
+@dataclass(frozen=True, slots=True)
 class Layout:
-    """Fields of a reply payload of exactly ``length`` bytes; ``generation`` names the pack it identifies."""
+    """Fields of a reply payload of exactly ``length`` bytes; ``generation`` names the pack it identifies.
+
+    With a ``filler``, the layout applies only to replies that carry it.
+    """
 
     length: int
     fields: tuple[ByteField, ...]
     generation: str = ""
+    filler: Filler | None = None
+
+    def fits(self, payload: bytes) -> bool:
+        """True when this layout decodes ``payload`` (its length, and its filler if it has one)."""
+        return len(payload) == self.length and (self.filler is None or self.filler.found_in(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -131,6 +158,32 @@ def _parse_field(raw: Any, key: str, problems: list[str]) -> ByteField | None:
         return None
 
 
+def _parse_filler(raw: Any, key: str, length: int, problems: list[str]) -> Filler | None:
+    if raw is None:
+        return None
+    if not isinstance(raw, Mapping) or set(raw) - {"at", "size", "byte"}:
+        problems.append(f"{key}: expected a table with at, size and byte")
+        return None
+    filler = Filler(_int(raw.get("at"), f"{key}.at", problems, 0, 4095),
+                    _int(raw.get("size"), f"{key}.size", problems, 1, 4095),
+                    _int(raw.get("byte", 0xFF), f"{key}.byte", problems, 0, 0xFF))
+    if filler.at + filler.size > length:
+        problems.append(f"{key}: bytes {filler.at}..{filler.at + filler.size - 1} are outside the "
+                        f"{length}-byte payload")
+    return filler
+
+
+def _parse_layout(lay: Any, key: str, problems: list[str]) -> Layout | None:
+    if not isinstance(lay, Mapping) or not isinstance(lay.get("fields", []), list):
+        problems.append(f"{key}: expected a table with a list of fields")
+        return None
+    problems.extend(f"{key}.{k}: unknown key" for k in sorted(set(lay) - {"length", "generation", "fields", "filler"}))
+    fields = [_parse_field(f, f"{key}.fields[{k}]", problems) for k, f in enumerate(lay.get("fields", []))]
+    length = _int(lay.get("length"), f"{key}.length", problems, 1, 4095)
+    return Layout(length, tuple(f for f in fields if f is not None), str(lay.get("generation", "")),
+                  _parse_filler(lay.get("filler"), f"{key}.filler", length, problems))
+
+
 def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
     key = f"poll[{i}]"
     if not isinstance(raw, Mapping):
@@ -147,16 +200,9 @@ def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
                                               for k, v in every.items()):
         problems.append(f"{key}.every_s: expected {{state = seconds}} with states {', '.join(VEHICLE_STATES)}")
         every = {}
-    layouts = []
     raw_layouts = raw.get("layout", [])
-    for j, lay in enumerate(raw_layouts if isinstance(raw_layouts, list) else [None]):
-        if not isinstance(lay, Mapping) or not isinstance(lay.get("fields", []), list):
-            problems.append(f"{key}.layout[{j}]: expected a table with a list of fields")
-            continue
-        fields = [_parse_field(f, f"{key}.layout[{j}].fields[{k}]", problems)
-                  for k, f in enumerate(lay.get("fields", []))]
-        layouts.append(Layout(_int(lay.get("length"), f"{key}.layout[{j}].length", problems, 1, 4095),
-                              tuple(f for f in fields if f is not None), str(lay.get("generation", ""))))
+    layouts = [_parse_layout(lay, f"{key}.layout[{j}]", problems)
+               for j, lay in enumerate(raw_layouts if isinstance(raw_layouts, list) else [None])]
     timeout = raw.get("timeout_s", 1.0)
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.05 <= timeout <= 30:
         problems.append(f"{key}.timeout_s: expected seconds 0.05..30, got {timeout!r}")
@@ -164,7 +210,8 @@ def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
     return PollSpec(name=str(raw.get("name", f"poll-{i}")),
                     request_id=_int(raw.get("request_id"), f"{key}.request_id", problems, 0, 0x1FFFFFFF),
                     response_id=_int(raw.get("response_id"), f"{key}.response_id", problems, 0, 0x1FFFFFFF),
-                    request=bytes(request), every_s=dict(every), layouts=tuple(layouts),
+                    request=bytes(request), every_s=dict(every),
+                    layouts=tuple(lay for lay in layouts if lay is not None),
                     timeout_s=float(timeout))
 
 
@@ -206,7 +253,7 @@ def decode_reply(spec: PollSpec, reply: bytes) -> DiagValues:
         raise DecodeError(f"{spec.name}: reply {reply[:4].hex(' ')} does not answer {spec.request.hex(' ')}",
                           frame_id=rid, kind="mismatch")
     payload = reply[len(header):]
-    layout = next((lay for lay in spec.layouts if lay.length == len(payload)), None)
+    layout = _layout_for(spec, payload)
     if layout is None:
         raise DecodeError(f"{spec.name}: {len(payload)}-byte reply matches no layout "
                           f"({', '.join(str(lay.length) for lay in spec.layouts)})", frame_id=rid, kind="layout")
@@ -230,6 +277,12 @@ def decode_reply(spec: PollSpec, reply: bytes) -> DiagValues:
         if out.arrays.get(name):
             out.values += [(lo_field, min(out.arrays[name])), (hi_field, max(out.arrays[name]))]
     return out
+
+
+def _layout_for(spec: PollSpec, payload: bytes) -> Layout | None:
+    """The layout that decodes ``payload``: one whose filler the payload carries, else one without a filler."""
+    fitting = [lay for lay in spec.layouts if lay.fits(payload)]
+    return next((lay for lay in fitting if lay.filler is not None), fitting[0] if fitting else None)
 
 
 def _array(f: ByteField, payload: bytes) -> list[float]:

@@ -19,7 +19,9 @@ from .polls import ARRAY_FIELDS, PollSpec, parse_polls
 
 __all__ = ["PackVariant", "Profile", "SignalMap", "parse_profile"]
 
-_COMPLETE_GROUPS = {"temperature"}  # "complete" may name a field or a group of fields
+# "complete" may name a field or a group: "temperature" (any pack temperature), "rated_pack" (the car's own
+# data tell which of the profile's packs it carries: BatteryTracker.pack_evidence)
+_COMPLETE_GROUPS = {"temperature", "rated_pack"}
 
 
 @dataclass(frozen=True, slots=True)
@@ -36,10 +38,15 @@ class SignalMap:
 
 @dataclass(frozen=True, slots=True)
 class PackVariant:
-    """A pack the vehicle was sold with: its energy and capacity when new."""
+    """A pack the vehicle can carry: its energy and capacity when new.
+
+    ``upgrade`` marks a pack the car was not sold with but is fitted with in the field (a ZE0 with a 30 kWh
+    pack behind a CAN bridge); never the default, only detected or configured.
+    """
 
     energy_kwh: float
     capacity_ah: float
+    upgrade: bool = False
 
 
 @dataclass(frozen=True, slots=True)
@@ -56,6 +63,7 @@ class Profile:
     crc8_poly: int = 0x85
     crc8_init: int = 0x00
     wh_per_gid: float = 80.0
+    gids_zero_soc_pct: float = 8.0  # the battery ECU's SoC at which its GIDs reach 0 (Leaf)
     cells_series: int = 96
     cell_v_min: float = 2.5
     cell_v_max: float = 4.2
@@ -134,8 +142,8 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
         ConfigError: listing every problem found.
     """
     problems: list[str] = []
-    known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "cells_series",
-             "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include", "chemistry"}
+    known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "gids_zero_soc_pct",
+             "cells_series", "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include", "chemistry"}
     problems.extend(f"{k}: unknown key" for k in sorted(set(data) - known))
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -154,17 +162,7 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
     signals = [_parse_signal(i, s, problems) for i, s in enumerate(raw_signals)]
     if not signals and not polls:
         problems.append("signal, poll: map at least one broadcast signal or one poll")
-    packs: list[PackVariant] = []
-    for i, p in enumerate(_list(data, "pack", problems)):
-        try:
-            pack = PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"]))
-            if not (0 < pack.energy_kwh < 1000 and 0 < pack.capacity_ah < 5000):
-                raise ValueError("out of range")
-            packs.append(pack)
-        except (KeyError, TypeError, ValueError, OverflowError):
-            problems.append(f"pack[{i}]: needs energy_kwh and capacity_ah numbers")
-    if not packs:
-        problems.append("pack: list at least one pack (energy_kwh, capacity_ah)")
+    packs = _parse_packs(_list(data, "pack", problems), problems)
     complete = tuple(_list(data, "complete", problems))
     bad = [c for c in complete if not isinstance(c, str) or (c not in FIELDS and c not in _COMPLETE_GROUPS)]
     problems.extend(f"complete: {c!r} is not a canonical field" for c in bad)
@@ -174,7 +172,7 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
         problems.append("crc8: expected a table with integer poly, init and a list of frame ids")
         crc = {}
     numbers: dict[str, float] = {}
-    for key, default in (("wh_per_gid", 80.0), ("cell_v_min", 2.5), ("cell_v_max", 4.2),
+    for key, default in (("wh_per_gid", 80.0), ("gids_zero_soc_pct", 8.0), ("cell_v_min", 2.5), ("cell_v_max", 4.2),
                          ("temp_low_c", -10.0), ("temp_high_c", 40.0), ("cells_series", 96)):
         value = data.get(key, default)
         if isinstance(value, bool) or not isinstance(value, int | float) or not math.isfinite(value) \
@@ -192,10 +190,30 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
         signals=tuple(s for s in signals if s is not None), packs=tuple(packs), complete=complete,
         crc8_frames=frozenset(crc.get("frames", [])), crc8_poly=int(crc.get("poly", 0x85)),
         crc8_init=int(crc.get("init", 0)), wh_per_gid=float(numbers["wh_per_gid"]),
+        gids_zero_soc_pct=float(numbers["gids_zero_soc_pct"]),
         cells_series=int(numbers["cells_series"]), cell_v_min=float(numbers["cell_v_min"]),
         cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
         temp_high_c=float(numbers["temp_high_c"]), polls=polls, chemistry=str(chemistry),
     )
+
+
+def _parse_packs(raw: list[Any], problems: list[str]) -> list[PackVariant]:
+    """The ``[[pack]]`` tables; at least one must be a pack the car was sold with (not an upgrade)."""
+    packs: list[PackVariant] = []
+    for i, p in enumerate(raw):
+        try:
+            unknown = set(p) - {"energy_kwh", "capacity_ah", "upgrade"}
+            if unknown or not isinstance(p.get("upgrade", False), bool):
+                raise ValueError(f"unknown keys {sorted(unknown)}")
+            pack = PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"]), p.get("upgrade", False))
+            if not (0 < pack.energy_kwh < 1000 and 0 < pack.capacity_ah < 5000):
+                raise ValueError("out of range")
+            packs.append(pack)
+        except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
+            problems.append(f"pack[{i}]: needs energy_kwh and capacity_ah numbers (and upgrade = true/false)")
+    if not any(not p.upgrade for p in packs):
+        problems.append("pack: list at least one pack the car was sold with (energy_kwh, capacity_ah)")
+    return packs
 
 
 def _list(data: Mapping[str, Any], key: str, problems: list[str]) -> list[Any]:

@@ -2,7 +2,8 @@
 
 Owns: turning capture timestamps into a usable measurement clock, reassembling the poll replies seen
 on the bus (the daemon polls actively; a capture only has what another tool asked for), and the
-stream the pipeline's messages leave through. Captures step backwards (GVRET sub-millisecond
+stream the pipeline's messages leave through. A poll reply the capture cuts off is counted as
+``isotp_incomplete``. Captures step backwards (GVRET sub-millisecond
 jitter, a stale buffer 581 s back in one ZE0 log): a step back of up to ``max_back_s`` is held at the
 last time; a larger one is treated as a new segment that continues from the last time (so the frames
 after it still count, in order).
@@ -111,17 +112,22 @@ class Replay:
             else:
                 consumer.on_frame(frame)
             yield from self._stream.drain()
+        for exc in self._passive.finish():  # replies the capture cut off
+            self._count(exc)
         if clock.last is not None:
             consumer.finish(clock.last)
             yield from self._stream.drain()
+
+    def _count(self, exc: DecodeError) -> None:
+        self.counts[exc.kind] += 1
+        if self.counts[exc.kind] == 1:
+            log.warning("%s (dropped; further %s errors are counted, not logged)", exc, exc.kind)
 
     def _reassemble(self, frame: Frame) -> None:
         try:
             reply = self._passive.feed(frame)
         except DecodeError as exc:
-            self.counts[exc.kind] += 1
-            if self.counts[exc.kind] == 1:
-                log.warning("%s (dropped; further %s errors are counted, not logged)", exc, exc.kind)
+            self._count(exc)
             return
         if reply is not None:
             self._consumer.on_diag_reply(frame.can_id, reply, frame.ts)

@@ -106,6 +106,7 @@ class LeafBattery:
     cells: int = 96
     resistance_ohm: float = 0.1
     wh_per_gid: float = 80.0
+    gids_zero_soc_pct: float = 8.0  # the real LBC's GIDs reach 0 at about 8 % SoC (leaf-*.toml gids_zero_soc_pct)
     report_soh: bool = True  # False: the BMS SOH field says "no value" (0), as some packs do
     tick_s: float = 0.01     # 0x1DB period; longer ticks make long synthetic captures small
 
@@ -119,6 +120,11 @@ class LeafBattery:
 
     def bars(self) -> int:
         return max(0, min(12, round((self.soh_pct - 30) / 70 * 12)))
+
+    def gids(self, gids_full: int) -> int:
+        """Remaining GIDs at the present SoC: 0 at ``gids_zero_soc_pct``, ``gids_full`` at 100 %."""
+        zero = self.gids_zero_soc_pct
+        return round(gids_full * max(0.0, self.soc_pct - zero) / (100.0 - zero))
 
     def frames(self, duration_s: float, *, start_ts: float = 0.0) -> Iterator[Frame]:
         """Every frame the LBC sends in ``duration_s``, with timestamps from ``start_ts`` (``tick_s`` apart)."""
@@ -135,7 +141,7 @@ class LeafBattery:
                 yield Frame(ts, 0x55B, encode_55b(self.soc_pct))
                 gids_full = round(self.full_kwh * 1000 / self.wh_per_gid)
                 max_flag = self.generation != "ze0" and k % 100 == 50
-                gids = gids_full if max_flag else round(self.soc_pct / 100 * gids_full)
+                gids = gids_full if max_flag else self.gids(gids_full)
                 yield Frame(ts, 0x5BC, encode_5bc(gids, self.soh_pct if self.report_soh else 0,
                                                   generation=self.generation,
                                                   bars=self.bars(), capacity_bars=k % 20 == 0,

@@ -70,7 +70,9 @@ class LbcResponder:
                     p[3 * i:3 * i + 2] = round(710 - t / 0.102).to_bytes(2, "big")
                     p[3 * i + 2] = round(t) & 0xFF
             return bytes(p)
-        if group == 0x06:
+        if group == 0x06:  # 2 cells balancing: ZE1 one bit per cell + 12 bytes 0xFF, else 4 per byte (8421)
+            if gen == "ze1":
+                return bytes([0x80, 0x00, 0x01] + [0] * 9 + [0xFF] * 12)
             return bytes([0x01, 0x00, 0x08] + [0] * 21)
         if group == 0x61 and gen == "ze1":
             p = bytearray(329)

@@ -47,9 +47,9 @@ def test_full_cycles_use_the_detected_pack() -> None:
 
 
 def test_configured_capacity_wins_over_detection() -> None:
-    t = BatteryTracker(ZE1, rated_capacity_ah=115.0)
-    t.update(0.0, [("full_energy_kwh", 55.3), ("bms_soh_pct", 91.0)])
-    assert t.pack() [0].capacity_ah == 115.0 and t.pack()[1] == "config"
+    t = BatteryTracker(ZE1, rated_capacity_ah=176.0)
+    t.update(0.0, [("full_energy_kwh", 36.0), ("bms_soh_pct", 91.0)])  # detection alone would say 40 kWh
+    assert t.pack() [0].capacity_ah == 176.0 and t.pack()[1] == "config"
 
 
 def test_deep_discharge_and_overcharge_count_once_per_excursion() -> None:
