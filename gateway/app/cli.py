@@ -15,7 +15,6 @@ import stat
 import sys
 import threading
 from collections.abc import Sequence
-from pathlib import Path
 from typing import Any, ClassVar
 
 from .. import __version__
@@ -86,9 +85,11 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--out", required=True, metavar="FILE", help="where to write the CSR (PEM); - for stdout")
 
     s = sub.add_parser("replay", help="decode a recorded capture offline; print what would be published",
-                       description="Formats: candump -l, ASC, BLF, TRC, CSV, MF4 (python-can), OVMS CRTD, "
-                                   "SavvyCAN/GVRET CSV and text, candump text, ParserFlags tab export.")
-    s.add_argument("capture", metavar="CAPTURE")
+                       description="Formats, detected from the content: candump -l and text, OVMS CRTD, "
+                                   "SavvyCAN/GVRET CSV and text, ParserFlags tab export, CANHacker .trc; "
+                                   "through python-can: Vector ASC and BLF, PCAN .trc, python-can CSV, MF4, .db. "
+                                   "A pipe or standard input is read once, as it comes.")
+    s.add_argument("capture", metavar="CAPTURE", help="the capture file, or - for standard input")
     s.add_argument("--profile", metavar="NAME", help="vehicle profile (default: the config's, else leaf-ze1)")
     s.add_argument("--config", metavar="PATH", help="a config; only [vehicle] and [publish] are needed")
     s.add_argument("--json", action="store_true", help="one JSON payload per line (byte strings as hex)")
@@ -332,6 +333,8 @@ def _describe(body: dict[str, Any]) -> str:
 
 
 def _cmd_replay(args: argparse.Namespace) -> int:
+    from logging.handlers import MemoryHandler
+
     from ..adapters.capture_files import CaptureStats
     from ..core.config import parse_config
     from .replay import replay_capture
@@ -340,25 +343,37 @@ def _cmd_replay(args: argparse.Namespace) -> int:
     sections = ("vehicle", "publish")
     config = load_config(args.config, sections=sections) if args.config else parse_config({}, sections=sections)
     stats = CaptureStats()
-    progress = None
-    path = Path(args.capture)
-    if sys.stderr.isatty() and path.is_file() and path.stat().st_size > 2_000_000:
-        total = max(1, path.read_bytes().count(b"\n"))
+    shown = False
 
-        def progress() -> None:
-            n = stats.frames + stats.skipped + stats.events + stats.bad_lines
-            print(f"\rreplay: {n:,} of {total:,} lines ({min(100, n * 100 // total)} %)", end="", file=sys.stderr)
+    def progress() -> None:
+        # How far the reader is in bytes: a total is known for a regular file only, and nothing is read twice.
+        nonlocal shown
+        if stats.size_bytes > 2_000_000:
+            shown = True
+            print(f"\rreplay: {stats.bytes_read / 1e6:,.1f} of {stats.size_bytes / 1e6:,.1f} MB "
+                  f"({min(100, stats.bytes_read * 100 // stats.size_bytes)} %)", end="", file=sys.stderr)
 
-    run = replay_capture(args.capture, config=config, profile=args.profile, bus=args.bus, stats=stats,
-                         progress=progress)
-    for message in run.messages:
-        print(dumps(message.body) if args.json else _describe(message.body), flush=False)
-    if progress is not None:
-        print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
-    counts = run.counts()
+    # Warnings (a CRC error, a dropped poll reply) and unreadable lines are shown after the run, not as they
+    # come: a capture that turns out to be broken gives its one error line only.
+    root = logging.getLogger()
+    held = MemoryHandler(1000, flushLevel=logging.CRITICAL + 1, flushOnClose=False)
+    handlers, root.handlers = root.handlers, root.handlers if args.verbose else [held]
+    try:
+        run = replay_capture(args.capture, config=config, profile=args.profile, bus=args.bus, stats=stats,
+                             progress=progress if sys.stderr.isatty() else None)
+        for message in run.messages:
+            print(dumps(message.body) if args.json else _describe(message.body), flush=False)
+    finally:
+        root.handlers = handlers
+        if shown:
+            print("\r" + " " * 60 + "\r", end="", file=sys.stderr)
+    for record in held.buffer:
+        root.handle(record)
+    for example in stats.bad_examples:
+        print(f"replay: {example}", file=sys.stderr)
+    counts = ", ".join(f"{k} {v:,}" for k, v in sorted(run.counts().items()))
     print(f"replay: {stats.path} ({stats.format}): {stats.lines:,} lines, {stats.frames:,} battery frames, "
-          f"{stats.bad_lines} unreadable lines; " + ", ".join(f"{k} {v:,}" for k, v in sorted(counts.items())),
-          file=sys.stderr)
+          f"{stats.bad_lines} unreadable lines" + (f"; {counts}" if counts else ""), file=sys.stderr)
     if run.missing():
         print(f"replay: no passport: battery state incomplete (never seen: {', '.join(run.missing())})",
               file=sys.stderr)

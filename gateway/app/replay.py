@@ -46,9 +46,14 @@ def replay_capture(capture: str, *, config: Config, profile: str | None, bus: in
                    stats: CaptureStats, progress: Callable[[], None] | None = None) -> ReplayRun:
     """Build a pipeline for offline replay and the iterator of what it would publish.
 
+    Args:
+        capture: the capture file, or ``-`` for standard input (read once, as it comes).
+        stats: filled in by the reader while ``messages`` is iterated.
+        progress: called every 4,096 frames; ``stats.bytes_read`` of ``stats.size_bytes`` says how far.
+
     Raises:
         ConfigError: unknown profile.
-        CaptureError: unreadable or unrecognised capture (raised when iteration starts).
+        CaptureError: unreadable, unrecognised or broken capture (raised while ``messages`` is iterated).
     """
     if profile:
         config = replace(config, vehicle=replace(config.vehicle, profile=profile))

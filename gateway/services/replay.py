@@ -1,9 +1,9 @@
 """Service: run a capture through the same pipeline as the daemon, in capture time.
 
-Owns: turning capture timestamps into a usable measurement clock, reassembling the poll replies seen
-on the bus (the daemon polls actively; a capture only has what another tool asked for), and the
-stream the pipeline's messages leave through. A poll reply the capture cuts off is counted as
-``isotp_incomplete``. Captures step backwards (GVRET sub-millisecond
+Owns: turning capture timestamps into a usable measurement clock (never backwards, never years
+ahead), reassembling the poll replies seen on the bus (the daemon polls actively; a capture only has
+what another tool asked for), and the stream the pipeline's messages leave through. A poll reply the
+capture cuts off is counted as ``isotp_incomplete``. Captures step backwards (GVRET sub-millisecond
 jitter, a stale buffer 581 s back in one ZE0 log): a step back of up to ``max_back_s`` is held at the
 last time; a larger one is treated as a new segment that continues from the last time (so the frames
 after it still count, in order).
@@ -57,10 +57,11 @@ class MessageStream:
 
 
 class CaptureClock:
-    """Non-decreasing capture time."""
+    """Non-decreasing capture time that never runs away: a jump forward of more than ``max_forward_s`` (a
+    broken timestamp; a parked car's real gaps are hours or days) continues from the last time too."""
 
-    def __init__(self, *, max_back_s: float = 1.0) -> None:
-        self.max_back_s = max_back_s
+    def __init__(self, *, max_back_s: float = 1.0, max_forward_s: float = 30 * 86400.0) -> None:
+        self.max_back_s, self.max_forward_s = max_back_s, max_forward_s
         self.offset = 0.0
         self.last: float | None = None
         self.rebased = 0
@@ -68,11 +69,13 @@ class CaptureClock:
     def __call__(self, ts: float) -> float:
         t = ts + self.offset
         last = self.last
-        if last is not None and t < last:
-            if last - t > self.max_back_s:
+        if last is not None and (t < last or t - last > self.max_forward_s):
+            if t < last and last - t <= self.max_back_s:
+                t = last  # jitter: held
+            else:
                 self.offset += last - t
                 self.rebased += 1
-            t = last
+                t = last
         self.last = t
         return t
 

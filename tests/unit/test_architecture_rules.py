@@ -78,3 +78,10 @@ def test_an_indirect_import_is_no_loophole(tmp_path: Path) -> None:
     # THEN "the core does no I/O" sees the chain core.planted -> adapters.fs -> os
     out = _lint(root, "core-no-io")
     assert out.returncode == 1 and "gateway.adapters.fs -> os" in out.stdout, out.stdout[-3000:]
+
+
+def test_every_package_directory_is_installed() -> None:
+    # A sub-package missing from [tool.setuptools] packages works from the checkout and is absent from the wheel.
+    listed = set(tomllib.loads((REPO / "pyproject.toml").read_text())["tool"]["setuptools"]["packages"])
+    on_disk = {".".join(init.parent.relative_to(REPO).parts) for init in (REPO / "gateway").rglob("__init__.py")}
+    assert on_disk - listed == set()

@@ -129,3 +129,13 @@ def test_random_frames_never_crash_reassembly_or_decoding(frames: list[bytes]) -
                 continue
             for name, value in got.values:
                 assert name not in ("hx_pct",) or 0 <= value <= 150
+
+
+def test_the_capture_clock_never_runs_backwards_or_away() -> None:
+    from gateway.services.replay import CaptureClock
+
+    clock = CaptureClock()
+    times = [clock(ts) for ts in (100.0, 99.5, 50.0, 101.0, 9.9e9, -9.9e9, 9.9e9, -9.9e9, 102.0, 86400.0 * 3)]
+    assert times == sorted(times)  # non-decreasing
+    assert max(times) < 101.0 + 86400.0 * 3 + 2.0  # hostile +-9.9e9 steps did not move it by years
+    assert times[1] == 100.0 and clock.rebased >= 4
