@@ -82,6 +82,8 @@ class DiagClient(Protocol):
 
     def poll(self) -> tuple[object, ...] | None: ...
 
+    def close(self) -> None: ...
+
 
 class UpdateClient(Protocol):
     """Signed-metadata client (python-tuf)."""

@@ -1,9 +1,17 @@
 """can-isotp -> ``DiagClient``: one diagnostic request at a time over ISO-TP (normal 11-bit addressing).
 
-The main loop owns the bus: it hands every frame on a response id to ``feed`` and calls ``poll``
-often; can-isotp's ``TransportLayer`` runs in its single-threaded mode (``process()``), so there is no
-extra thread and frames never race. Requests are padded to 8 bytes; our flow control is
-``30 00 00`` (no block limit, no separation time), as LeafSpy and OVMS send it.
+Two transports, one behaviour:
+
+- ``KernelIsoTpDiagClient`` (SocketCAN on Linux): the kernel's ISO-TP sockets (``isotp.socket``, module
+  ``can-isotp``) send the request, the flow control and time the frames; the main loop only asks the
+  socket, without blocking, whether the reply is complete. ``open_diag_client`` picks it for the
+  ``socketcan`` interface and falls back to the user-space stack when the kernel lacks the module.
+- ``IsoTpDiagClient`` (every other interface): the main loop owns the bus, hands every frame on a
+  response id to ``feed`` and calls ``poll`` often; can-isotp's ``TransportLayer`` runs in its
+  single-threaded mode (``process()``), so there is no extra thread and frames never race.
+
+Requests are padded to 8 bytes; our flow control is ``30 00 00`` (no block limit, no separation time),
+as LeafSpy and OVMS send it.
 
 Outcomes: ``("ok", reply)``, ``("error", kind, message)`` with kind ``isotp_sequence`` (missing,
 duplicated or out-of-order consecutive frame), ``isotp_unexpected``, ``isotp_error``, or
@@ -12,6 +20,7 @@ duplicated or out-of-order consecutive frame), ``isotp_unexpected``, ``isotp_err
 
 from __future__ import annotations
 
+import errno
 import logging
 import time
 from collections import deque
@@ -19,9 +28,10 @@ from collections.abc import Callable
 
 import isotp
 
+from ..errors import BusError
 from ..model import Frame
 
-__all__ = ["DiagOutcome", "IsoTpDiagClient"]
+__all__ = ["DiagOutcome", "IsoTpDiagClient", "KernelIsoTpDiagClient", "open_diag_client"]
 
 log = logging.getLogger(__name__)
 logging.getLogger("isotp").setLevel(logging.ERROR)  # we count and report protocol errors ourselves
@@ -72,6 +82,9 @@ class IsoTpDiagClient:
         if self._error is None and self._active is not None:
             self._error = (_KINDS.get(type(exc), "isotp_error"), str(exc))
 
+    def close(self) -> None:
+        """Nothing to release: the bus belongs to the caller."""
+
     def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float) -> None:
         """Send one request; its outcome comes from ``poll``.
 
@@ -114,3 +127,114 @@ class IsoTpDiagClient:
             stack.reset()
             self._active = None
         return outcome
+
+
+# what the kernel reports on an ISO-TP socket when a reception breaks (net/can/isotp.c)
+_ERRNO_KINDS = {errno.EILSEQ: "isotp_sequence", errno.ETIMEDOUT: "isotp_timeout", errno.EBADMSG: "isotp_length",
+                errno.ECOMM: "isotp_error", errno.EMSGSIZE: "isotp_length"}
+
+
+class KernelIsoTpDiagClient:
+    """Implements ``DiagClient`` with the Linux kernel's ISO-TP sockets, one per (request, response) id pair.
+
+    Frames never pass through the main loop: ``feed`` is a no-op, and ``poll`` reads the socket without
+    blocking. The kernel answers the ECU's first frame with our flow control itself, at bus speed.
+    """
+
+    def __init__(self, channel: str, *, padding: int = 0x00) -> None:
+        """Raises:
+            BusError: the kernel has no ISO-TP sockets (module ``can-isotp`` missing) or no such interface.
+        """
+        self._channel, self._padding = channel, padding
+        self._sockets: dict[tuple[int, int], isotp.socket] = {}
+        self._active: tuple[int, int] | None = None
+        self._deadline = 0.0
+        self._socket(0x7DF, 0x7E8)  # fail now, not at the first poll, when the kernel cannot do it
+
+    @property
+    def busy(self) -> bool:
+        """A request is in flight."""
+        return self._active is not None
+
+    def _socket(self, request_id: int, response_id: int) -> isotp.socket:
+        key = (request_id, response_id)
+        if key not in self._sockets:
+            try:
+                s = isotp.socket(timeout=None)
+                s.set_opts(txpad=self._padding)
+                s.set_fc_opts(bs=0, stmin=0)
+                s.bind(self._channel, isotp.Address(isotp.AddressingMode.Normal_11bits, txid=request_id,
+                                                    rxid=response_id))
+                s.real_socket().setblocking(False)
+            except (OSError, ValueError, NotImplementedError) as exc:
+                raise BusError(f"can: no kernel ISO-TP socket on {self._channel} ({exc})") from exc
+            self._sockets[key] = s
+        return self._sockets[key]
+
+    def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float) -> None:
+        """Send one request; its outcome comes from ``poll``.
+
+        Raises:
+            RuntimeError: a request is still in flight (the ECU serves one at a time).
+            BusError: the interface refused the request.
+        """
+        if self._active is not None:
+            raise RuntimeError("a diagnostic request is already in flight")
+        s = self._socket(request_id, response_id)
+        self._drain(s)
+        try:
+            s.send(request)
+        except OSError as exc:
+            raise BusError(f"can: ISO-TP request on 0x{request_id:03X} failed: {exc}") from exc
+        self._active, self._deadline = (request_id, response_id), time.monotonic() + timeout_s
+
+    @staticmethod
+    def _drain(s: isotp.socket) -> None:
+        """Forget a late reply, or an error, left from an earlier request."""
+        while True:
+            try:
+                s.recv()
+            except OSError:  # BlockingIOError when empty; a pending error is consumed too
+                return
+
+    def feed(self, frame: Frame) -> None:
+        """Nothing to do: the kernel reassembles the reply."""
+
+    def poll(self) -> DiagOutcome | None:
+        """The outcome once the request is done, else None (never blocks)."""
+        if self._active is None:
+            return None
+        outcome: DiagOutcome | None = None
+        try:
+            reply = self._sockets[self._active].recv()
+        except BlockingIOError:
+            if time.monotonic() > self._deadline:
+                outcome = ("timeout", f"no reply on 0x{self._active[1]:03X} to a request on 0x{self._active[0]:03X}")
+        except OSError as exc:
+            outcome = ("error", _ERRNO_KINDS.get(exc.errno or 0, "isotp_error"),
+                       f"0x{self._active[1]:03X}: {exc.strerror or exc}")
+        else:
+            if len(reply) >= 3 and reply[0] == 0x7F and reply[2] == 0x78:
+                self._deadline = time.monotonic() + 5.0  # NRC 0x78 "response pending": the real one follows
+                return None
+            outcome = ("ok", bytes(reply))
+        if outcome is not None:
+            self._active = None
+        return outcome
+
+    def close(self) -> None:
+        for s in self._sockets.values():
+            s.close()
+        self._sockets.clear()
+
+
+def open_diag_client(interface: str, channel: str, send: Callable[[int, bytes], None]
+                     ) -> IsoTpDiagClient | KernelIsoTpDiagClient:
+    """The ISO-TP transport for a bus: the kernel's on ``socketcan``, the user-space stack elsewhere (and
+    on a kernel without ``can-isotp``, said once in the log)."""
+    if interface == "socketcan":
+        try:
+            return KernelIsoTpDiagClient(channel)
+        except BusError as exc:
+            log.warning("%s: polling through the user-space ISO-TP stack instead", exc)
+    return IsoTpDiagClient(send)

@@ -20,7 +20,6 @@ from collections import Counter
 from .. import __version__
 from ..adapters.can_bus import PythonCanBus
 from ..adapters.health import HealthFile
-from ..adapters.isotp import IsoTpDiagClient
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import PahoPublisher
 from ..adapters.releases import read_status
@@ -33,7 +32,7 @@ from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
 from .commands import CommandIntake
-from .wiring import Assembly, assemble, drain, open_bus, open_store, open_uplink, vin_salt
+from .wiring import Assembly, assemble, drain, open_bus, open_diag, open_store, open_uplink, vin_salt
 
 __all__ = ["run_daemon"]
 
@@ -152,7 +151,7 @@ class _Daemon:
         """Open the bus, say ready, and run the loop until ``stop``. Raises TransportError (bus gone)."""
         pipeline, profile = self.parts.pipeline, self.parts.profile
         self.source = source = open_bus(self.config, profile.frame_ids)
-        self.diag = diag = DiagService(profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
+        self.diag = diag = DiagService(profile.polls, open_diag(self.config, source), on_reply=pipeline.on_diag_reply,
                                        vehicle_state=pipeline.vehicle_state)
         self.notifier.notify("READY=1")
         self.health.mark("bus")
@@ -191,6 +190,8 @@ class _Daemon:
         could not be saved, else 0."""
         code = 0
         self.notifier.notify("STOPPING=1")
+        if self.diag is not None:
+            self.diag.client.close()
         if self.source is not None:
             self.source.close()
         pipeline = self.parts.pipeline

@@ -17,7 +17,6 @@ from pathlib import Path
 
 from ..adapters.can_bus import PythonCanBus
 from ..adapters.fs import safe_dir, write_atomic
-from ..adapters.isotp import IsoTpDiagClient
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import port_open
 from ..adapters.sqlite_outbox import SqliteOutbox
@@ -30,7 +29,7 @@ from ..model import ChainPosition, Counters, OutgoingMessage
 from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
-from .wiring import SW, Assembly, assemble, drain, open_bus, open_store, open_uplink, vin_salt
+from .wiring import SW, Assembly, assemble, drain, open_bus, open_diag, open_store, open_uplink, vin_salt
 
 __all__ = ["InspectionResult", "poll_once", "run_inspection"]
 
@@ -167,9 +166,18 @@ def _wait_for_broadcast(source: PythonCanBus, diag: DiagService, pipeline: Pipel
 
 def _inspect_bus(config: Config, parts: Assembly, source: PythonCanBus, *, wait_s: float,
                  progress: Callable[[str], None]) -> dict[str, str]:
+    client = open_diag(config, source)
+    try:
+        diag = DiagService(parts.profile.polls, client, on_reply=parts.pipeline.on_diag_reply,
+                           vehicle_state=parts.pipeline.vehicle_state)
+        return _poll_every_group(config, parts, source, diag, wait_s=wait_s, progress=progress)
+    finally:
+        client.close()
+
+
+def _poll_every_group(config: Config, parts: Assembly, source: PythonCanBus, diag: DiagService, *, wait_s: float,
+                      progress: Callable[[str], None]) -> dict[str, str]:
     profile, pipeline = parts.profile, parts.pipeline
-    diag = DiagService(profile.polls, IsoTpDiagClient(source.send), on_reply=pipeline.on_diag_reply,
-                       vehicle_state=pipeline.vehicle_state)
     progress(f"waiting for the battery ECU on {config.can.interface} {config.can.channel} ...")
     heard = _wait_for_broadcast(source, diag, pipeline, wait_s=wait_s, progress=progress)
     if not heard and profile.signals:

@@ -19,6 +19,7 @@ from .. import __version__
 from ..adapters.can_bus import PythonCanBus
 from ..adapters.files import check_json_file, load_dbc, missing_dbc, read_config, read_package_json, read_profile
 from ..adapters.fs import write_atomic
+from ..adapters.isotp import IsoTpDiagClient, KernelIsoTpDiagClient, open_diag_client
 from ..adapters.keystore import load_private_key, load_public_key
 from ..adapters.mqtt import PahoPublisher, check_tls_files
 from ..adapters.sqlite_outbox import SqliteOutbox
@@ -37,7 +38,7 @@ from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
 
 __all__ = ["SW", "Assembly", "assemble", "check_files", "drain", "load_config", "load_prior", "load_profile",
-           "open_bus", "open_store", "open_uplink", "vin_salt"]
+           "open_bus", "open_diag", "open_store", "open_uplink", "vin_salt"]
 
 log = logging.getLogger(__name__)
 
@@ -159,6 +160,11 @@ def open_bus(config: Config, frame_ids: frozenset[int]) -> PythonCanBus:
     """
     return PythonCanBus(interface=config.can.interface, channel=config.can.channel, bitrate=config.can.bitrate,
                         frame_ids=frame_ids, udp_multicast_port=config.can.udp_multicast_port)
+
+
+def open_diag(config: Config, bus: PythonCanBus) -> IsoTpDiagClient | KernelIsoTpDiagClient:
+    """The ISO-TP transport for polling: the kernel's on SocketCAN, the user-space stack on the bus otherwise."""
+    return open_diag_client(config.can.interface, config.can.channel, bus.send)
 
 
 def open_store(config: Config) -> SqliteOutbox:

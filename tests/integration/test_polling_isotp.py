@@ -2,7 +2,9 @@
 
 from __future__ import annotations
 
+import logging
 import random
+import socket
 import threading
 import time
 import uuid
@@ -12,8 +14,9 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.adapters.can_bus import PythonCanBus
-from gateway.adapters.isotp import IsoTpDiagClient
+from gateway.adapters.isotp import IsoTpDiagClient, KernelIsoTpDiagClient, open_diag_client
 from gateway.core.battery import BatteryTracker
+from gateway.errors import BusError
 from gateway.services.diagnostics import DiagService
 from gateway.services.pipeline import Pipeline
 from gateway.sim.battery import LeafBattery
@@ -109,3 +112,31 @@ def test_a_sleeping_car_is_not_polled() -> None:
         rig.run(1.5)
         assert rig.responder.requests == []
         assert rig.pipeline.vehicle_state() == "off"
+
+
+def test_the_transport_is_the_kernels_on_socketcan_and_user_space_elsewhere(
+        caplog: pytest.LogCaptureFixture) -> None:
+    sent: list[tuple[int, bytes]] = []
+    # GIVEN a virtual bus: the user-space stack, quietly
+    with caplog.at_level(logging.WARNING):
+        assert isinstance(open_diag_client("virtual", "x", lambda i, d: sent.append((i, d))), IsoTpDiagClient)
+    assert not caplog.records
+    # GIVEN socketcan on a kernel without ISO-TP sockets (this one has no AF_CAN; the VM test has both)
+    if hasattr(socket, "AF_CAN") and _kernel_can_isotp():
+        pytest.skip("this kernel has ISO-TP sockets: tools/vm/guest/isotp_check.py covers them")
+    with caplog.at_level(logging.WARNING):
+        client = open_diag_client("socketcan", "can0", lambda i, d: sent.append((i, d)))
+    # THEN the user-space stack, said once, naming the channel
+    assert isinstance(client, IsoTpDiagClient)
+    warnings = [r.getMessage() for r in caplog.records]
+    assert len(warnings) == 1 and "can0" in warnings[0] and "user-space ISO-TP" in warnings[0], warnings
+    client.start(0x79B, 0x7BB, bytes([0x21, 0x01]), timeout_s=1)
+    assert sent and sent[0][0] == 0x79B  # and it polls through the bus it was given
+
+
+def _kernel_can_isotp() -> bool:
+    try:
+        KernelIsoTpDiagClient("lo").close()
+    except BusError:
+        return False
+    return True
