@@ -1,4 +1,4 @@
-"""Shared fixtures: paths to ../shared, keys, a real mosquitto, and a guard against leaked threads."""
+"""Shared fixtures: paths to ../shared, keys, a real mosquitto, and guards against leaked threads and daemons."""
 
 from __future__ import annotations
 
@@ -13,6 +13,7 @@ import pytest
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from gateway.sim.broker import LocalBroker
+from tests.rig import kill_leftover_daemons
 
 REPO = Path(__file__).resolve().parents[1]
 SHARED = REPO.parent / "shared"
@@ -65,6 +66,15 @@ def seeded_random(request: pytest.FixtureRequest) -> None:
     """Each test's `random` starts from the session seed and the test's name: reproducible, and two tests
     (or two runs with different seeds, side by side) do not pick the same ports."""
     random.seed(f"{SEED}:{request.node.nodeid}")
+
+
+@pytest.fixture(autouse=True)
+def no_leaked_daemons() -> Iterator[None]:
+    """Kill the daemons a test left running (they would run on for hours), and fail the test for it."""
+    yield
+    left = kill_leftover_daemons()
+    if left:
+        pytest.fail(f"test left daemons running (killed): pids {left}")
 
 
 @pytest.fixture(autouse=True)

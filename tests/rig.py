@@ -122,6 +122,7 @@ class Car:
 
 
 _LOG_START: dict[int, tuple[Path, int]] = {}  # pid -> (daemon.log, its size when that daemon started)
+_RUNNING: dict[int, subprocess.Popen[bytes]] = {}  # pid -> daemon started by start_daemon, not yet stopped
 
 
 def start_daemon(rig: Rig, env: dict[str, str] | None = None) -> subprocess.Popen[bytes]:
@@ -130,12 +131,24 @@ def start_daemon(rig: Rig, env: dict[str, str] | None = None) -> subprocess.Pope
     proc = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(rig.config)],
                             stdout=log, stderr=log, env={**os.environ, **(env or {})})
     _LOG_START[proc.pid] = (path, log.tell())
+    _RUNNING[proc.pid] = proc
     return proc
+
+
+def kill_leftover_daemons() -> list[int]:
+    """Kill every daemon a test started and left running (a failed assertion before its stop): the pids."""
+    left = [proc for proc in _RUNNING.values() if proc.poll() is None]
+    for proc in left:
+        proc.kill()
+        proc.wait(15)
+    _RUNNING.clear()
+    return [proc.pid for proc in left]
 
 
 def stop_daemon(proc: subprocess.Popen[bytes]) -> int:
     """SIGTERM once this daemon has installed its handlers (it logged "running:"), and its exit code."""
     path, offset = _LOG_START.pop(proc.pid)
+    _RUNNING.pop(proc.pid, None)
     deadline = time.monotonic() + 20
     while proc.poll() is None and time.monotonic() < deadline and \
             b"running:" not in path.read_bytes()[offset:]:
