@@ -133,6 +133,11 @@ _OWN_WAY = {
     ("adapters/releases.py", "open"): "the updater's lock file, and a bundle built in memory",
     ("sim/demo.py", "open"): "the demo daemon's log in its private temporary directory",
     ("app/cli.py", "open"): "--out naming an existing pipe or device (/dev/stdout), written into",
+    ("adapters/capture_files/__init__.py", "open"): "a capture opened read-only and non-blocking (a FIFO)",
+    ("adapters/capture_files/_python_can_formats.py", "open"):
+        "/dev/null for the forked MF4 reader's output, and its frames in its private temporary directory",
+    ("adapters/capture_files/_python_can_formats.py", "write_text"):
+        "the forked MF4 reader's error, in its private temporary directory",
 }
 
 
