@@ -7,7 +7,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto browser tools demo test bench soh-eval lint image-check bundle clean
+.PHONY: all setup mosquitto browser tools demo test bench soh-eval lint image-check bundle vm-tools vm-test vm-tools-arm64 vm-test-arm64 clean
 
 all: test
 
@@ -60,6 +60,29 @@ image-check: tools
 bundle: $(STAMP)
 	@test -n "$(COUNTER)" || { echo "usage: make bundle COUNTER=N (the release counter, above every earlier release)"; exit 2; }
 	$(BIN)/python tools/make_bundle.py --platform aarch64 --counter $(COUNTER) --out build
+
+# The production path in a VM built from Debian's packages: systemd as PID 1, networkd, SocketCAN, the
+# kernel's ISO-TP, the first boot, an update and a rollback (docs/testing.md). Root for mmdebstrap/chroot.
+vm-tools:
+	@{ command -v mmdebstrap && command -v qemu-system-x86_64 && command -v mkfs.vfat && command -v mcopy; } \
+	  >/dev/null 2>&1 || { echo "installing mmdebstrap, qemu, dosfstools and mtools from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends mmdebstrap qemu-system-x86 qemu-utils e2fsprogs dosfstools mtools >/dev/null; }
+
+vm-test: $(STAMP) vm-tools
+	$(SUDO) $(BIN)/python tools/vm/vmtest.py
+
+# The same on arm64 (the Pi's release from `make bundle`, qemu-system-aarch64, TCG): slower, not in CI
+vm-tools-arm64: vm-tools
+	@{ command -v qemu-system-aarch64 && command -v qemu-aarch64-static && command -v arch-test; } >/dev/null 2>&1 || { \
+	  echo "installing qemu-system-arm and qemu-user-static (binfmt_misc) from Debian's packages"; \
+	  $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq --no-install-recommends \
+	    qemu-system-arm ipxe-qemu qemu-user-static binfmt-support arch-test >/dev/null; }
+	@test -e /proc/sys/fs/binfmt_misc/qemu-aarch64 || { $(SUDO) mount -t binfmt_misc binfmt_misc /proc/sys/fs/binfmt_misc 2>/dev/null; \
+	  $(SUDO) update-binfmts --enable qemu-aarch64; }
+
+vm-test-arm64: $(STAMP) vm-tools-arm64
+	$(SUDO) $(BIN)/python tools/vm/vmtest.py --arch arm64
 
 bench: setup
 	$(BIN)/python bench/run.py
