@@ -4,18 +4,25 @@ Two transports, one behaviour:
 
 - ``KernelIsoTpDiagClient`` (SocketCAN on Linux): the kernel's ISO-TP sockets (``isotp.socket``, module
   ``can-isotp``) send the request, the flow control and time the frames; the main loop only asks the
-  socket, without blocking, whether the reply is complete. ``open_diag_client`` picks it for the
-  ``socketcan`` interface and falls back to the user-space stack when the kernel lacks the module.
+  socket, without blocking, whether the reply is complete. A socket is bound for one request and closed
+  with its outcome: the kernel answers every first frame on a bound socket's response id with flow
+  control, and the gateway must not answer replies another tester asked for. ``open_diag_client`` picks
+  it for the ``socketcan`` interface and falls back to the user-space stack when the kernel lacks the
+  module.
 - ``IsoTpDiagClient`` (every other interface): the main loop owns the bus, hands every frame on a
   response id to ``feed`` and calls ``poll`` often; can-isotp's ``TransportLayer`` runs in its
-  single-threaded mode (``process()``), so there is no extra thread and frames never race.
+  single-threaded mode (``process()``), so there is no extra thread and frames never race. It only
+  takes frames while its own request is in flight.
 
 Requests are padded to 8 bytes; our flow control is ``30 00 00`` (no block limit, no separation time),
-as LeafSpy and OVMS send it.
+as LeafSpy and OVMS send it. A negative reply 0x78 ("response pending") extends the wait by 5 s, at
+most ``MAX_PENDING`` times.
 
 Outcomes: ``("ok", reply)``, ``("error", kind, message)`` with kind ``isotp_sequence`` (missing,
-duplicated or out-of-order consecutive frame), ``isotp_unexpected``, ``isotp_error``, or
-``("timeout", "no reply ...")``. Errors abort the reception: a broken reply gives no value.
+duplicated or out-of-order consecutive frame), ``isotp_unexpected``, ``isotp_length``, ``isotp_padding``,
+``isotp_timeout`` (the reply stopped half way), ``isotp_error``, or ``can_send`` (the request or our
+flow control could not be sent: no ACK, a full transmit queue, the interface down), or
+``("timeout", message)``. A poll that failed is retried by its schedule; the daemon goes on.
 """
 
 from __future__ import annotations
@@ -53,6 +60,7 @@ class IsoTpDiagClient:
         self._rx: deque[isotp.CanMessage] = deque()
         self._active: tuple[int, int] | None = None
         self._deadline = 0.0
+        self._pending = 0
         self._error: tuple[str, str] | None = None
 
     @property
@@ -96,10 +104,17 @@ class IsoTpDiagClient:
         self._rx.clear()
         stack = self._stack(request_id, response_id)
         stack.reset()
-        self._active, self._error = (request_id, response_id), None
+        self._active, self._error, self._pending = (request_id, response_id), None, 0
         self._deadline = time.monotonic() + timeout_s
         stack.send(request)
-        stack.process()
+        self._process(stack)
+
+    def _process(self, stack: isotp.TransportLayer) -> None:
+        try:
+            stack.process()  # sends the request, and our flow control, through ``send``
+        except BusError as exc:
+            if self._error is None:
+                self._error = ("can_send", str(exc))
 
     def feed(self, frame: Frame) -> None:
         """A frame seen on a response id. Ignored unless a request to that ECU is in flight."""
@@ -111,31 +126,32 @@ class IsoTpDiagClient:
         if self._active is None:
             return None
         stack = self._stacks[self._active]
-        stack.process()
+        self._process(stack)
         outcome: DiagOutcome | None = None
         if self._error is not None:
             outcome = ("error", *self._error)
         elif stack.available():
             reply = stack.recv()
-            if reply is not None and len(reply) >= 3 and reply[0] == 0x7F and reply[2] == 0x78:
+            if _response_pending(reply) and self._pending < MAX_PENDING:
+                self._pending += 1
                 self._deadline = time.monotonic() + 5.0  # NRC 0x78 "response pending": the real one follows
                 return None
             outcome = ("ok", bytes(reply)) if reply is not None else None
         elif time.monotonic() > self._deadline:
-            outcome = ("timeout", f"no reply on 0x{self._active[1]:03X} to a request on 0x{self._active[0]:03X}")
+            outcome = ("timeout", _no_reply(self._active, self._pending))
         if outcome is not None:
             stack.reset()
             self._active = None
         return outcome
 
 
-# what the kernel reports on an ISO-TP socket when a reception breaks (net/can/isotp.c)
-_ERRNO_KINDS = {errno.EILSEQ: "isotp_sequence", errno.ETIMEDOUT: "isotp_timeout", errno.EBADMSG: "isotp_length",
-                errno.ECOMM: "isotp_error", errno.EMSGSIZE: "isotp_length"}
+# what the kernel reports on an ISO-TP socket when a transfer breaks (net/can/isotp.c)
+_ERRNO_KINDS = {errno.EILSEQ: "isotp_sequence", errno.ETIMEDOUT: "isotp_timeout", errno.EBADMSG: "isotp_padding",
+                errno.EMSGSIZE: "isotp_length", errno.ECOMM: "can_send"}
 
 
 class KernelIsoTpDiagClient:
-    """Implements ``DiagClient`` with the Linux kernel's ISO-TP sockets, one per (request, response) id pair.
+    """Implements ``DiagClient`` with the Linux kernel's ISO-TP sockets: one per request, closed with its outcome.
 
     Frames never pass through the main loop: ``feed`` is a no-op, and ``poll`` reads the socket without
     blocking. The kernel answers the ECU's first frame with our flow control itself, at bus speed.
@@ -146,56 +162,47 @@ class KernelIsoTpDiagClient:
             BusError: the kernel has no ISO-TP sockets (module ``can-isotp`` missing) or no such interface.
         """
         self._channel, self._padding = channel, padding
-        self._sockets: dict[tuple[int, int], isotp.socket] = {}
+        self._socket: isotp.socket | None = None
         self._active: tuple[int, int] | None = None
         self._deadline = 0.0
-        self._socket(0x7DF, 0x7E8)  # fail now, not at the first poll, when the kernel cannot do it
+        self._pending = 0
+        self._failed: DiagOutcome | None = None
+        self._bind(0x7DF, 0x7E8).close()  # fail now, not at the first poll, when the kernel cannot do it
 
     @property
     def busy(self) -> bool:
         """A request is in flight."""
         return self._active is not None
 
-    def _socket(self, request_id: int, response_id: int) -> isotp.socket:
-        key = (request_id, response_id)
-        if key not in self._sockets:
-            try:
-                s = isotp.socket(timeout=None)
-                s.set_opts(txpad=self._padding)
-                s.set_fc_opts(bs=0, stmin=0)
-                s.bind(self._channel, isotp.Address(isotp.AddressingMode.Normal_11bits, txid=request_id,
-                                                    rxid=response_id))
-                s.real_socket().setblocking(False)
-            except (OSError, ValueError, NotImplementedError) as exc:
-                raise BusError(f"can: no kernel ISO-TP socket on {self._channel} ({exc})") from exc
-            self._sockets[key] = s
-        return self._sockets[key]
+    def _bind(self, request_id: int, response_id: int) -> isotp.socket:
+        s: isotp.socket | None = None
+        try:
+            s = isotp.socket(timeout=None)
+            s.set_opts(txpad=self._padding)
+            s.set_fc_opts(bs=0, stmin=0)
+            s.bind(self._channel, isotp.Address(isotp.AddressingMode.Normal_11bits, txid=request_id,
+                                                rxid=response_id))
+            s.real_socket().setblocking(False)
+        except (OSError, ValueError, NotImplementedError, AttributeError) as exc:  # AttributeError: no AF_CAN
+            if s is not None:
+                s.close()
+            raise BusError(f"can: no kernel ISO-TP socket on {self._channel} ({exc})") from exc
+        return s
 
     def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float) -> None:
-        """Send one request; its outcome comes from ``poll``.
+        """Send one request; its outcome (a refused send included) comes from ``poll``.
 
         Raises:
             RuntimeError: a request is still in flight (the ECU serves one at a time).
-            BusError: the interface refused the request.
         """
         if self._active is not None:
             raise RuntimeError("a diagnostic request is already in flight")
-        s = self._socket(request_id, response_id)
-        self._drain(s)
+        self._active, self._deadline, self._pending = (request_id, response_id), time.monotonic() + timeout_s, 0
         try:
-            s.send(request)
-        except OSError as exc:
-            raise BusError(f"can: ISO-TP request on 0x{request_id:03X} failed: {exc}") from exc
-        self._active, self._deadline = (request_id, response_id), time.monotonic() + timeout_s
-
-    @staticmethod
-    def _drain(s: isotp.socket) -> None:
-        """Forget a late reply, or an error, left from an earlier request."""
-        while True:
-            try:
-                s.recv()
-            except OSError:  # BlockingIOError when empty; a pending error is consumed too
-                return
+            self._socket = self._bind(request_id, response_id)
+            self._socket.send(request)
+        except (BusError, OSError) as exc:
+            self._failed = ("error", "can_send", f"request on 0x{request_id:03X}: {exc}")
 
     def feed(self, frame: Frame) -> None:
         """Nothing to do: the kernel reassembles the reply."""
@@ -204,28 +211,43 @@ class KernelIsoTpDiagClient:
         """The outcome once the request is done, else None (never blocks)."""
         if self._active is None:
             return None
-        outcome: DiagOutcome | None = None
-        try:
-            reply = self._sockets[self._active].recv()
-        except BlockingIOError:
-            if time.monotonic() > self._deadline:
-                outcome = ("timeout", f"no reply on 0x{self._active[1]:03X} to a request on 0x{self._active[0]:03X}")
-        except OSError as exc:
-            outcome = ("error", _ERRNO_KINDS.get(exc.errno or 0, "isotp_error"),
-                       f"0x{self._active[1]:03X}: {exc.strerror or exc}")
-        else:
-            if len(reply) >= 3 and reply[0] == 0x7F and reply[2] == 0x78:
-                self._deadline = time.monotonic() + 5.0  # NRC 0x78 "response pending": the real one follows
-                return None
-            outcome = ("ok", bytes(reply))
+        outcome, self._failed = self._failed, None
+        if outcome is None and self._socket is not None:
+            try:
+                reply = self._socket.recv()
+            except BlockingIOError:
+                if time.monotonic() > self._deadline:
+                    outcome = ("timeout", _no_reply(self._active, self._pending))
+            except OSError as exc:
+                outcome = ("error", _ERRNO_KINDS.get(exc.errno or 0, "isotp_error"),
+                           f"0x{self._active[1]:03X}: {exc.strerror or exc}")
+            else:
+                if _response_pending(reply) and self._pending < MAX_PENDING:
+                    self._pending += 1
+                    self._deadline = time.monotonic() + 5.0
+                    return None
+                outcome = ("ok", bytes(reply))
         if outcome is not None:
-            self._active = None
+            self.close()
         return outcome
 
     def close(self) -> None:
-        for s in self._sockets.values():
-            s.close()
-        self._sockets.clear()
+        """Drop the request in flight, if any, and its socket."""
+        if self._socket is not None:
+            self._socket.close()
+        self._socket, self._active, self._failed = None, None, None
+
+
+MAX_PENDING = 10  # "response pending" replies accepted for one request (5 s each)
+
+
+def _response_pending(reply: bytes | bytearray | None) -> bool:
+    return reply is not None and len(reply) >= 3 and reply[0] == 0x7F and reply[2] == 0x78
+
+
+def _no_reply(ids: tuple[int, int], pending: int) -> str:
+    after = f" after {pending} 'response pending'" if pending else ""
+    return f"no reply on 0x{ids[1]:03X} to a request on 0x{ids[0]:03X}{after}"
 
 
 def open_diag_client(interface: str, channel: str, send: Callable[[int, bytes], None]

@@ -7,7 +7,8 @@ answers requests on one bus, in real time.
 
 Faults per group (``LbcResponder.faults[group] = kind``): ``nrc`` (``7F 21 12``), ``silent``,
 ``drop`` (consecutive frame 2 never sent), ``dup`` (consecutive frame 2 sent twice), ``short`` (one
-byte less than the generation's layout), ``once-silent`` (silent the first time only).
+byte less than the generation's layout), ``once-silent`` (silent the first time only), ``pending``
+(``7F 21 78`` "response pending" before the reply).
 """
 
 from __future__ import annotations
@@ -98,6 +99,7 @@ class LbcResponder:
         if self._pending:
             self.overlaps += 1
         reply_id = 0x7BB if can_id == 0x79B else 0x79A
+        fault = ""
         if can_id == 0x797:
             if group != 0x81:
                 return []
@@ -118,8 +120,9 @@ class LbcResponder:
                 return [(reply_id, bytes([0x03, 0x7F, 0x21, 0x31, 0, 0, 0, 0]))]  # request out of range
             message = b"\x61" + bytes([group]) + (payload[:-1] if fault == "short" else payload)
         frames = segment(message)
+        first = [(reply_id, bytes([0x03, 0x7F, 0x21, 0x78, 0, 0, 0, 0]))] if fault == "pending" else []
         if len(frames) == 1:
-            return [(reply_id, frames[0])]
+            return [*first, (reply_id, frames[0])]
         cfs = frames[1:]
         fault = self.faults.get(group, "") if can_id == 0x79B else ""
         if fault == "drop" and len(cfs) > 2:
@@ -127,7 +130,7 @@ class LbcResponder:
         elif fault == "dup" and len(cfs) > 2:
             cfs = cfs[:2] + cfs[1:]
         self._pending, self._pending_id = cfs, reply_id
-        return [(reply_id, frames[0])]
+        return [*first, (reply_id, frames[0])]
 
 
 def segment(message: bytes) -> list[bytes]:

@@ -14,9 +14,10 @@ from dataclasses import dataclass
 import pytest
 
 from gateway.adapters.can_bus import PythonCanBus
-from gateway.adapters.isotp import IsoTpDiagClient, KernelIsoTpDiagClient, open_diag_client
+from gateway.adapters.isotp import MAX_PENDING, IsoTpDiagClient, KernelIsoTpDiagClient, open_diag_client
 from gateway.core.battery import BatteryTracker
 from gateway.errors import BusError
+from gateway.model import Frame
 from gateway.services.diagnostics import DiagService
 from gateway.services.pipeline import Pipeline
 from gateway.sim.battery import LeafBattery
@@ -140,3 +141,34 @@ def _kernel_can_isotp() -> bool:
     except BusError:
         return False
     return True
+
+
+def test_response_pending_is_waited_for_and_the_reply_then_decoded() -> None:
+    for rig in make_rig("aze0", faults={0x01: "pending"}, hx=81.5):
+        rig.run(2.0)
+        assert rig.tracker.values["hx_pct"] == 81.5
+        assert rig.diag.counts["nrc"] == 0
+
+
+def test_an_ecu_that_only_ever_says_response_pending_does_not_hold_polling_forever() -> None:
+    client = IsoTpDiagClient(lambda i, d: None)
+    client.start(0x79B, 0x7BB, bytes([0x21, 0x01]), timeout_s=1.0)
+    pending = Frame(ts=0.0, can_id=0x7BB, data=bytes([0x03, 0x7F, 0x21, 0x78, 0, 0, 0, 0]))
+    outcomes = []
+    for _ in range(MAX_PENDING + 1):
+        client.feed(pending)
+        outcomes.append(client.poll())
+    # the first MAX_PENDING extend the wait; the next is the answer (a negative one, counted as such)
+    assert outcomes == [None] * MAX_PENDING + [("ok", b"\x7f\x21\x78")]
+    assert not client.busy
+
+
+def test_a_request_the_bus_refuses_is_an_outcome_not_a_crash() -> None:
+    def refuse(can_id: int, data: bytes) -> None:
+        raise BusError(f"can: send of 0x{can_id:03X} failed: [Errno 105] No buffer space available")
+
+    client = IsoTpDiagClient(refuse)
+    client.start(0x79B, 0x7BB, bytes([0x21, 0x01]), timeout_s=1.0)
+    outcome = client.poll()
+    assert outcome is not None and outcome[:2] == ("error", "can_send") and "0x79B" in str(outcome[2])
+    assert not client.busy  # the next poll can go when it is due
