@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import getpass
 import os
+import pwd
 import shutil
 import stat
 import subprocess
@@ -56,12 +57,12 @@ def test_every_script_passes_shellcheck() -> None:
     assert out.returncode == 0, out.stdout
 
 
-def _firstboot(tmp: Path) -> subprocess.CompletedProcess[str]:
+def _firstboot(tmp: Path, owner: str | None = None) -> subprocess.CompletedProcess[str]:
     gateway = tmp / "battery-gateway"
     gateway.write_text(f'#!/bin/sh\nexec "{sys.executable}" -m gateway "$@"\n')
     gateway.chmod(0o755)
     env = {**os.environ, "BOOT_DIR": str(tmp / "boot"), "STATE_DIR": str(tmp / "state"), "ETC_DIR": str(tmp / "etc"),
-           "PROVISION_DIR": str(tmp / "provision"), "GATEWAY": str(gateway), "OWNER": getpass.getuser()}
+           "PROVISION_DIR": str(tmp / "provision"), "GATEWAY": str(gateway), "OWNER": owner or getpass.getuser()}
     return subprocess.run([str(FILES / "battery-gateway-firstboot")], env=env, capture_output=True, text=True,
                           timeout=60)
 
@@ -124,6 +125,25 @@ def test_first_boot_makes_key_and_csr_then_provisions_with_the_certificates_and_
     assert config.device.id == device and config.mqtt.cert_file.endswith(f"{device}.crt")
     assert (tmp_path / "boot" / "battery-gateway.toml.applied").exists()
     assert (tmp_path / "provision" / "provisioned").exists() and "provisioned" in second.stdout
+
+
+@pytest.mark.skipif(os.geteuid() != 0, reason="hands files to another user: needs root, as on the device")
+def test_what_the_daemon_reads_belongs_to_the_service_user_after_every_boot(tmp_path: Path) -> None:
+    service = pwd.getpwnam("nobody")
+    _boot_config(tmp_path)
+    assert _firstboot(tmp_path, owner="nobody").returncode == 0  # GIVEN boot 1: keys and CSR, no certificates
+    state = tmp_path / "state"
+    _fleet_ca_answers(tmp_path, _device_id(tmp_path))
+    # WHEN boot 2 starts the unit: systemd's StateDirectory= hands the directory and its files to root
+    for path in [state, *state.iterdir()]:
+        os.chown(path, 0, 0, follow_symlinks=False)
+    second = _firstboot(tmp_path, owner="nobody")
+    # THEN the daemon's user owns its directory, keys and certificates again (the daemon's own unit leaves a
+    # directory it already owns alone), and nothing else was handed over
+    assert second.returncode == 0 and "provisioned" in second.stdout, second.stderr
+    daemon_reads = {"device-key.pem", "tls-key.pem", f"{_device_id(tmp_path)}.crt", "ca.crt"}
+    assert {p.name for p in state.iterdir() if p.stat().st_uid == service.pw_uid} == daemon_reads
+    assert state.stat().st_uid == service.pw_uid and stat.S_IMODE(state.stat().st_mode) & 0o077 == 0
 
 
 def test_once_provisioned_the_boot_partition_is_never_read_again(tmp_path: Path) -> None:
