@@ -64,7 +64,7 @@ bundle: $(STAMP)
 # The production path in a VM built from Debian's packages: systemd as PID 1, networkd, SocketCAN, the
 # kernel's ISO-TP, the first boot, an update and a rollback (docs/testing.md). Root for mmdebstrap/chroot.
 vm-tools:
-	@{ command -v mmdebstrap && command -v qemu-system-x86_64 && command -v mkfs.vfat && command -v mcopy; } \
+	@PATH="$$PATH:/usr/sbin:/sbin"; { command -v mmdebstrap && command -v qemu-system-x86_64 && command -v mkfs.vfat && command -v mcopy; } \
 	  >/dev/null 2>&1 || { echo "installing mmdebstrap, qemu, dosfstools and mtools from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends mmdebstrap qemu-system-x86 qemu-utils e2fsprogs dosfstools mtools >/dev/null; }

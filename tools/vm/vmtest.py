@@ -28,10 +28,13 @@ arch-test: ``make vm-tools-arm64``). docs/testing.md: what runs where.
 from __future__ import annotations
 
 import argparse
+import contextlib
 import hashlib
 import json
 import os
+import re
 import shutil
+import signal
 import subprocess
 import sys
 import tarfile
@@ -54,6 +57,12 @@ TARGET = "battery-gateway/stable.tar"
 RELEASES = (("1.0.0", 1, None), ("1.1.0", 2, None), ("1.2.0", 3, "soh_prior.json"))  # version, counter, damage
 
 
+ALL = ("boot", "networkd-brings-up-can0", "first-boot-provisions-once", "daemon-on-socketcan",
+       "sigkill-restart-same-epoch", "watchdog-restarts-a-hung-loop", "isotp-kernel-and-user-space",
+       "ota-update-under-systemd", "ota-crash-loop-rolled-back-never-retried", "soh-model-on-device",
+       "security-of-every-service")
+
+
 @dataclass(frozen=True)
 class Arch:
     debian: str  # the Debian architecture of the VM
@@ -61,17 +70,21 @@ class Arch:
     qemu: tuple[str, ...]  # qemu-system binary and machine
     console: str
     hardware_id: str  # in build.env, as the image writes it
-    scenarios: tuple[str, ...] = ()  # the runner's scenarios to run; () = all
+    boots: tuple[tuple[str, ...], ...]  # the runner's scenarios, boot by boot
+    config_at: int  # the boot before which the config is put on the boot partition
 
 
 ARCHES = {
-    "amd64": Arch("amd64", "linux-image-amd64", ("qemu-system-x86_64",), "ttyS0", "vm-x86_64"),
+    # Two boots, as a device is provisioned: the first without a config on the boot partition (key and CSR
+    # only), the second with it (and systemd handing the state directory to root for the first-boot unit).
+    "amd64": Arch("amd64", "linux-image-amd64", ("qemu-system-x86_64",), "ttyS0", "vm-x86_64",
+                  boots=(("first-boot-without-config",), ALL), config_at=1),
     # The Pi's architecture, once: the release a Pi gets (`make bundle`, aarch64 wheels with tflite-runtime
     # and numpy) on Debian bookworm arm64. No OTA here: the amd64 run covers it with the same code.
     "arm64": Arch("arm64", "linux-image-arm64", ("qemu-system-aarch64", "-M", "virt", "-cpu", "cortex-a72"),
                   "ttyAMA0", "rpi-arm64",
-                  ("boot", "networkd-brings-up-can0", "first-boot-provisions-once", "daemon-on-socketcan",
-                   "soh-model-on-device", "security-of-every-service")),
+                  boots=(("boot", "networkd-brings-up-can0", "first-boot-provisions-once", "daemon-on-socketcan",
+                          "soh-model-on-device", "security-of-every-service"),), config_at=0),
 }
 
 
@@ -160,20 +173,22 @@ def rootfs(work: Path, base_dir: Path, bundle: bytes, arch: Arch) -> Path:
     """The VM's root file system: the base, the release as image/ installs it, the VM-only parts."""
     root = work / "root"
     root.mkdir()
-    run("tar", "-xpf", base_dir / "base.tar", "-C", root)
+    run("tar", "--numeric-owner", "-xpf", base_dir / "base.tar", "-C", root)  # the guest's ids, not the host's
     (root / "boot" / "firmware").mkdir(parents=True, exist_ok=True)
     files = stage_files(work, bundle, arch)
     env = {**os.environ, "ROOTFS_DIR": str(root)}
     run("bash", STAGE / "01-gateway" / "00-run.sh", cwd=files.parent, env=env)
-    for fs, where in (("proc", "proc"), ("sysfs", "sys")):
-        run("mount", "-t", fs, fs, root / where)
+    mounted: list[Path] = []
     try:
+        for fs, where in (("proc", "proc"), ("sysfs", "sys")):
+            run("mount", "-t", fs, fs, root / where)
+            mounted.append(root / where)
         shutil.copy(STAGE / "01-gateway" / "01-run-chroot.sh", root / "run-chroot.sh")
         run("chroot", root, "bash", "/run-chroot.sh")
     finally:
-        for where in ("proc", "sys"):
-            run("umount", root / where)
-        (root / "run-chroot.sh").unlink()
+        for where in reversed(mounted):  # lazily: detached at once, so removing the root never reaches the host's
+            subprocess.run(["umount", "--lazy", str(where)], check=False)
+        (root / "run-chroot.sh").unlink(missing_ok=True)
     guest(work, root, arch)
     return root
 
@@ -191,26 +206,41 @@ def guest(work: Path, root: Path, arch: Arch) -> None:
     shutil.copytree(GUEST, payload)
     if (work / "repo").exists():
         shutil.copytree(work / "repo", payload / "repo")
-    (payload / "scenarios").write_text("".join(f"{name}\n" for name in arch.scenarios))
+    (payload / "scenarios").write_text("".join(" ".join(names) + "\n" for names in arch.boots))  # a line a boot
     shutil.copy(work / "backend-command.pem", payload / "backend-command.pem")
     shutil.copy(GUEST / "vmtest.service", root / "etc" / "systemd" / "system" / "vmtest.service")
+    # The timer's first check (10 min after boot, within the hour) must not start the updater in the middle
+    # of the OTA scenarios: they assert that the .path unit did. The timer itself stays as shipped otherwise.
+    timer = root / "etc" / "systemd" / "system" / "battery-gateway-update.timer.d"
+    timer.mkdir(exist_ok=True)
+    (timer / "vmtest.conf").write_text("[Timer]\nOnBootSec=\nOnBootSec=6h\n")
     run("chroot", root, "systemctl", "enable", "vmtest.service", stdout=subprocess.DEVNULL,
         stderr=subprocess.DEVNULL)
 
 
-def disks(work: Path, root: Path, arch: Arch) -> tuple[Path, Path]:
+def disks(work: Path, root: Path) -> tuple[Path, Path]:
     rootfs_img, boot_img = work / "rootfs.ext4", work / "bootfs.img"
     run("mke2fs", "-q", "-t", "ext4", "-d", root, "-F", rootfs_img, "4G")
-    config = work / "battery-gateway.toml"
-    config.write_text((GUEST / "battery-gateway.toml").read_text().replace("@HARDWARE_ID@", arch.hardware_id))
     run("mkfs.vfat", "-n", "BOOTFS", "-C", boot_img, str(64 * 1024), stdout=subprocess.DEVNULL)
-    run("mcopy", "-i", boot_img, config, "::battery-gateway.toml")
     return rootfs_img, boot_img
 
 
-def boot(work: Path, base_dir: Path, rootfs_img: Path, boot_img: Path, arch: Arch, *, timeout_s: float) -> int:
-    """Boot, report every VMTEST line as it comes, and return the exit code."""
+def put_config(work: Path, boot_img: Path, arch: Arch) -> None:
+    """The fleet's config on the boot partition, as a technician copies it there."""
+    config = work / "battery-gateway.toml"
+    config.write_text((GUEST / "battery-gateway.toml").read_text().replace("@HARDWARE_ID@", arch.hardware_id))
+    run("mcopy", "-o", "-i", boot_img, config, "::battery-gateway.toml")
+
+
+Results = dict[str, tuple[bool, str, str]]  # scenario -> (passed, seconds, detail)
+RESULT = re.compile(r"VMTEST RESULT (\S+) (PASS|FAIL) (\d+) ?(.*)")
+
+
+def boot(work: Path, base_dir: Path, rootfs_img: Path, boot_img: Path, arch: Arch, results: Results, *,
+         timeout_s: float) -> bool:
+    """Boot once, report every VMTEST line as it comes into ``results``; True when the runner finished."""
     console = work / "console.log"
+    console.unlink(missing_ok=True)
     argv = [*arch.qemu, "-accel", "tcg", "-m", "2048", "-smp", "2", "-display", "none",
             "-no-reboot", "-serial", f"file:{console}", "-monitor", "none",
             # an uplink like the device's Wi-Fi or cellular, without a way out (restrict=on)
@@ -220,10 +250,8 @@ def boot(work: Path, base_dir: Path, rootfs_img: Path, boot_img: Path, arch: Arc
             "-drive", f"file={rootfs_img},if=virtio,format=raw",
             "-drive", f"file={boot_img},if=virtio,format=raw"]
     t0 = time.monotonic()
-    say("booting (TCG)")
-    with (work / "qemu.log").open("wb") as qemu_log:
+    with (work / "qemu.log").open("ab") as qemu_log:
         vm = subprocess.Popen(argv, stdout=qemu_log, stderr=qemu_log)
-    results: dict[str, tuple[bool, str, str]] = {}  # name -> (passed, seconds, detail)
     seen, ended = 0, False
     try:
         while vm.poll() is None and time.monotonic() - t0 < timeout_s and not ended:
@@ -234,36 +262,36 @@ def boot(work: Path, base_dir: Path, rootfs_img: Path, boot_img: Path, arch: Arc
                 if "VMTEST " in line:
                     report = line[line.index("VMTEST "):].strip()
                     print(f"  {report}", flush=True)
-                    parts = report.split(maxsplit=5)
-                    if parts[1] == "RESULT":
-                        results[parts[2]] = (parts[3] == "PASS", parts[4], parts[5] if len(parts) > 5 else "")
-                    ended = ended or parts[1] == "END"
+                    if found := RESULT.match(report):
+                        name, verdict, seconds, detail = found.groups()
+                        results[name] = (verdict == "PASS", seconds, detail)
+                    ended = ended or report == "VMTEST END"
             seen = len(lines)
         if ended:
-            vm.wait(120)
+            with contextlib.suppress(subprocess.TimeoutExpired):
+                vm.wait(120)  # the runner powers the VM off
     finally:
         if vm.poll() is None:
             vm.kill()
             vm.wait()
-    wall = time.monotonic() - t0
-    junit(work / "results.xml", arch, results)
-    failed = sorted(name for name, (ok, _, _) in results.items() if not ok)
-    say(f"{len(results)} scenarios, {len(results) - len(failed)} passed, {len(failed)} failed, "
-        f"{wall:.0f} s in the VM" + ("" if ended else " (the runner did not finish: see console.log)"))
-    if failed or not ended or not results:
-        if console.exists():
-            print(console.read_bytes().decode(errors="replace")[-4000:], file=sys.stderr)
-        return 1
-    return 0
+    if not ended and console.exists():
+        print(console.read_bytes().decode(errors="replace")[-4000:], file=sys.stderr)
+    return ended
 
 
-def junit(path: Path, arch: Arch, results: dict[str, tuple[bool, str, str]]) -> None:
-    """The scenarios as a JUnit report (CI systems show it as test results)."""
-    suite = ET.Element("testsuite", name=f"vm-test-{arch.debian}", tests=str(len(results)),
-                       failures=str(sum(1 for ok, _, _ in results.values() if not ok)))
-    for name, (ok, seconds, detail) in results.items():
+def junit(path: Path, arch: Arch, results: Results) -> None:
+    """Every planned scenario as a JUnit report (CI systems show it as test results); one that never
+    reported (the VM hung, the runner died) is an error."""
+    planned = [name for names in arch.boots for name in names]
+    suite = ET.Element("testsuite", name=f"vm-test-{arch.debian}", tests=str(len(planned)),
+                       failures=str(sum(1 for ok, _, _ in results.values() if not ok)),
+                       errors=str(sum(1 for name in planned if name not in results)))
+    for name in planned:
+        ok, seconds, detail = results.get(name, (False, "0", ""))
         case = ET.SubElement(suite, "testcase", classname=f"vm.{arch.debian}", name=name, time=seconds)
-        if ok:
+        if name not in results:
+            ET.SubElement(case, "error", message="never reported: see console.log")
+        elif ok:
             ET.SubElement(case, "system-out").text = detail
         else:
             ET.SubElement(case, "failure", message=detail[:200]).text = detail
@@ -279,6 +307,7 @@ def main() -> int:
     p.add_argument("--timeout", type=float, default=2400, help="seconds the VM may run (default 2400)")
     args = p.parse_args()
     arch = ARCHES[args.arch]
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # a cancelled CI job: qemu killed, mounts undone
     if os.geteuid() != 0:
         print("vm-test: needs root (mmdebstrap, chroot): sudo make vm-test", file=sys.stderr)
         return 2
@@ -298,10 +327,25 @@ def main() -> int:
         bundle = releases(work) if arch.debian == "amd64" else pi_release(work)
         say("installing the release into the root file system the way image/ does")
         root = rootfs(work, base_dir, bundle, arch)
-        rootfs_img, boot_img = disks(work, root, arch)
+        rootfs_img, boot_img = disks(work, root)
         shutil.rmtree(root)
         say(f"disks ready after {time.monotonic() - t0:.0f} s")
-        code = boot(work, base_dir, rootfs_img, boot_img, arch, timeout_s=args.timeout)
+        results: Results = {}
+        t_vm = time.monotonic()
+        for n, names in enumerate(arch.boots, 1):
+            if n - 1 == arch.config_at:
+                put_config(work, boot_img, arch)
+            say(f"boot {n} of {len(arch.boots)} (TCG), {len(names)} scenarios, "
+                + ("the config on the boot partition" if n - 1 >= arch.config_at else "no config yet"))
+            budget = args.timeout - (time.monotonic() - t_vm)
+            if not boot(work, base_dir, rootfs_img, boot_img, arch, results, timeout_s=budget):
+                break
+        junit(work / "results.xml", arch, results)
+        planned = [name for names in arch.boots for name in names]
+        passed = sum(1 for name in planned if results.get(name, (False,))[0])
+        say(f"{len(planned)} scenarios: {passed} passed, {len(planned) - passed} failed or never ran; "
+            f"{time.monotonic() - t_vm:.0f} s in the VM; {work / 'results.xml'}")
+        code = 0 if passed == len(planned) else 1
     finally:
         if not args.keep:
             for leftover in ("root", "rootfs.ext4", "wheelhouse", "stage"):

@@ -1,7 +1,9 @@
-"""In the VM: both ISO-TP transports against the simulated battery ECU on a vcan, with its fault modes.
+"""In the VM: both ISO-TP transports against the simulated battery ECU on a vcan, with its fault modes,
+and what an idle kernel client sends when another tester polls the same ECU (nothing).
 
-Run with the installed release's Python. Prints one JSON object: {transport: {fault: outcome}}, an outcome
-being ["ok", reply hex] | ["error", kind] | ["timeout"].
+Run with the installed release's Python. Prints one JSON object: {transport: {fault: outcome}, "bystander":
+flow-control frames on the request id during another tester's poll}, an outcome being ["ok", reply hex] |
+["error", kind] | ["timeout", message].
 """
 
 from __future__ import annotations
@@ -17,7 +19,7 @@ from gateway.sim.battery import LeafBattery
 from gateway.sim.ecu import REQUEST_IDS, LbcResponder, run_ecu
 
 CHANNEL = sys.argv[1] if len(sys.argv) > 1 else "vcan1"
-FAULTS = ("none", "drop", "dup", "silent", "nrc")
+FAULTS = ("none", "drop", "dup", "silent", "nrc", "pending")
 
 
 def ask(transport: str, fault: str) -> list[str]:
@@ -50,8 +52,29 @@ def ask(transport: str, fault: str) -> list[str]:
         ecu_bus.close()
 
 
+def bystander() -> int:
+    """Flow-control frames on 0x79B while another tester (user space) polls group 0x01, our kernel client
+    being open and idle after a poll of its own: 1 (the tester's) when ours keeps quiet."""
+    ours = KernelIsoTpDiagClient(CHANNEL)
+    monitor = PythonCanBus(interface="socketcan", channel=CHANNEL, bitrate=500000, frame_ids={0x79B})
+    try:
+        ours.start(0x79B, 0x7BB, b"\x21\x01", timeout_s=0.2)
+        while ours.poll() is None:
+            time.sleep(0.01)
+        while monitor.recv(0.05) is not None:  # forget our own poll
+            pass
+        assert ask("user", "none")[0] == "ok"
+        flow_control = 0
+        while (frame := monitor.recv(0.2)) is not None:
+            flow_control += frame.data[0] >> 4 == 3
+        return flow_control
+    finally:
+        ours.close()
+        monitor.close()
+
+
 def main() -> int:
-    print(json.dumps({t: {f: ask(t, f) for f in FAULTS} for t in ("kernel", "user")}))
+    print(json.dumps({**{t: {f: ask(t, f) for f in FAULTS} for t in ("kernel", "user")}, "bystander": bystander()}))
     return 0
 
 

@@ -21,6 +21,7 @@ STATE = Path("/var/lib/battery-gateway")
 OTA_STATE = Path("/var/lib/battery-gateway-ota/state.json")
 BOOT = Path("/boot/firmware")
 PAYLOAD = Path("/opt/vmtest")
+VMTEST_STATE = Path("/var/lib/vmtest")  # kept from one boot to the next
 SERIAL = "230UK1192E001482"  # what the simulated battery ECU answers in group 0x84
 facts: dict[str, object] = {}
 SCENARIOS: dict[str, Callable[[], None]] = {}  # in the order they run
@@ -109,24 +110,64 @@ def networkd_can0() -> str:
     return f"can0 {link['linkinfo']['info_kind']} UP, network file 80-can0.network, {state.group(1) if state else '?'}"
 
 
+def device_id() -> str:
+    return next(line.split(": ")[1] for line in (STATE / "device.txt").read_text().splitlines()
+                if line.startswith("device id: "))
+
+
+def owner_and_mode(path: Path) -> tuple[str, int]:
+    st = path.stat()
+    return pwd.getpwuid(st.st_uid).pw_name, stat.S_IMODE(st.st_mode)
+
+
+@scenario("first-boot-without-config", "battery-gateway-firstboot.service")
+def first_boot_without_config() -> str:
+    # vmtest.service runs after the first-boot unit: it has finished
+    result = sh("systemctl", "show", "-p", "Result", "--value", "battery-gateway-firstboot.service").strip()
+    assert result == "success", result
+    device = device_id()
+    assert owner_and_mode(STATE / "device-key.pem") == ("battery-gateway", 0o600)
+    assert "BEGIN CERTIFICATE REQUEST" in (BOOT / "battery-gateway" / f"{device}.csr").read_text()
+    assert not Path("/etc/battery-gateway/gateway.toml").exists()
+    assert not Path("/var/lib/battery-gateway-provision/provisioned").exists()
+    assert "not provisioned yet" in journal("battery-gateway-firstboot.service")
+    assert not active("battery-gateway.service"), "the daemon must wait for a config"
+    (VMTEST_STATE / "device").write_text(device)
+    return f"device {device}: key 0600 battery-gateway and CSR made, not provisioned, the daemon waits"
+
+
 @scenario("first-boot-provisions-once", "battery-gateway-firstboot.service", "battery-gateway.service")
 def first_boot() -> str:
     wait_for(lambda: (STATE / "device.txt").exists() and Path("/etc/battery-gateway/gateway.toml").exists(), 300,
              "first boot to install the config")
-    device = next(line.split(": ")[1] for line in (STATE / "device.txt").read_text().splitlines()
-                  if line.startswith("device id: "))
-    facts["device"] = device
-    key = (STATE / "device-key.pem").stat()
-    assert stat.S_IMODE(key.st_mode) == 0o600 and pwd.getpwuid(key.st_uid).pw_name == "battery-gateway", key
-    csr = (BOOT / "battery-gateway" / f"{device}.csr").read_text()
-    assert "BEGIN CERTIFICATE REQUEST" in csr
-    assert f'id = "{device}"' in Path("/etc/battery-gateway/gateway.toml").read_text()
+    device = facts["device"] = device_id()
+    earlier = VMTEST_STATE / "device"
+    assert not earlier.exists() or earlier.read_text() == device, "the device identity changed between boots"
+    # what the daemon reads is the service user's, even after systemd gave the directory to root for this unit
+    for name in ("device-key.pem", "tls-key.pem"):
+        assert owner_and_mode(STATE / name) == ("battery-gateway", 0o600), name
+    assert owner_and_mode(STATE)[0] == "battery-gateway"
+    assert "BEGIN CERTIFICATE REQUEST" in (BOOT / "battery-gateway" / f"{device}.csr").read_text()
+    installed = Path("/etc/battery-gateway/gateway.toml").read_text()
+    assert f'id = "{device}"' in installed
     assert (BOOT / "battery-gateway.toml.applied").exists()
     assert Path("/var/lib/battery-gateway-provision/provisioned").exists()
     result = sh("systemctl", "show", "-p", "Result", "--value", "battery-gateway-firstboot.service").strip()
     assert result == "success", result
     wait_for(lambda: active("battery-gateway.service"), 120, "the daemon to start after provisioning")
-    return f"device {device}: key 0600 battery-gateway, CSR on the boot partition, config checked and installed"
+    # once: a config someone puts on the boot partition later is never read (the unit does not even start)
+    planted = BOOT / "battery-gateway.toml"
+    planted.write_text(installed.replace("127.0.0.1:8080", "evil.example"))
+    try:
+        sh("systemctl", "restart", "battery-gateway-firstboot.service")
+        condition = sh("systemctl", "show", "-p", "ConditionResult", "--value", "battery-gateway-firstboot.service")
+        assert condition.strip() == "no", condition
+        assert Path("/etc/battery-gateway/gateway.toml").read_text() == installed and planted.exists()
+    finally:
+        planted.unlink()
+    boots = "second boot" if earlier.exists() else "first boot"
+    return (f"device {device} provisioned at its {boots}: keys 0600 battery-gateway, config checked and installed, "
+            "the daemon started; a later config on the boot partition is not read")
 
 
 @scenario("daemon-on-socketcan", "battery-gateway.service", "vm-ecu.service")
@@ -164,10 +205,10 @@ def sigkill() -> str:
 
 @scenario("watchdog-restarts-a-hung-loop", "battery-gateway.service")
 def watchdog() -> str:
-    before = restarts()
+    before, fired = restarts(), journal("battery-gateway.service").count("Watchdog timeout")
     sh("systemctl", "kill", "-s", "STOP", "--kill-who=main", "battery-gateway.service")
     wait_for(lambda: restarts() > before and active("battery-gateway.service"), 150, "the watchdog to restart it")
-    assert "Watchdog timeout" in journal("battery-gateway.service")
+    assert journal("battery-gateway.service").count("Watchdog timeout") == fired + 1
     return f"WatchdogSec fired on the stopped main loop; restarted (NRestarts {restarts()})"
 
 
@@ -178,13 +219,16 @@ def isotp() -> str:
     got = json.loads(sh("/opt/battery-gateway/current/bin/python", str(PAYLOAD / "isotp_check.py"), "vcan1",
                         timeout=300))
     expected = {"none": ("ok", "6101"), "drop": ("error", "isotp_sequence"), "dup": ("error", "isotp_sequence"),
-                "silent": ("timeout", ""), "nrc": ("ok", "7f2112")}
+                "silent": ("timeout", ""), "nrc": ("ok", "7f2112"), "pending": ("ok", "6101")}
+    flow_control = got.pop("bystander")
+    assert flow_control == 1, f"{flow_control} flow-control frames for another tester's poll: ours answered too"
     for transport, outcomes in got.items():
         for fault, (kind, start) in expected.items():
             outcome = outcomes[fault]
             assert outcome[0] == kind and outcome[-1].startswith(start), (transport, fault, outcome)
     ok = got["kernel"]["none"][1]
-    return f"kernel and user space alike: 43-byte group 0x01 ({len(ok) // 2} B), dropped/duplicated CF, silence, NRC"
+    return (f"kernel and user space alike: group 0x01 ({len(ok) // 2} B), dropped/duplicated CF, silence, NRC, "
+            "response pending; an idle kernel client keeps quiet while another tester polls")
 
 
 def _ota_notice(device: str) -> dict[str, object]:
@@ -294,9 +338,13 @@ def rss_mb(unit: str) -> float:
 
 
 def main() -> None:
-    print(f"VMTEST START uptime {Path('/proc/uptime').read_text().split()[0]} s", flush=True)
-    wanted = (PAYLOAD / "scenarios").read_text().split() or list(SCENARIOS)  # the host's choice for this VM
-    for name in wanted:
+    VMTEST_STATE.mkdir(exist_ok=True)
+    boot_file = VMTEST_STATE / "boots"
+    n = int(boot_file.read_text()) + 1 if boot_file.exists() else 1
+    boot_file.write_text(str(n))
+    plan = (PAYLOAD / "scenarios").read_text().splitlines()  # the host's plan: a line of scenarios a boot
+    print(f"VMTEST START boot {n}, uptime {Path('/proc/uptime').read_text().split()[0]} s", flush=True)
+    for name in plan[n - 1].split() if n <= len(plan) else ():
         SCENARIOS[name]()
     print("VMTEST END", flush=True)
 
