@@ -79,7 +79,7 @@ class Subscriber:
         props.SessionExpiryInterval = 3600
         self.client.connect("127.0.0.1", port, clean_start=False, properties=props)
         self.client.loop_start()
-        assert ready.wait(5)
+        assert ready.wait(30), "no SUBACK from the test broker"
 
     def collect(self, predicate: Any, timeout_s: float) -> list[tuple[str, bytes, Any]]:
         got: list[tuple[str, bytes, Any]] = []

@@ -24,6 +24,7 @@ from gateway.sim.broker import LocalBroker
 from gateway.sim.demo import ecu_bus
 from gateway.sim.ecu import LbcResponder, run_ecu
 from tests.conftest import SCHEMA
+from tests.rig import wait_for
 
 GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"
 RATED = {"ze0": (24.0, 66.0), "aze0": (30.0, 79.0), "ze1": (62.0, 176.0)}
@@ -154,16 +155,17 @@ def test_certificate_is_published_when_a_broker_answers(tmp_path: Path, broker: 
     got: list[bytes] = []
     sub = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, protocol=mqtt.MQTTv5)
     sub.on_message = lambda c, u, msg: got.append(msg.payload)
+    subscribed = threading.Event()
+    sub.on_subscribe = lambda *a: subscribed.set()
     sub.connect("127.0.0.1", broker.port)
     sub.subscribe("bp/v1/gw-bay-1/certificate", qos=1)
     sub.loop_start()
     battery = LeafBattery(generation="aze0")
     ecu = Ecu(port, battery, LbcResponder(battery))
     try:
+        assert subscribed.wait(30), "no SUBACK from the test broker"  # else the certificate could pass us by
         out = inspect(config, tmp_path / "out")
-        deadline = time.monotonic() + 5
-        while not got and time.monotonic() < deadline:
-            time.sleep(0.05)
+        wait_for(lambda: got or out.returncode, 30, "the published certificate")
     finally:
         ecu.close()
         sub.loop_stop()
