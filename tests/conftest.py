@@ -47,7 +47,8 @@ def broker() -> Iterator[LocalBroker]:
 
 
 # One seed per session for every random generator of the tests (python's `random`, and hypothesis through
-# its own --hypothesis-seed): printed in the header, and BGW_TEST_SEED=N repeats a run exactly.
+# its own --hypothesis-seed): printed in the header and again after the results (`make test` runs pytest -q,
+# which has no header), and BGW_TEST_SEED=N repeats a run exactly.
 SEED = int(os.environ.get("BGW_TEST_SEED") or random.SystemRandom().randrange(1 << 31))
 
 
@@ -59,6 +60,10 @@ def pytest_configure(config: pytest.Config) -> None:
 
 def pytest_report_header() -> str:
     return f"random seed: {SEED} (repeat with BGW_TEST_SEED={SEED})"
+
+
+def pytest_terminal_summary(terminalreporter: pytest.TerminalReporter) -> None:
+    terminalreporter.write_line(pytest_report_header())
 
 
 @pytest.fixture(autouse=True)
