@@ -339,7 +339,7 @@ def bench_delivery(count: int = 86_400) -> None:
         raw_s = time.perf_counter() - t
         raw.loop_stop()
         raw.disconnect()
-        publisher = PahoPublisher(host="127.0.0.1", port=broker.port, device_id="gw-bench", topic_prefix="bp/v1",
+        publisher = PahoPublisher(hosts=[("127.0.0.1", broker.port)], device_id="gw-bench", topic_prefix="bp/v1",
                                   sw="bench", max_inflight=100)
         publisher.connected.wait(5)
         forwarder = Forwarder(store, publisher, window=100)

@@ -6,8 +6,17 @@ paho calls the ``_on_*`` callbacks on that thread while holding its own lock: th
 and put acknowledgements and commands on queues (paho issues #354/#346). ``publish`` is called from
 the main loop and never waits for the network.
 
-Session: ``clean_start`` false with a session expiry, so subscriptions and QoS 1 messages in flight
-survive a reconnect; the number of messages in flight is bounded (``max_inflight``).
+Session: ``clean_start`` false with a session expiry (MQTT 3.1.1: ``clean_session`` false, the broker
+decides the expiry), so subscriptions and QoS 1 messages in flight survive a reconnect; the number of
+messages in flight is bounded (``max_inflight``).
+
+Brokers: an ordered list. A connection that ends before its CONNACK (unreachable, refused) moves on to the
+next broker after the backoff; while connected to a later one, the first is probed every
+``max_backoff_s`` and taken back when it accepts connections.
+
+MQTT 3.1.1 carries no properties: no content type (the topic says what a payload is), no session expiry,
+no reason code in a PUBACK (a broker that drops a publish it may not accept still acknowledges it; the
+backend sees the gap in ``seq``).
 """
 
 from __future__ import annotations
@@ -21,6 +30,7 @@ import socket
 import ssl
 import threading
 import time
+from collections.abc import Sequence
 from typing import Any
 
 import paho.mqtt.client as mqtt
@@ -78,8 +88,12 @@ def _props(packet: int, **values: Any) -> Properties:
     return props
 
 
-def _client(client_id: str, tls_files: tuple[str, str, str] | None) -> mqtt.Client:
-    c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it
+def _client(client_id: str, tls_files: tuple[str, str, str] | None, protocol: str = "5") -> mqtt.Client:
+    if protocol == "5":
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it
+    else:  # 3.1.1: the persistent session is asked for here, not in CONNECT's clean_start
+        c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,  # type: ignore[attr-defined]
+                        clean_session=False)
     if tls_files is not None:
         ca, cert, key = tls_files
         try:
@@ -92,17 +106,24 @@ def _client(client_id: str, tls_files: tuple[str, str, str] | None) -> mqtt.Clie
 class PahoPublisher:
     """Publishes signed envelopes under ``{prefix}/{device_id}/`` with QoS 1; receives ``cmd/#``."""
 
-    def __init__(self, *, host: str, port: int, device_id: str, topic_prefix: str, sw: str,
-                 keepalive_s: int = 60, max_inflight: int = 100, session_expiry_s: int = 3600,
+    def __init__(self, *, hosts: Sequence[tuple[str, int]], device_id: str, topic_prefix: str, sw: str,
+                 protocol: str = "5", keepalive_s: int = 60, max_inflight: int = 100, session_expiry_s: int = 3600,
                  tls_files: tuple[str, str, str] | None = None, min_backoff_s: float = 1.0,
                  max_backoff_s: float = 60.0) -> None:
         """Configure the client and start the network thread (it connects in the background).
+
+        Args:
+            hosts: the brokers, (host, port), in order of preference.
+            protocol: "5" or "3.1.1".
 
         Raises:
             PublishError: the TLS files cannot be loaded.
         """
         self.base = f"{topic_prefix}/{device_id}"
-        self.host, self.port, self.keepalive_s = host, port, keepalive_s
+        self.hosts, self.keepalive_s = list(hosts), keepalive_s
+        self._at = 0  # index in hosts of the broker in use or being tried (network thread)
+        self._session_up = False  # a CONNACK arrived on the current connection (network thread)
+        self._v5 = protocol == "5"
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
         self.connected = threading.Event()
         self._acks: queue.SimpleQueue[tuple[int, int, str]] = queue.SimpleQueue()
@@ -114,18 +135,23 @@ class PahoPublisher:
         self._refused_logged = False
         self.failed = ""  # why the network thread stopped (set on that thread): the daemon exits, systemd restarts
         self.dropped: dict[str, int] = {"retained": 0, "queue_full": 0}  # commands not handed on (network thread)
-        c = _client(device_id, tls_files)
+        c = _client(device_id, tls_files, protocol)
         c.username_pw_set(device_id)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)  # unbounded in paho: the outbox decides what is sent when
         c.will_set(f"{self.base}/status", self._status("offline", "connection lost"), qos=1, retain=True,
-                   properties=_props(PacketTypes.WILLMESSAGE, ContentType=JSON_CONTENT_TYPE))
+                   properties=self._props(PacketTypes.WILLMESSAGE, ContentType=JSON_CONTENT_TYPE))
         c.on_connect, c.on_disconnect = self._on_connect, self._on_disconnect
         c.on_publish, c.on_message = self._on_publish, self._on_message
         self._client = c
         self._thread = threading.Thread(target=self._network, name="mqtt-network", daemon=True)
         self._thread.start()
-        log.info("MQTT connecting to %s:%d as %s", host, port, device_id)
+        log.info("MQTT %s connecting to %s as %s", "5" if self._v5 else "3.1.1",
+                 ", ".join(f"{h}:{p}" for h, p in self.hosts), device_id)
+
+    def _props(self, packet: int, **values: Any) -> Properties | None:
+        """MQTT 5 properties; None with 3.1.1, which has none."""
+        return _props(packet, **values) if self._v5 else None
 
     def _status(self, state: str, reason: str = "") -> bytes:
         body = {"state": state, "dev": self._device_id, "sw": self._sw, "ts": round(time.time() * 1000)}
@@ -144,36 +170,57 @@ class PahoPublisher:
 
     def _run_network(self) -> None:
         delay = self._backoff[0]
-        first = True
+        probe_at = 0.0  # when to look whether the first broker is back (while on a later one)
         while not self._stop.is_set():
             if not self._attached:
-                if not self._connect(first):
+                if not self._connect():
+                    self._next_host()
                     # full jitter: anywhere up to ``delay``, which doubles up to the maximum
                     self._stop.wait(random.uniform(0.1, delay))
                     delay = min(delay * 2, self._backoff[1])
                     continue
-                first, self._attached = False, True
+                self._attached, self._session_up = True, False
+                probe_at = time.monotonic() + self._backoff[1]
             rc = self._client.loop(timeout=0.1)
             if rc != mqtt.MQTT_ERR_SUCCESS:
-                self._attached = False  # connection lost: reconnect after a jittered pause
-                self.connected.clear()
+                self._detach()  # connection lost: reconnect after a jittered pause
                 self._stop.wait(random.uniform(0.1, delay))
                 delay = min(delay * 2, self._backoff[1])
             elif self.connected.is_set():
                 delay = self._backoff[0]
+                if self._at and time.monotonic() >= probe_at:
+                    probe_at = time.monotonic() + self._backoff[1]
+                    if port_open(*self.hosts[0]):
+                        log.info("MQTT broker %s:%d answers again: moving back to it", *self.hosts[0])
+                        self._at = 0
+                        self.connected.clear()  # a planned disconnect: no warning
+                        self._client.disconnect()  # the next pass connects to hosts[0]
 
-    def _connect(self, first: bool) -> bool:
-        props = _props(PacketTypes.CONNECT, SessionExpiryInterval=self._session_expiry_s)
+    def _connect(self) -> bool:
+        host, port = self.hosts[self._at]
         try:
-            if first:
-                self._client.connect(self.host, self.port, keepalive=self.keepalive_s, clean_start=False,
-                                     properties=props)
+            if self._v5:
+                self._client.connect(host, port, keepalive=self.keepalive_s, clean_start=False,
+                                     properties=_props(PacketTypes.CONNECT,
+                                                       SessionExpiryInterval=self._session_expiry_s))
             else:
-                self._client.reconnect()
+                self._client.connect(host, port, keepalive=self.keepalive_s)
             return True
         except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
-            log.debug("MQTT connect to %s:%d failed: %s", self.host, self.port, exc)
+            log.debug("MQTT connect to %s:%d failed: %s", host, port, exc)
             return False
+
+    def _next_host(self) -> None:
+        if len(self.hosts) > 1:
+            self._at = (self._at + 1) % len(self.hosts)
+            log.debug("MQTT trying %s:%d next", *self.hosts[self._at])
+
+    def _detach(self) -> None:
+        """The connection ended (network thread). One that never got its CONNACK moves on to the next broker."""
+        if self._attached and not self._session_up:
+            self._next_host()
+        self._attached = False
+        self.connected.clear()
 
     # -- paho's callbacks (our network thread, paho's lock held): record and hand off only ----------
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
@@ -182,17 +229,17 @@ class PahoPublisher:
                 self._refused_logged = True
                 log.error("MQTT broker refused the connection: %s", reason)
             return
-        log.info("MQTT connected to %s:%d", self.host, self.port)
+        self._session_up = True
+        log.info("MQTT connected to %s:%d", *self.hosts[self._at])
         client.publish(f"{self.base}/status", self._status("online"), qos=1, retain=True,
-                       properties=_props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
+                       properties=self._props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
         client.subscribe(f"{self.base}/cmd/#", qos=1)
         self.connected.set()
 
     def _on_disconnect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if self.connected.is_set() and not self._stop.is_set():
             log.warning("MQTT disconnected (%s); reconnecting with backoff", reason)
-        self.connected.clear()
-        self._attached = False
+        self._detach()
 
     def _on_publish(self, client: mqtt.Client, userdata: Any, mid: int, reason: Any, props: Any) -> None:
         self._acks.put((mid, int(reason.value), str(reason)))
@@ -223,7 +270,7 @@ class PahoPublisher:
         if not self.connected.is_set():
             return None
         info = self._client.publish(f"{self.base}/{message.topic}", message.payload, qos=1, retain=message.retain,
-                                    properties=_props(PacketTypes.PUBLISH, ContentType=COSE_CONTENT_TYPE))
+                                    properties=self._props(PacketTypes.PUBLISH, ContentType=COSE_CONTENT_TYPE))
         if info.rc not in (mqtt.MQTT_ERR_SUCCESS, mqtt.MQTT_ERR_NO_CONN):
             return None
         return int(info.mid)
@@ -233,7 +280,7 @@ class PahoPublisher:
         if not self.connected.is_set():
             return False
         info = self._client.publish(f"{self.base}/{subtopic}", body, qos=1, retain=True,
-                                    properties=_props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
+                                    properties=self._props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))
         return info.rc == mqtt.MQTT_ERR_SUCCESS
 
     def take_acks(self) -> list[tuple[int, int, str]]:
@@ -249,8 +296,8 @@ class PahoPublisher:
         """Say offline (retained), disconnect, and stop the network thread."""
         if self.connected.is_set():
             info = self._client.publish(f"{self.base}/status", self._status("offline", "shutdown"), qos=1,
-                                        retain=True, properties=_props(PacketTypes.PUBLISH,
-                                                                       ContentType=JSON_CONTENT_TYPE))
+                                        retain=True, properties=self._props(PacketTypes.PUBLISH,
+                                                                            ContentType=JSON_CONTENT_TYPE))
             deadline = time.monotonic() + timeout_s
             while not info.is_published() and time.monotonic() < deadline and self._thread.is_alive():
                 time.sleep(0.02)

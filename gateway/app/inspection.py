@@ -219,13 +219,14 @@ def _publish_certificate(config: Config, store: SqliteOutbox, progress: Callable
     """Send the outbox (the certificate and anything older) while a broker answers; what is not
     acknowledged stays in the outbox for the daemon."""
     m = config.mqtt
-    if not port_open(m.host, m.port, timeout_s=1.0):
-        progress(f"broker {m.host}:{m.port} not reachable: the certificate waits in the outbox")
+    where = ", ".join(f"{h}:{p}" for h, p in m.endpoints())
+    if not any(port_open(h, p, timeout_s=1.0) for h, p in m.endpoints()):
+        progress(f"broker {where} not reachable: the certificate waits in the outbox")
         return False
     publisher = open_uplink(config)
     try:
-        if not publisher.connected.wait(3.0):
-            progress(f"broker {m.host}:{m.port} did not accept the connection: the certificate waits in the outbox")
+        if not publisher.connected.wait(3.0 * len(m.endpoints())):
+            progress(f"broker {where} did not accept the connection: the certificate waits in the outbox")
             return False
         drain(Forwarder(store, publisher, window=m.max_inflight), timeout_s=5.0)
         ok = store.count() == 0

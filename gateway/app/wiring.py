@@ -185,8 +185,8 @@ def open_uplink(config: Config) -> PahoPublisher:
     """
     m = config.mqtt
     tls = (m.ca_file, m.cert_file, m.key_file) if m.tls else None
-    return PahoPublisher(host=m.host, port=m.port, device_id=config.device.id, topic_prefix=m.topic_prefix,
-                         sw=SW, keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
+    return PahoPublisher(hosts=m.endpoints(), protocol=m.protocol, device_id=config.device.id,
+                         topic_prefix=m.topic_prefix, sw=SW, keepalive_s=m.keepalive_s, max_inflight=m.max_inflight,
                          session_expiry_s=m.session_expiry_s, tls_files=tls, max_backoff_s=m.max_backoff_s)
 
 

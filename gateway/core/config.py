@@ -55,6 +55,12 @@ class MqttConfig:
     max_inflight: int
     session_expiry_s: int
     max_backoff_s: float
+    protocol: str
+    hosts: list[str]
+
+    def endpoints(self) -> list[tuple[str, int]]:
+        """The brokers in order of preference: ``hosts`` when set, else ``host``:``port``."""
+        return [_host_port(h, self.port) for h in self.hosts] or [(self.host, self.port)]
 
 
 @dataclass(frozen=True, slots=True)
@@ -153,6 +159,26 @@ def _topic_prefix(v: Any) -> str | None:
     return None
 
 
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252})(?::([0-9]{1,5}))?")
+
+
+def _host_port(text: str, default_port: int) -> tuple[str, int]:
+    """``HOST``, ``HOST:PORT`` or ``[IPv6]:PORT`` (already checked by ``_hosts``) -> (host, port)."""
+    m = _HOST_PORT.fullmatch(text)
+    assert m is not None
+    return m[1].strip("[]"), int(m[2]) if m[2] else default_port
+
+
+def _hosts(v: Any) -> str | None:
+    if not isinstance(v, list) or len(v) > 16:
+        return 'expected a list of up to 16 "HOST:PORT" strings'
+    for item in v:
+        m = _HOST_PORT.fullmatch(item) if isinstance(item, str) else None
+        if m is None or not 1 <= int(m[2] or 1) <= 65535:
+            return f'expected "HOST:PORT" (or "[IPv6]:PORT"; without a port, mqtt.port), got {item!r}'[:160]
+    return None
+
+
 def _bool(v: Any) -> str | None:
     return None if isinstance(v, bool) else f"expected true or false, got {v!r}"
 
@@ -205,7 +231,13 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
         "max_backoff_s": (60.0, _num(1.0, 3600.0), "s",
                           "longest pause between reconnect attempts (exponential, full jitter, from 1 s)"),
         "session_expiry_s": (3600, _num(0, 30 * 86400, integer=True), "s",
-                             "the broker keeps the session (subscriptions, messages in flight) this long"),
+                             "the broker keeps the session (subscriptions, messages in flight) this long "
+                             "(MQTT 5; with 3.1.1 the broker decides)"),
+        "protocol": ("5", lambda v: None if v in ("5", "3.1.1") else f'expected "5" or "3.1.1" (a string), got {v!r}',
+                     "",
+                     'MQTT version: "5", or "3.1.1" for brokers without MQTT 5 (NATS, Azure IoT Hub)'),
+        "hosts": ([], _hosts, "", 'ordered "HOST:PORT" list of brokers; replaces host and port; the first that '
+                                  "answers is used, and the gateway moves back to an earlier one when it returns"),
     },
     "publish": {
         "reading_interval_s": (60.0, _num(0.1, 86400.0), "s", "one signed reading this often"),
@@ -314,7 +346,7 @@ def render_toml(config: Config) -> str:
             if value is None:
                 value = 0.0
             text = ("true" if value else "false") if isinstance(value, bool) else \
-                json.dumps(value) if isinstance(value, str) else repr(value)
+                json.dumps(value) if isinstance(value, str | list) else repr(value)
             lines.append(f"{f.name} = {text}" + (f"  # {unit}" if unit and unit != "path" else ""))
         lines.append("")
     return "\n".join(lines)

@@ -115,7 +115,7 @@ def test_a_retained_command_is_never_acted_on(rig: Rig, broker: LocalBroker, sub
 def test_a_flood_of_commands_fills_a_bounded_queue_and_says_so_once(broker: LocalBroker,
                                                                     caplog: pytest.LogCaptureFixture) -> None:
     # GIVEN the uplink of a daemon whose main loop does not take commands (it is busy)
-    publisher = PahoPublisher(host="127.0.0.1", port=broker.port, device_id="gw-flood", topic_prefix="bp/v1", sw="t")
+    publisher = PahoPublisher(hosts=[("127.0.0.1", broker.port)], device_id="gw-flood", topic_prefix="bp/v1", sw="t")
     c = _client(broker)
     try:
         wait_for(publisher.connected.is_set, 10, "the uplink to connect")
@@ -137,7 +137,7 @@ def test_a_flood_of_commands_fills_a_bounded_queue_and_says_so_once(broker: Loca
 
 def test_an_exception_in_the_network_thread_is_not_a_silent_offline_daemon(broker: LocalBroker) -> None:
     # GIVEN a client id paho cannot even encode (65,536 bytes: struct.error in CONNECT)
-    publisher = PahoPublisher(host="127.0.0.1", port=broker.port, device_id="x" * 65536, topic_prefix="bp/v1",
+    publisher = PahoPublisher(hosts=[("127.0.0.1", broker.port)], device_id="x" * 65536, topic_prefix="bp/v1",
                               sw="t")
     try:
         # THEN the thread says why it stopped, for the daemon to exit and systemd to restart it

@@ -61,7 +61,8 @@ def test_file_errors_name_the_file(tmp_path: Path) -> None:
 
 
 def test_rendered_config_parses_back_to_the_same(tmp_path: Path) -> None:
-    c = parse_config({**MINIMAL, "vehicle": {"rated_capacity_ah": 176.0}, "mqtt": {"host": 'a"b'}})
+    c = parse_config({**MINIMAL, "vehicle": {"rated_capacity_ah": 176.0},
+                      "mqtt": {"host": 'a"b', "protocol": "3.1.1", "hosts": ["a:1", "[::1]:8883", "b"]}})
     again = parse_config(tomllib.loads(render_toml(c)))
     assert again == c
 
@@ -70,3 +71,25 @@ def test_docs_config_md_lists_every_key() -> None:
     text = (REPO / "docs" / "config.md").read_text()
     missing = [f"{s}.{k}" for s, keys in SCHEMA.items() for k in keys if f"`{s}.{k}`" not in text]
     assert not missing, f"docs/config.md does not document {missing}"
+
+
+def test_brokers_are_hosts_in_order_else_host_and_port() -> None:
+    assert parse_config(MINIMAL).mqtt.endpoints() == [("127.0.0.1", 1883)]
+    m = parse_config({**MINIMAL, "mqtt": {"port": 8883, "hosts": ["a.example:1884", "[fd00::1]:8884", "b"]}}).mqtt
+    assert m.endpoints() == [("a.example", 1884), ("fd00::1", 8884), ("b", 8883)]
+
+
+@pytest.mark.parametrize(("mqtt", "says"), [
+    ({"hosts": "a:1883"}, 'mqtt.hosts: expected a list of up to 16 "HOST:PORT" strings'),
+    ({"hosts": ["a:0"]}, "got 'a:0'"),
+    ({"hosts": ["a:65536"]}, "got 'a:65536'"),
+    ({"hosts": ["+:1883"]}, "got '+:1883'"),
+    ({"hosts": ["a b:1883"]}, "got 'a b:1883'"),
+    ({"hosts": [1883]}, "got 1883"),
+    ({"protocol": 5}, 'mqtt.protocol: expected "5" or "3.1.1" (a string), got 5'),
+    ({"protocol": "3.1"}, "got '3.1'"),
+])
+def test_a_bad_broker_list_or_protocol_is_named(mqtt: dict[str, object], says: str) -> None:
+    with pytest.raises(ConfigError) as err:
+        parse_config({**MINIMAL, "mqtt": mqtt})
+    assert says in str(err.value) and str(err.value).count("\n") == 0

@@ -1,0 +1,88 @@
+"""The uplink on MQTT 3.1.1 and over an ordered list of brokers, with the real daemon and real mosquittos.
+
+3.1.1 (for NATS, Azure IoT Hub, older brokers): the same signed readings arrive, without MQTT 5
+properties, and the outbox still deletes only what the broker acknowledged. ``mqtt.hosts``: a broker that
+goes away is replaced by the next one in the list, the first is taken back when it returns, and the
+device's chain reaches the backend without a gap across the three connections.
+"""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+
+from gateway.sim.battery import LeafBattery
+from gateway.sim.broker import LocalBroker
+from tests.rig import (
+    Car,
+    Rig,
+    Subscriber,
+    count,
+    daemon_log,
+    outbox_rows,
+    signed,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+)
+
+pytestmark = [pytest.mark.broker, pytest.mark.slow]
+
+
+def _set_mqtt(rig: Rig, lines: str) -> None:
+    text = rig.config.read_text()
+    rig.config.write_text(text.replace("[mqtt]\n", f"[mqtt]\n{lines}\n", 1))
+
+
+def test_on_mqtt_3_1_1_the_signed_readings_arrive_and_the_outbox_waits_for_acks(
+        rig: Rig, sub: Subscriber, broker: LocalBroker) -> None:
+    _set_mqtt(rig, 'protocol = "3.1.1"')
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
+    try:
+        daemon = start_daemon(rig)
+        got = sub.collect(count("reading", 3), 30)
+        assert stop_daemon(daemon) == 0
+    finally:
+        car.close()
+    got += sub.drain()
+    readings = [(t, p, props) for t, p, props in got if t == "reading"]
+    assert len(signed(rig, readings)) >= 3  # the same COSE envelopes, verified
+    # mosquitto logs the protocol level: p2 is 3.1.1, c0 a persistent session
+    assert f"as {rig.device} (p2, c0," in broker.log_path.read_text(errors="replace")
+    assert not any(hasattr(props, "ContentType") for _, _, props in readings)  # 3.1.1 has no properties
+    assert outbox_rows(rig) == 0  # every message was acknowledged before it left the outbox
+    assert "MQTT 3.1.1 connecting to" in daemon_log(rig)
+
+
+def test_a_broker_that_dies_is_replaced_by_the_next_and_taken_back_when_it_returns(tmp_path: Path, rig: Rig) -> None:
+    first = LocalBroker(persistent=True).start()  # persistent: the backend's session on it survives its restart
+    second = LocalBroker(persistent=True).start()
+    subs = [Subscriber(first.port, rig.device), Subscriber(second.port, rig.device)]
+    _set_mqtt(rig, f'hosts = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nmax_backoff_s = 2')
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=120)
+    got: list[list[tuple[str, bytes, object]]] = [[], []]
+    try:
+        daemon = start_daemon(rig)
+        got[0] += subs[0].collect(count("reading", 2), 30)
+        first.halt()
+        got[1] += subs[1].collect(count("reading", 2), 60)  # failed over
+        seen = max(body["seq"] for body, _ in signed(rig, got[0] + got[1]))
+        first.start()
+        wait_for(lambda: "answers again: moving back to it" in daemon_log(rig), 60, "the move back to the first broker")
+        got[0] += subs[0].collect(lambda g: any(b["seq"] > seen for b, _ in signed(rig, g)), 60)
+        assert stop_daemon(daemon) == 0
+        got[0] += subs[0].drain()
+        got[1] += subs[1].drain()
+    finally:
+        car.close()
+        for s in subs:
+            s.close()
+        first.stop()
+        second.stop()
+    seqs = {body["seq"] for body, _ in signed(rig, got[0] + got[1])}
+    assert seqs == set(range(1, max(seqs) + 1)), sorted(set(range(1, max(seqs) + 1)) - seqs)  # no gap
+    assert max(seqs) > seen and outbox_rows(rig) == 0
+    log = daemon_log(rig)
+    assert log.count(f"MQTT connected to 127.0.0.1:{second.port}") >= 1
+    assert log.count(f"MQTT connected to 127.0.0.1:{first.port}") >= 2
