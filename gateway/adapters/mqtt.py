@@ -10,9 +10,10 @@ Session: ``clean_start`` false with a session expiry (MQTT 3.1.1: ``clean_sessio
 decides the expiry), so subscriptions and QoS 1 messages in flight survive a reconnect; the number of
 messages in flight is bounded (``max_inflight``).
 
-Brokers: an ordered list. A connection that ends before its CONNACK (unreachable, refused) moves on to the
-next broker after the backoff; while connected to a later one, the first is probed every
-``max_backoff_s`` and taken back when it accepts connections.
+Brokers: an ordered list. A connection that ends before its CONNACK (unreachable, refused, silent for
+``CONNACK_TIMEOUT_S``) or soon after it moves on to the next broker after the backoff; while connected to
+a later one, the first is probed every ``max_backoff_s`` and taken back when it accepts connections (a
+move back that gives no session doubles that interval, up to 16 times).
 
 MQTT 3.1.1 carries no properties: no content type (the topic says what a payload is), no session expiry,
 no reason code in a PUBACK (a broker that drops a publish it may not accept still acknowledges it; the
@@ -46,6 +47,8 @@ __all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber", "check_tls_fi
 log = logging.getLogger(__name__)
 
 COSE_CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
+CONNACK_TIMEOUT_S = 10.0  # a broker that takes the connection and never answers is left after this
+SHORT_SESSION_S = 10.0  # a session that ends sooner moves on to the next broker (one that throttles or refuses)
 JSON_CONTENT_TYPE = "application/json"
 
 
@@ -77,7 +80,7 @@ def port_open(host: str, port: int, timeout_s: float = 0.3) -> bool:
     try:
         with socket.create_connection((host, port), timeout=timeout_s):
             return True
-    except OSError:
+    except (OSError, ValueError):  # ValueError: a name the resolver cannot encode
         return False
 
 
@@ -123,6 +126,10 @@ class PahoPublisher:
         self.hosts, self.keepalive_s = list(hosts), keepalive_s
         self._at = 0  # index in hosts of the broker in use or being tried (network thread)
         self._session_up = False  # a CONNACK arrived on the current connection (network thread)
+        self._up_since = 0.0  # when it arrived
+        self._moving: tuple[mqtt.MQTTMessageInfo, float] | None = None  # a move back under way: its status, deadline
+        self._failing_back = False  # the current connection attempt is a move back to hosts[0]
+        self._probe_every = max_backoff_s  # how often a later broker looks whether the first is back
         self._v5 = protocol == "5"
         self.commands: queue.Queue[tuple[str, bytes]] = queue.Queue(maxsize=100)
         self.connected = threading.Event()
@@ -170,7 +177,7 @@ class PahoPublisher:
 
     def _run_network(self) -> None:
         delay = self._backoff[0]
-        probe_at = 0.0  # when to look whether the first broker is back (while on a later one)
+        attached_at = probe_at = 0.0
         while not self._stop.is_set():
             if not self._attached:
                 if not self._connect():
@@ -180,21 +187,41 @@ class PahoPublisher:
                     delay = min(delay * 2, self._backoff[1])
                     continue
                 self._attached, self._session_up = True, False
-                probe_at = time.monotonic() + self._backoff[1]
+                attached_at = time.monotonic()
+                probe_at = attached_at + self._probe_every
             rc = self._client.loop(timeout=0.1)
-            if rc != mqtt.MQTT_ERR_SUCCESS:
-                self._detach()  # connection lost: reconnect after a jittered pause
+            now = time.monotonic()
+            silent = not self._session_up and now - attached_at > CONNACK_TIMEOUT_S
+            if silent:
+                log.warning("MQTT broker %s:%d took the connection but sent no CONNACK in %g s", *self.hosts[self._at],
+                            CONNACK_TIMEOUT_S)
+            if rc != mqtt.MQTT_ERR_SUCCESS or silent:
+                self._detach()  # connection lost (the next connect() closes the socket): retry after a jittered pause
                 self._stop.wait(random.uniform(0.1, delay))
                 delay = min(delay * 2, self._backoff[1])
             elif self.connected.is_set():
                 delay = self._backoff[0]
-                if self._at and time.monotonic() >= probe_at:
-                    probe_at = time.monotonic() + self._backoff[1]
-                    if port_open(*self.hosts[0]):
-                        log.info("MQTT broker %s:%d answers again: moving back to it", *self.hosts[0])
-                        self._at = 0
-                        self.connected.clear()  # a planned disconnect: no warning
-                        self._client.disconnect()  # the next pass connects to hosts[0]
+                if self._failing_back and now - self._up_since >= SHORT_SESSION_S:  # back for good
+                    self._failing_back, self._probe_every = False, self._backoff[1]
+                if self._moving is not None:
+                    if self._moving[0].is_published() or now > self._moving[1]:
+                        self._move_back()
+                elif self._at and now >= probe_at:
+                    probe_at = now + self._probe_every
+                    if port_open(*self.hosts[0], timeout_s=1.0):
+                        self._moving = (self._client.publish(
+                            f"{self.base}/status", self._status("offline", "moved to another broker"), qos=1,
+                            retain=True, properties=self._props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE)),
+                            now + 2.0)
+
+    def _move_back(self) -> None:
+        """Leave a later broker for the first, which accepts connections again (its status says so first)."""
+        log.info("MQTT broker %s:%d answers again: moving back to it", *self.hosts[0])
+        self._moving, self._attached, self._failing_back = None, False, True
+        self.connected.clear()  # a planned disconnect: no warning, and _detach leaves the list alone
+        self._at = 0
+        self._client.disconnect()
+        self._client.loop(timeout=0.1)  # sends the DISCONNECT: the old broker keeps the will to itself
 
     def _connect(self) -> bool:
         host, port = self.hosts[self._at]
@@ -208,6 +235,7 @@ class PahoPublisher:
             return True
         except (OSError, ValueError, mqtt.WebsocketConnectionError) as exc:
             log.debug("MQTT connect to %s:%d failed: %s", host, port, exc)
+            self._failed_back()
             return False
 
     def _next_host(self) -> None:
@@ -215,11 +243,21 @@ class PahoPublisher:
             self._at = (self._at + 1) % len(self.hosts)
             log.debug("MQTT trying %s:%d next", *self.hosts[self._at])
 
+    def _failed_back(self) -> None:
+        """A move back to the first broker gave no session: look again later, and less often each time."""
+        if self._failing_back:
+            self._failing_back = False
+            self._probe_every = min(self._probe_every * 2, 16 * self._backoff[1])
+            log.warning("MQTT broker %s:%d accepts connections but gave no session; next look in %.0f s",
+                        *self.hosts[0], self._probe_every)
+
     def _detach(self) -> None:
-        """The connection ended (network thread). One that never got its CONNACK moves on to the next broker."""
-        if self._attached and not self._session_up:
+        """The connection ended (network thread). One that never got its CONNACK, or lost its session within
+        ``SHORT_SESSION_S``, moves on to the next broker; a longer one is tried again on the same broker first."""
+        if self._attached and (not self._session_up or time.monotonic() - self._up_since < SHORT_SESSION_S):
+            self._failed_back()
             self._next_host()
-        self._attached = False
+        self._attached, self._moving = False, None
         self.connected.clear()
 
     # -- paho's callbacks (our network thread, paho's lock held): record and hand off only ----------
@@ -229,7 +267,7 @@ class PahoPublisher:
                 self._refused_logged = True
                 log.error("MQTT broker refused the connection: %s", reason)
             return
-        self._session_up = True
+        self._session_up, self._up_since = True, time.monotonic()
         log.info("MQTT connected to %s:%d", *self.hosts[self._at])
         client.publish(f"{self.base}/status", self._status("online"), qos=1, retain=True,
                        properties=self._props(PacketTypes.PUBLISH, ContentType=JSON_CONTENT_TYPE))

@@ -225,7 +225,7 @@ def _publish_certificate(config: Config, store: SqliteOutbox, progress: Callable
         return False
     publisher = open_uplink(config)
     try:
-        if not publisher.connected.wait(3.0 * len(m.endpoints())):
+        if not publisher.connected.wait(6.0 * len(m.endpoints())):  # paho's TCP connect gives up after 5 s
             progress(f"broker {where} did not accept the connection: the certificate waits in the outbox")
             return False
         drain(Forwarder(store, publisher, window=m.max_inflight), timeout_s=5.0)

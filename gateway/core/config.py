@@ -7,6 +7,7 @@ and hands the parsed mapping to ``parse_config``. No environment variables, no i
 
 from __future__ import annotations
 
+import ipaddress
 import json
 import math
 import re
@@ -159,7 +160,8 @@ def _topic_prefix(v: Any) -> str | None:
     return None
 
 
-_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9][A-Za-z0-9.-]{0,252})(?::([0-9]{1,5}))?")
+_HOST_PORT = re.compile(r"(\[[0-9A-Fa-f:.]{2,45}\]|[A-Za-z0-9.-]{1,253})(?::([0-9]{1,5}))?")
+_LABEL = re.compile(r"[A-Za-z0-9]([A-Za-z0-9-]{0,61}[A-Za-z0-9])?")
 
 
 def _host_port(text: str, default_port: int) -> tuple[str, int]:
@@ -174,7 +176,15 @@ def _hosts(v: Any) -> str | None:
         return 'expected a list of up to 16 "HOST:PORT" strings'
     for item in v:
         m = _HOST_PORT.fullmatch(item) if isinstance(item, str) else None
-        if m is None or not 1 <= int(m[2] or 1) <= 65535:
+        host = m[1] if m else ""
+        if host.startswith("["):
+            try:
+                ipaddress.IPv6Address(host[1:-1])
+            except ValueError:
+                host = ""
+        elif not all(_LABEL.fullmatch(label) for label in host.split(".")):
+            host = ""
+        if m is None or not host or not 1 <= int(m[2] or 1) <= 65535:
             return f'expected "HOST:PORT" (or "[IPv6]:PORT"; without a port, mqtt.port), got {item!r}'[:160]
     return None
 
@@ -235,9 +245,9 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
                              "(MQTT 5; with 3.1.1 the broker decides)"),
         "protocol": ("5", lambda v: None if v in ("5", "3.1.1") else f'expected "5" or "3.1.1" (a string), got {v!r}',
                      "",
-                     'MQTT version: "5", or "3.1.1" for brokers without MQTT 5 (NATS, Azure IoT Hub)'),
+                     'MQTT version: "5", or "3.1.1" for brokers without MQTT 5 (NATS, older brokers)'),
         "hosts": ([], _hosts, "", 'ordered "HOST:PORT" list of brokers; replaces host and port; the first that '
-                                  "answers is used, and the gateway moves back to an earlier one when it returns"),
+                                  "answers is used, and the gateway moves back to the first when it returns"),
     },
     "publish": {
         "reading_interval_s": (60.0, _num(0.1, 86400.0), "s", "one signed reading this often"),

@@ -8,6 +8,8 @@ device's chain reaches the backend without a gap across the three connections.
 
 from __future__ import annotations
 
+import json
+import socket
 from pathlib import Path
 
 import pytest
@@ -65,8 +67,10 @@ def test_a_broker_that_dies_is_replaced_by_the_next_and_taken_back_when_it_retur
     try:
         daemon = start_daemon(rig)
         got[0] += subs[0].collect(count("reading", 2), 30)
+        assert count("reading", 2)(got[0])
         first.halt()
         got[1] += subs[1].collect(count("reading", 2), 60)  # failed over
+        assert count("reading", 2)(got[1])
         seen = max(body["seq"] for body, _ in signed(rig, got[0] + got[1]))
         first.start()
         wait_for(lambda: "answers again: moving back to it" in daemon_log(rig), 60, "the move back to the first broker")
@@ -84,5 +88,41 @@ def test_a_broker_that_dies_is_replaced_by_the_next_and_taken_back_when_it_retur
     assert seqs == set(range(1, max(seqs) + 1)), sorted(set(range(1, max(seqs) + 1)) - seqs)  # no gap
     assert max(seqs) > seen and outbox_rows(rig) == 0
     log = daemon_log(rig)
-    assert log.count(f"MQTT connected to 127.0.0.1:{second.port}") >= 1
-    assert log.count(f"MQTT connected to 127.0.0.1:{first.port}") >= 2
+    assert log.count(f"MQTT connected to 127.0.0.1:{second.port}") == 1  # no flapping between the two
+    assert log.count("answers again: moving back to it") == 1
+    assert log.count(f"MQTT connected to 127.0.0.1:{first.port}") == 2
+    # the broker it left says where the device is not: offline, moved (retained), not a stale "online"
+    statuses = [json.loads(p) for t, p, _ in got[1] if t == "status"]
+    assert statuses[-1]["state"] == "offline" and statuses[-1]["reason"] == "moved to another broker"
+
+
+@pytest.mark.parametrize("how", ["refuses the device", "takes the connection and never answers"])
+def test_a_first_broker_that_does_not_work_is_looked_at_less_and_less(rig: Rig, how: str) -> None:
+    working = LocalBroker().start()
+    sub = Subscriber(working.port, rig.device)
+    refusing = LocalBroker(anonymous=False) if how == "refuses the device" else None
+    silent = socket.socket()  # listens (the kernel completes the handshake) and never reads
+    silent.bind(("127.0.0.1", 0))
+    silent.listen(64)
+    first = refusing.start().port if refusing else silent.getsockname()[1]
+    _set_mqtt(rig, f'hosts = ["127.0.0.1:{first}", "127.0.0.1:{working.port}"]\nmax_backoff_s = 1')
+    car = Car(rig, LeafBattery(generation="aze0"), duration_s=120)
+    try:
+        daemon = start_daemon(rig)
+        # the readings flow through the second broker, and each failed move back doubles the wait: 2, 4 s
+        wait_for(lambda: "gave no session; next look in 4 s" in daemon_log(rig), 90, "the second failed look")
+        got = sub.collect(count("reading", 3), 30)
+        assert stop_daemon(daemon) == 0
+        got += sub.drain()
+    finally:
+        car.close()
+        sub.close()
+        working.stop()
+        silent.close()
+        if refusing:
+            refusing.stop()
+    assert len(signed(rig, got)) >= 3
+    log = daemon_log(rig)
+    assert log.count("next look in 2 s") == 1 and log.count("next look in 4 s") == 1
+    if refusing is None:
+        assert f"MQTT broker 127.0.0.1:{first} took the connection but sent no CONNACK in 10 s" in log
