@@ -1,6 +1,6 @@
 """The uplink on MQTT 3.1.1 and over an ordered list of brokers, with the real daemon and real mosquittos.
 
-3.1.1 (for NATS, Azure IoT Hub, older brokers): the same signed readings arrive, without MQTT 5
+3.1.1 (for NATS and older brokers): the same signed readings arrive, without MQTT 5
 properties, and the outbox still deletes only what the broker acknowledged. ``mqtt.hosts``: a broker that
 goes away is replaced by the next one in the list, the first is taken back when it returns, and the
 device's chain reaches the backend without a gap across the three connections.
@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import socket
-from pathlib import Path
 
 import pytest
 
@@ -57,7 +56,7 @@ def test_on_mqtt_3_1_1_the_signed_readings_arrive_and_the_outbox_waits_for_acks(
     assert "MQTT 3.1.1 connecting to" in daemon_log(rig)
 
 
-def test_a_broker_that_dies_is_replaced_by_the_next_and_taken_back_when_it_returns(tmp_path: Path, rig: Rig) -> None:
+def test_a_broker_that_dies_is_replaced_by_the_next_and_taken_back_when_it_returns(rig: Rig) -> None:
     first = LocalBroker(persistent=True).start()  # persistent: the backend's session on it survives its restart
     second = LocalBroker(persistent=True).start()
     subs = [Subscriber(first.port, rig.device), Subscriber(second.port, rig.device)]
