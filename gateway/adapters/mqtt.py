@@ -91,12 +91,13 @@ def _props(packet: int, **values: Any) -> Properties:
     return props
 
 
-def _client(client_id: str, tls_files: tuple[str, str, str] | None, protocol: str = "5") -> mqtt.Client:
+def _client(client_id: str, tls_files: tuple[str, str, str] | None, protocol: str = "5",
+            persistent: bool = False) -> mqtt.Client:
     if protocol == "5":
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv5)  # type: ignore[attr-defined]  # paho re-exports it
-    else:  # 3.1.1: the persistent session is asked for here, not in CONNECT's clean_start
+    else:  # 3.1.1: a persistent session is asked for here, not in CONNECT's clean_start
         c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id, protocol=mqtt.MQTTv311,  # type: ignore[attr-defined]
-                        clean_session=False)
+                        clean_session=not persistent)
     if tls_files is not None:
         ca, cert, key = tls_files
         try:
@@ -142,7 +143,7 @@ class PahoPublisher:
         self._refused_logged = False
         self.failed = ""  # why the network thread stopped (set on that thread): the daemon exits, systemd restarts
         self.dropped: dict[str, int] = {"retained": 0, "queue_full": 0}  # commands not handed on (network thread)
-        c = _client(device_id, tls_files, protocol)
+        c = _client(device_id, tls_files, protocol, persistent=True)
         c.username_pw_set(device_id)
         c.max_inflight_messages_set(max_inflight)
         c.max_queued_messages_set(0)  # unbounded in paho: the outbox decides what is sent when
@@ -354,7 +355,7 @@ class PahoSubscriber:
     """
 
     def __init__(self, *, host: str, port: int, topic: str, client_id: str = "",
-                 tls_files: tuple[str, str, str] | None = None) -> None:
+                 tls_files: tuple[str, str, str] | None = None, protocol: str = "5") -> None:
         """Connect (TLS handshake included) and subscribe in the background.
 
         Raises:
@@ -364,7 +365,7 @@ class PahoSubscriber:
         self.topic, self._where = topic, f"{host}:{port}"
         self._subscribed = threading.Event()
         self._failure = ""
-        self._client = _client(client_id or f"verify-{random.randrange(1 << 30)}", tls_files)
+        self._client = _client(client_id or f"verify-{random.randrange(1 << 30)}", tls_files, protocol)
         self._client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe

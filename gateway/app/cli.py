@@ -115,6 +115,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--topic", default="bp/v1/+/#", help="topic filter for --mqtt (default bp/v1/+/#)")
     s.add_argument("--duration", type=float, metavar="S", help="with --mqtt: stop after S seconds (else Ctrl-C)")
     s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
+    s.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
+                   help="with --mqtt: MQTT version (3.1.1 for brokers without MQTT 5, e.g. NATS; default 5)")
 
     s = sub.add_parser("update", help="over-the-air update through TUF: check, download, install, probation",
                        description="One updater run (the battery-gateway-update timer and path units start it). "
@@ -267,7 +269,8 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not args.files and not args.mqtt:
         raise ConfigError("verify: give envelope files or directories, or --mqtt HOST:PORT")
     verifier = ChainVerifier(trusted_keys(pubkey=args.pubkey, trust_dir=args.trust))
-    source = (envelopes_from_mqtt(args.mqtt, topic=args.topic, duration_s=args.duration, tls=args.tls)
+    source = (envelopes_from_mqtt(args.mqtt, topic=args.topic, duration_s=args.duration, tls=args.tls,
+                                  protocol=args.protocol)
               if args.mqtt else envelopes_from_files(args.files))
     try:
         for name, envelope in source:

@@ -63,7 +63,7 @@ def envelopes_from_files(names: list[str]) -> Iterator[tuple[str, bytes]]:
 
 
 def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
-                        tls: list[str] | None) -> Iterator[tuple[str, bytes]]:
+                        tls: list[str] | None, protocol: str = "5") -> Iterator[tuple[str, bytes]]:
     """(topic, payload) of the signed messages on a subscription, until ``duration_s`` (or forever).
 
     Raises:
@@ -75,7 +75,7 @@ def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
     if not host or not port.isdigit():
         raise ConfigError(f"verify --mqtt: expected HOST:PORT, got {address!r}")
     subscriber = PahoSubscriber(host=host, port=int(port), topic=topic,
-                                tls_files=(tls[0], tls[1], tls[2]) if tls else None)
+                                tls_files=(tls[0], tls[1], tls[2]) if tls else None, protocol=protocol)
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         subscriber.wait_ready()

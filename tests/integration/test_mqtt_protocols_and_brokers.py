@@ -1,17 +1,21 @@
 """The uplink on MQTT 3.1.1 and over an ordered list of brokers, with the real daemon and real mosquittos.
 
-3.1.1 (for NATS and older brokers): the same signed readings arrive, without MQTT 5
-properties, and the outbox still deletes only what the broker acknowledged. ``mqtt.hosts``: a broker that
-goes away is replaced by the next one in the list, the first is taken back when it returns, and the
-device's chain reaches the backend without a gap across the three connections.
+3.1.1 (for NATS and older brokers): the same signed readings arrive, without MQTT 5 properties,
+``verify --mqtt --protocol 3.1.1`` checks them, and the outbox empties through acknowledgements.
+``mqtt.hosts``: a broker that goes away is replaced by the next one in the list, the first is taken back
+when it returns, and the device's chain reaches the backend without a gap across the three connections.
 """
 
 from __future__ import annotations
 
 import json
+import signal
 import socket
+import subprocess
+import sys
 
 import pytest
+from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
 
 from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
@@ -39,13 +43,26 @@ def _set_mqtt(rig: Rig, lines: str) -> None:
 def test_on_mqtt_3_1_1_the_signed_readings_arrive_and_the_outbox_waits_for_acks(
         rig: Rig, sub: Subscriber, broker: LocalBroker) -> None:
     _set_mqtt(rig, 'protocol = "3.1.1"')
+    # the backend's verify on 3.1.1 too (a broker without MQTT 5 has no other way in)
+    pub = rig.tmp / "key.pub"
+    pub.write_bytes(rig.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+    verify = subprocess.Popen([sys.executable, "-m", "gateway", "verify", "--pubkey", str(pub),
+                               "--mqtt", f"127.0.0.1:{broker.port}", "--topic", f"bp/v1/{rig.device}/#",
+                               "--protocol", "3.1.1", "--duration", "120"],
+                              stdout=subprocess.DEVNULL, stderr=subprocess.PIPE, text=True)
     car = Car(rig, LeafBattery(generation="aze0"), duration_s=60)
     try:
+        wait_for(lambda: "Received SUBSCRIBE from verify-" in broker.log_path.read_text(errors="replace"), 30,
+                 "verify to subscribe")
         daemon = start_daemon(rig)
         got = sub.collect(count("reading", 3), 30)
         assert stop_daemon(daemon) == 0
     finally:
         car.close()
+        verify.send_signal(signal.SIGINT)  # stops it; it reports what it saw
+        verified = verify.communicate(timeout=30)[1]
+    assert verified.count("signature verified (reading") >= 3 and "REJECTED" not in verified, verified
+    assert verify.returncode == 0 and "(p2, c1," in broker.log_path.read_text(errors="replace")
     got += sub.drain()
     readings = [(t, p, props) for t, p, props in got if t == "reading"]
     assert len(signed(rig, readings)) >= 3  # the same COSE envelopes, verified
