@@ -269,9 +269,16 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     if not args.files and not args.mqtt:
         raise ConfigError("verify: give envelope files or directories, or --mqtt HOST:PORT")
     verifier = ChainVerifier(trusted_keys(pubkey=args.pubkey, trust_dir=args.trust))
-    source = (envelopes_from_mqtt(args.mqtt, topic=args.topic, duration_s=args.duration, tls=args.tls,
-                                  protocol=args.protocol)
-              if args.mqtt else envelopes_from_files(args.files))
+    if args.mqtt:
+        # Ctrl-C or SIGTERM ends the subscription at the next poll: an exception raised at a random point
+        # could leave a lock the MQTT thread needs held, and the report would never come
+        stop = threading.Event()
+        for sig in (signal.SIGINT, signal.SIGTERM):
+            signal.signal(sig, lambda *_: stop.set())
+        source = envelopes_from_mqtt(args.mqtt, topic=args.topic, duration_s=args.duration, tls=args.tls,
+                                     protocol=args.protocol, stop=stop.is_set)
+    else:
+        source = envelopes_from_files(args.files)
     try:
         for name, envelope in source:
             verdict = verifier.add(envelope)

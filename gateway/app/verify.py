@@ -63,8 +63,10 @@ def envelopes_from_files(names: list[str]) -> Iterator[tuple[str, bytes]]:
 
 
 def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
-                        tls: list[str] | None, protocol: str = "5") -> Iterator[tuple[str, bytes]]:
-    """(topic, payload) of the signed messages on a subscription, until ``duration_s`` (or forever).
+                        tls: list[str] | None, protocol: str = "5",
+                        stop: Callable[[], bool] = lambda: False) -> Iterator[tuple[str, bytes]]:
+    """(topic, payload) of the signed messages on a subscription, until ``duration_s`` (or forever) or
+    until ``stop()`` says so.
 
     Raises:
         ConfigError: a malformed HOST:PORT.
@@ -79,7 +81,7 @@ def envelopes_from_mqtt(address: str, *, topic: str, duration_s: float | None,
     deadline = None if duration_s is None else time.monotonic() + duration_s
     try:
         subscriber.wait_ready()
-        while deadline is None or time.monotonic() < deadline:
+        while not stop() and (deadline is None or time.monotonic() < deadline):
             try:
                 name, payload = subscriber.messages.get(timeout=0.2)
             except queue.Empty:
