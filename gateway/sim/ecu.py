@@ -124,7 +124,6 @@ class LbcResponder:
         if len(frames) == 1:
             return [*first, (reply_id, frames[0])]
         cfs = frames[1:]
-        fault = self.faults.get(group, "") if can_id == 0x79B else ""
         if fault == "drop" and len(cfs) > 2:
             cfs = cfs[:1] + cfs[2:]
         elif fault == "dup" and len(cfs) > 2:
