@@ -44,13 +44,37 @@ log = logging.getLogger(__name__)
 logging.getLogger("isotp").setLevel(logging.ERROR)  # we count and report protocol errors ourselves
 
 DiagOutcome = tuple[str, ...] | tuple[str, bytes]
+MAX_PENDING = 10  # "response pending" replies accepted for one request (5 s each)
 
 _KINDS: dict[type[Exception], str] = {
     isotp.WrongSequenceNumberError: "isotp_sequence", isotp.UnexpectedConsecutiveFrameError: "isotp_unexpected",
     isotp.ConsecutiveFrameTimeoutError: "isotp_timeout", isotp.InvalidCanDataError: "isotp_length"}
 
 
-class IsoTpDiagClient:
+class _OneRequest:
+    """What both transports share: one request in flight, the time its reply is due, and the "response
+    pending" replies (NRC 0x78) that move that time on."""
+
+    _active: tuple[int, int] | None = None
+    _deadline = 0.0
+    _pending = 0
+
+    @property
+    def busy(self) -> bool:
+        """A request is in flight."""
+        return self._active is not None
+
+    def _pending_again(self, reply: bytes | bytearray | None) -> bool:
+        """True when ``reply`` says "response pending" (at most ``MAX_PENDING`` times): the real one is due 5 s
+        from now."""
+        if reply is None or len(reply) < 3 or reply[0] != 0x7F or reply[2] != 0x78 or self._pending >= MAX_PENDING:
+            return False
+        self._pending += 1
+        self._deadline = time.monotonic() + 5.0
+        return True
+
+
+class IsoTpDiagClient(_OneRequest):
     """Implements ``DiagClient``; ``send`` puts one CAN frame (id, data) on the bus."""
 
     def __init__(self, send: Callable[[int, bytes], None], *, padding: int = 0x00) -> None:
@@ -58,15 +82,7 @@ class IsoTpDiagClient:
         self._padding = padding
         self._stacks: dict[tuple[int, int], isotp.TransportLayer] = {}
         self._rx: deque[isotp.CanMessage] = deque()
-        self._active: tuple[int, int] | None = None
-        self._deadline = 0.0
-        self._pending = 0
         self._error: tuple[str, str] | None = None
-
-    @property
-    def busy(self) -> bool:
-        """A request is in flight."""
-        return self._active is not None
 
     def _stack(self, request_id: int, response_id: int) -> isotp.TransportLayer:
         key = (request_id, response_id)
@@ -132,9 +148,7 @@ class IsoTpDiagClient:
             outcome = ("error", *self._error)
         elif stack.available():
             reply = stack.recv()
-            if _response_pending(reply) and self._pending < MAX_PENDING:
-                self._pending += 1
-                self._deadline = time.monotonic() + 5.0  # NRC 0x78 "response pending": the real one follows
+            if self._pending_again(reply):
                 return None
             outcome = ("ok", bytes(reply)) if reply is not None else None
         elif time.monotonic() > self._deadline:
@@ -150,7 +164,7 @@ _ERRNO_KINDS = {errno.EILSEQ: "isotp_sequence", errno.ETIMEDOUT: "isotp_timeout"
                 errno.EMSGSIZE: "isotp_length", errno.ECOMM: "can_send"}
 
 
-class KernelIsoTpDiagClient:
+class KernelIsoTpDiagClient(_OneRequest):
     """Implements ``DiagClient`` with the Linux kernel's ISO-TP sockets: one per request, closed with its outcome.
 
     Frames never pass through the main loop: ``feed`` is a no-op, and ``poll`` reads the socket without
@@ -163,16 +177,8 @@ class KernelIsoTpDiagClient:
         """
         self._channel, self._padding = channel, padding
         self._socket: isotp.socket | None = None
-        self._active: tuple[int, int] | None = None
-        self._deadline = 0.0
-        self._pending = 0
         self._failed: DiagOutcome | None = None
         self._bind(0x7DF, 0x7E8).close()  # fail now, not at the first poll, when the kernel cannot do it
-
-    @property
-    def busy(self) -> bool:
-        """A request is in flight."""
-        return self._active is not None
 
     def _bind(self, request_id: int, response_id: int) -> isotp.socket:
         s: isotp.socket | None = None
@@ -222,9 +228,7 @@ class KernelIsoTpDiagClient:
                 outcome = ("error", _ERRNO_KINDS.get(exc.errno or 0, "isotp_error"),
                            f"0x{self._active[1]:03X}: {exc.strerror or exc}")
             else:
-                if _response_pending(reply) and self._pending < MAX_PENDING:
-                    self._pending += 1
-                    self._deadline = time.monotonic() + 5.0
+                if self._pending_again(reply):
                     return None
                 outcome = ("ok", bytes(reply))
         if outcome is not None:
@@ -236,13 +240,6 @@ class KernelIsoTpDiagClient:
         if self._socket is not None:
             self._socket.close()
         self._socket, self._active, self._failed = None, None, None
-
-
-MAX_PENDING = 10  # "response pending" replies accepted for one request (5 s each)
-
-
-def _response_pending(reply: bytes | bytearray | None) -> bool:
-    return reply is not None and len(reply) >= 3 and reply[0] == 0x7F and reply[2] == 0x78
 
 
 def _no_reply(ids: tuple[int, int], pending: int) -> str:
