@@ -89,6 +89,25 @@ def test_standard_input_may_be_a_device_when_named_as_such() -> None:
         one_error_line(replay("-", stdin=null), "<stdin>", "empty")
 
 
+def test_a_blf_length_field_below_its_header_does_not_swallow_the_rest(tmp_path: Path) -> None:
+    # GIVEN a BLF whose file-header size is smaller than the header itself (python-can then asks its stream
+    # for a negative size: "everything"), followed by 8 MB that arrive through a pipe
+    blf = tmp_path / "drive.blf"
+    with can.BLFWriter(str(blf)) as writer:
+        writer.on_message_received(can.Message(arbitration_id=0x1DB, data=bytes(8), timestamp=1.0))
+    data = bytearray(blf.read_bytes())
+    data[4:8] = (10).to_bytes(4, "little")  # header size 10: less than the 72 bytes of its own fields
+    blf.write_bytes(bytes(data) + os.urandom(1 << 23))
+    # WHEN replayed from a pipe THEN one line naming the broken field, not the whole stream in memory
+    with blf.open("rb") as source:
+        cat = subprocess.Popen(["cat"], stdin=source, stdout=subprocess.PIPE)
+        assert cat.stdout is not None
+        out = replay("-", stdin=cat.stdout)
+        cat.stdout.close()
+        cat.wait(timeout=30)
+    one_error_line(out, "<stdin>", "broken length field")
+
+
 def test_an_endless_line_on_a_stream_exits_2_in_bounded_memory(tmp_path: Path) -> None:
     # GIVEN a real capture's first lines, then /dev/zero for ever, through a FIFO named .log
     head = tmp_path / "head.log"

@@ -156,9 +156,15 @@ class _Replayed(io.RawIOBase):
         return n
 
     def read(self, size: int | None = -1) -> bytes:
-        """At most ``size`` bytes, allocated as they arrive: a corrupt length field may ask for gigabytes."""
+        """At most ``size`` bytes, allocated as they arrive: a corrupt length field may ask for gigabytes.
+
+        Raises:
+            CaptureError: asked for the whole rest of the source: only a binary reader does that here (the
+                text formats read in chunks), when a length field is smaller than its header (a negative size).
+        """
         if size is None or size < 0:
-            return self.readall()
+            raise CaptureError("broken length field: the reader asked for the whole rest of the file at once",
+                               path=self._stats.path)
         parts: list[bytes] = []
         while size > 0:
             chunk = bytearray(min(size, CHUNK))
