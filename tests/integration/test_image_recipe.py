@@ -127,6 +127,20 @@ def test_first_boot_makes_key_and_csr_then_provisions_with_the_certificates_and_
     assert (tmp_path / "provision" / "provisioned").exists() and "provisioned" in second.stdout
 
 
+def test_a_device_id_that_is_not_keygens_is_never_used_as_a_name_or_in_sed(tmp_path: Path) -> None:
+    # GIVEN an unprovisioned device whose device.txt was rewritten between boots (the service user owns the
+    # state directory then) to smuggle sed commands and a path into the root script
+    _boot_config(tmp_path)
+    assert _firstboot(tmp_path).returncode == 0
+    planted = tmp_path / "pwned"
+    for bad in [f"gw-1/e touch {planted}", "../../etc/x", "gw-0000000g", "gw-00000000\ndevice id: gw-11111111"]:
+        (tmp_path / "state" / "device.txt").write_text(f"device id: {bad}\n")
+        # WHEN it boots again THEN it stops before using the id, saying why
+        out = _firstboot(tmp_path)
+        assert out.returncode == 1 and "names no device id (gw- and 8 hex digits)" in out.stderr, out.stderr
+        assert not planted.exists() and not (tmp_path / "etc" / "gateway.toml").exists()
+
+
 @pytest.mark.skipif(os.geteuid() != 0, reason="hands files to another user: needs root, as on the device")
 def test_what_the_daemon_reads_belongs_to_the_service_user_after_every_boot(tmp_path: Path) -> None:
     service = pwd.getpwnam("nobody")
