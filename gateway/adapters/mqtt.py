@@ -47,9 +47,9 @@ __all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber", "check_tls_fi
 log = logging.getLogger(__name__)
 
 COSE_CONTENT_TYPE = 'application/cose; cose-type="cose-sign1"'
+JSON_CONTENT_TYPE = "application/json"
 CONNACK_TIMEOUT_S = 10.0  # a broker that takes the connection and never answers is left after this
 SHORT_SESSION_S = 10.0  # a session that ends sooner moves on to the next broker (one that throttles or refuses)
-JSON_CONTENT_TYPE = "application/json"
 
 
 def check_tls_files(*, ca_file: str, cert_file: str, key_file: str) -> list[str]:
