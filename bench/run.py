@@ -13,6 +13,9 @@ daemon: resident memory after N seconds, first signed reading after start (wall 
 inspect: start to certificate written; CPU of one poll cycle against the bus-level minimum.
 delivery: signing, outbox write cost, a 24 h backlog drained against raw paho, bytes per reading.
 ota: arm64 bundle size, TUF refresh, a cut download resumed against python-tuf's own fetcher, install time.
+fleet: (not in the default set; needs PostgreSQL and nats-server) verification cost per message; a 1-hour
+        backlog of 1,000 devices published into a 3-node NATS cluster and drained into PostgreSQL by 1, 2
+        and 4 ingest workers, against baseline one mosquitto + one worker; devices per core.
 The SoH evaluation is separate: bench/soh_eval.py (make soh-eval).
 """
 
@@ -416,10 +419,168 @@ def bench_ota() -> None:
             server.close()
 
 
+def bench_fleet(devices: int = 1000, per_device: int = 60, publishers: int = 20) -> None:
+    """The backend: a 1-hour backlog of ``devices`` (one reading a minute) published by ``publishers``
+    MQTT connections into a 3-node NATS cluster, then drained by 1, 2 and 4 ``ingest`` workers into
+    PostgreSQL; the same into one mosquitto (MQTT 5 shared subscription) with one worker."""
+    import resource
+
+    import paho.mqtt.client as mqtt
+    import psycopg
+    from cryptography.hazmat.primitives.asymmetric import ec
+    from cryptography.hazmat.primitives.serialization import Encoding, PublicFormat
+
+    from gateway.core.chainverify import check_envelope
+    from gateway.sim.broker import LocalBroker
+    from gateway.sim.fleet import LightGateway
+    from gateway.sim.fleetstack import LocalPostgres, NatsCluster
+
+    total = devices * per_device
+    print(f"fleet: signing a 1-hour backlog, {devices:,} devices x {per_device} readings = {total:,} envelopes ...",
+          flush=True)
+    tmp = Path(tempfile.mkdtemp(prefix="bgw-bench-fleet-"))
+    trust = tmp / "trust"
+    trust.mkdir()
+    backlog: list[tuple[str, bytes]] = []
+    keys = {}
+    t0 = time.time() - 3600
+    for i in range(devices):
+        g = LightGateway(ec.generate_private_key(ec.SECP256R1()), hosts=[], connect=False, seed=i)
+        keys[g.device_id] = g.key.public_key()
+        (trust / f"{g.device_id}.pem").write_bytes(
+            g.key.public_key().public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
+        backlog += [(f"bp/v1/{g.device_id}/reading", e) for e in g.sign(per_device, start_s=t0)]
+    sample = backlog[: min(len(backlog), 10_000)]
+    t = time.perf_counter()
+    for topic, env in sample:
+        check_envelope(env, keys.get, topic=topic)
+    verify_us = (time.perf_counter() - t) / len(sample) * 1e6
+    print(f"  verification (check_envelope: COSE parse, ES256, topic): {verify_us:.0f} us per message on one core")
+
+    def publish(hosts: list[tuple[str, int]], protocol: str) -> float:
+        clients = []
+        for i in range(publishers):
+            c = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=f"bench-pub-{i}",  # type: ignore[attr-defined]
+                            protocol=mqtt.MQTTv5 if protocol == "5" else mqtt.MQTTv311)  # type: ignore[attr-defined]
+            c.max_inflight_messages_set(200)
+            host, port = hosts[i % len(hosts)]
+            c.connect(host, port)
+            c.loop_start()
+            clients.append(c)
+        t = time.perf_counter()
+        infos = [clients[i % publishers].publish(topic, env, qos=1) for i, (topic, env) in enumerate(backlog)]
+        for info in infos:
+            info.wait_for_publish(120)
+        elapsed = time.perf_counter() - t
+        for c in clients:
+            c.disconnect()
+            c.loop_stop()
+        return elapsed
+
+    def stored(dsn: str) -> int:
+        with psycopg.connect(dsn) as conn:
+            try:
+                return int(conn.execute("SELECT count(*) FROM messages").fetchone()[0])
+            except psycopg.errors.UndefinedTable:
+                return 0
+
+    def workers(n: int, dsn: str, engine: list[str]) -> list[subprocess.Popen[bytes]]:
+        return [subprocess.Popen([sys.executable, "-m", "gateway", "ingest", "--db", dsn, "--trust", str(trust),
+                                  "--batch", "500", *engine, *(["--client-id", f"bench-ingest-{i}"]
+                                                               if "--mqtt" in engine else [])],
+                                 stdout=subprocess.DEVNULL, stderr=open(tmp / f"ingest-{i}.log", "ab"))
+                for i in range(n)]
+
+    def stop(procs: list[subprocess.Popen[bytes]]) -> None:
+        for proc in procs:
+            proc.send_signal(signal.SIGTERM)
+        for proc in procs:
+            proc.wait(60)
+
+    def wait_started(n: int) -> None:
+        deadline = time.monotonic() + 60
+        while sum("verifying and storing" in (tmp / f"ingest-{i}.log").read_text(errors="replace")
+                  for i in range(n)) < n:
+            if time.monotonic() > deadline:
+                raise SystemExit(f"fleet: the ingest workers did not start; see {tmp}/ingest-*.log")
+            time.sleep(0.1)
+
+    def drain(label: str, n: int, dsn: str, engine: list[str]) -> tuple[float, float]:
+        for i in range(n):
+            (tmp / f"ingest-{i}.log").write_bytes(b"")
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        procs = workers(n, dsn, engine)
+        while stored(dsn) < total:
+            if time.perf_counter() - t > 900:
+                raise SystemExit(f"fleet: {label}: {stored(dsn):,} of {total:,} stored after 900 s")
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - t
+        stop(procs)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+        return elapsed, cpu
+
+    def reset(dsn: str) -> None:
+        with psycopg.connect(dsn, autocommit=True) as conn:
+            conn.execute("DROP SCHEMA public CASCADE")
+            conn.execute("CREATE SCHEMA public")
+
+    def live(label: str, dsn: str, engine: list[str], hosts: list[tuple[str, int]], protocol: str) -> None:
+        """Workers running while the gateways publish: from the first publish to the last row stored."""
+        reset(dsn)
+        (tmp / "ingest-0.log").write_bytes(b"")
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        procs = workers(1, dsn, engine)
+        wait_started(1)
+        t = time.perf_counter()
+        pub = publish(hosts, protocol)
+        while stored(dsn) < total:
+            if time.perf_counter() - t > 900:
+                raise SystemExit(f"fleet: {label}: {stored(dsn):,} of {total:,} stored after 900 s")
+            time.sleep(0.2)
+        elapsed = time.perf_counter() - t
+        stop(procs)
+        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        rows.append((label, pub, elapsed, (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)))
+        print(f"  {label}: published in {pub:.1f} s, all stored {elapsed:.1f} s after the first publish", flush=True)
+
+    rows: list[tuple[str, float, float, float]] = []
+    with LocalPostgres() as pg, NatsCluster(3) as cluster:
+        nats = ["--nats", ",".join(cluster.nats_urls)]
+        for n in (1, 2, 4):  # a backlog waiting in the cluster (the consumer group existed), then drained
+            reset(pg.dsn)
+            procs = workers(1, pg.dsn, nats)
+            wait_started(1)
+            stop(procs)
+            pub = publish(cluster.mqtt_hosts, "3.1.1")
+            elapsed, cpu = drain(f"nats x{n}", n, pg.dsn, nats)
+            rows.append((f"3-node NATS (R3): backlog drained by {n} worker{'s' if n > 1 else ''}", pub, elapsed, cpu))
+            print(f"  {rows[-1][0]}: published in {pub:.1f} s, drained in {elapsed:.1f} s", flush=True)
+        live("3-node NATS (R3), 1 worker, live", pg.dsn, nats, cluster.mqtt_hosts, "3.1.1")
+        # baseline: one mosquitto, one worker, live (mosquitto 2.0 drops what arrives for a shared
+        # subscription whose members are all offline, so a backlog cannot wait for the workers there)
+        with LocalBroker(extra_conf="max_inflight_messages 1000\nmax_queued_messages 0\n") as broker:
+            live("mosquitto (baseline), 1 worker, live", pg.dsn,
+                 ["--mqtt", f"127.0.0.1:{broker.port}"], [(broker.host, broker.port)], "5")
+    print(f"\n  {total:,} signed readings from {devices:,} devices (a 1-hour backlog at one a minute), "
+          f"{publishers} publishing connections, batch 500, 2 cores shared by everything:")
+    print("  | engine and workers | publish, msg/s | time to store all | stored, msg/s | worker CPU per msg | "
+          "msg per worker-core-s |")
+    print("  |---|---|---|---|---|---|")
+    for label, pub, elapsed, cpu in rows:
+        print(f"  | {label} | {total / pub:,.0f} | {elapsed:.1f} s | {total / elapsed:,.0f} | "
+              f"{cpu / total * 1e6:.0f} us | {total / cpu:,.0f} |")
+    best = max(total / cpu for *_, cpu in rows)
+    print(f"  one core of ingest workers keeps up with {best * 60:,.0f} devices at one reading a minute "
+          f"({best:,.0f} msg/s; PostgreSQL and the engine need cores of their own)")
+
+
 def main() -> None:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("which", nargs="*", default=["replay", "daemon", "inspect", "delivery", "ota"],
-                   choices=["replay", "daemon", "inspect", "delivery", "ota"])
+                   choices=["replay", "daemon", "inspect", "delivery", "ota", "fleet"])
+    p.add_argument("--devices", type=int, default=1000, help="fleet: devices in the 1-hour backlog")
     p.add_argument("--seconds", type=float, default=60.0, help="daemon run time before measuring memory")
     args = p.parse_args()
     if "replay" in args.which:
@@ -432,8 +593,11 @@ def main() -> None:
         bench_delivery()
     if "ota" in args.which:
         bench_ota()
+    if "fleet" in args.which:
+        bench_fleet(devices=args.devices)
 
 
 if __name__ == "__main__":
     os.environ.setdefault("PYTHONHASHSEED", "0")
+    signal.signal(signal.SIGTERM, lambda *_: sys.exit(143))  # stop the engines a benchmark started
     main()

@@ -14,6 +14,7 @@
         ├── PublishError          the MQTT broker refused or is unreachable
         ├── InspectionError       the battery ECU did not answer an inspection
         ├── StateError            the state directory cannot be read or written (disk full, read-only)
+        ├── StoreError            the backend's database (ingest) is unreachable or refused a batch
         └── UpdateError           an over-the-air update was refused, interrupted or failed to install
 
 Scenarios: a ``1DB`` frame with a bad CRC raises ``DecodeError`` (frame_id=0x1DB) and is dropped;
@@ -37,6 +38,7 @@ __all__ = [
     "InspectionError",
     "PublishError",
     "StateError",
+    "StoreError",
     "TransportError",
     "UdsNegativeResponse",
     "UpdateError",
@@ -108,6 +110,10 @@ class InspectionError(TransportError):
 
 class StateError(TransportError):
     """The state directory could not be read or written."""
+
+
+class StoreError(TransportError):
+    """The ingest's database could not be reached or refused a batch (nothing of it was committed)."""
 
 
 class UpdateError(TransportError):

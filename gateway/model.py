@@ -16,9 +16,9 @@ from typing import Any, Protocol
 
 from .errors import UpdateError
 
-__all__ = ["FIELDS", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Counters", "FieldSpec", "Frame",
-           "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation", "Release", "SegmentModel",
-           "release_from_target"]
+__all__ = ["FIELDS", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Checked", "Counters", "Delivery",
+           "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation", "Received",
+           "Release", "SegmentModel", "StoreResult", "release_from_target"]
 
 ZERO_HASH = bytes(32)  # ``prev`` of the first message of an epoch
 SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
@@ -122,6 +122,61 @@ class ChainPosition:
     def next_epoch(self) -> ChainPosition:
         """The first position of the next epoch (counter state was lost)."""
         return ChainPosition(self.ep + 1)
+
+
+@dataclass(frozen=True, slots=True)
+class Checked:
+    """An envelope whose signature verified (``core/chainverify.check_envelope``): where it sits in its
+    device's chain. It covers sequence numbers ``seq .. seq + n - 1`` (``n`` > 1 for a batch of readings);
+    ``digest`` is the SHA-256 of the envelope, the ``prev`` of the next one.
+    """
+
+    dev: str
+    ep: int
+    seq: int
+    n: int
+    kind: str
+    prev: bytes
+    digest: bytes
+    payload: dict[str, Any]
+
+    @property
+    def name(self) -> str:
+        return f"{self.dev} ep {self.ep} seq {self.seq}" + (f"..{self.seq + self.n - 1}" if self.n > 1 else "")
+
+
+@dataclass(frozen=True, slots=True)
+class Delivery:
+    """One message handed to an ingest worker by the engine's consumer group, not acknowledged yet.
+    ``token`` is the engine's handle for the acknowledgement."""
+
+    topic: str
+    payload: bytes
+    token: Any = None
+
+
+@dataclass(frozen=True, slots=True)
+class Received:
+    """A delivery with the verifier's verdict: ``checked`` when its signature and topic held, else
+    ``reason`` says why it is rejected."""
+
+    topic: str
+    envelope: bytes
+    checked: Checked | None = None
+    reason: str = ""
+    dev: str | None = None  # the device the payload names, also when rejected (if it could be read)
+    readings: tuple[tuple[int, int, dict[str, Any]], ...] = ()  # (seq, ts ms, measurements), batches expanded
+
+
+@dataclass
+class StoreResult:
+    """What one transaction of an ingest batch did: envelopes stored, copies already stored (dropped),
+    conflicts (same ``(dev, ep, seq)``, other content) and chain breaks seen, one line each."""
+
+    stored: int = 0
+    duplicates: int = 0
+    rejected: int = 0
+    problems: list[str] = field(default_factory=list)
 
 
 @dataclass

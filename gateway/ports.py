@@ -9,9 +9,21 @@ from __future__ import annotations
 
 from typing import Protocol
 
-from .model import ChainPosition, Counters, Frame, OtaState, OutboxRow, OutgoingMessage, Release
+from .model import (
+    ChainPosition,
+    Counters,
+    Delivery,
+    Frame,
+    OtaState,
+    OutboxRow,
+    OutgoingMessage,
+    Received,
+    Release,
+    StoreResult,
+)
 
-__all__ = ["DiagClient", "FrameSource", "MessageSink", "Outbox", "Publisher", "ReleaseStore", "UpdateClient"]
+__all__ = ["DiagClient", "FrameSource", "GroupSource", "IngestStore", "MessageSink", "Outbox", "Publisher",
+           "ReleaseStore", "UpdateClient"]
 
 
 class FrameSource(Protocol):
@@ -113,3 +125,35 @@ class ReleaseStore(Protocol):
     def load_state(self) -> OtaState: ...
 
     def save_state(self, state: OtaState) -> None: ...
+
+
+class GroupSource(Protocol):
+    """An ingest worker's share of the devices' messages from the engine's consumer group (a JetStream
+    durable pull consumer, an MQTT 5 ``$share`` group). A message not acknowledged is delivered again,
+    to this worker or another."""
+
+    def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        """Up to ``max_messages``; an empty list when none came within ``timeout_s``.
+
+        Raises:
+            PublishError: the engine refused the consumer or the subscription.
+        """
+
+    def ack(self, deliveries: list[Delivery]) -> None:
+        """Acknowledge: called only once what they carry is committed."""
+
+    def close(self) -> None: ...
+
+
+class IngestStore(Protocol):
+    """The backend's database of what devices signed."""
+
+    def store(self, batch: list[Received]) -> StoreResult:
+        """Store a batch in one transaction: accepted envelopes once per ``(dev, ep, seq)``, rejections
+        with their reason.
+
+        Raises:
+            StoreError: nothing of the batch was committed.
+        """
+
+    def close(self) -> None: ...

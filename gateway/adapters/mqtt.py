@@ -37,12 +37,13 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
+from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import PublishError
-from ..model import OutgoingMessage
+from ..model import Delivery, OutgoingMessage
 from .fs import read_regular
 
-__all__ = ["COSE_CONTENT_TYPE", "PahoPublisher", "PahoSubscriber", "check_tls_files", "port_open"]
+__all__ = ["COSE_CONTENT_TYPE", "PahoGroupSource", "PahoPublisher", "PahoSubscriber", "check_tls_files", "port_open"]
 
 log = logging.getLogger(__name__)
 
@@ -402,6 +403,105 @@ class PahoSubscriber:
         """Raises PublishError when the broker refused the connection or subscription since."""
         if self._failure:
             raise PublishError(f"mqtt: {self._failure}")
+
+    def close(self) -> None:
+        self._client.loop_stop()
+        self._client.disconnect()
+
+
+class PahoGroupSource:
+    """An ingest worker's MQTT 5 shared subscription (``$share/{group}/...``): the broker hands each message
+    of the filters to one member of the group. Implements the ``GroupSource`` port.
+
+    The session persists (``clean_start`` false, ``session_expiry_s``) and acknowledgements are manual:
+    a message is PUBACKed only once ``ack`` is called after the commit, so the broker keeps what a dead
+    worker took and sends it again when that worker (same ``client_id``) is back. An acknowledgement for a
+    delivery from an earlier connection is not sent (packet ids start again per connection; the broker
+    redelivers those itself). ``receive_max`` bounds the messages the broker sends ahead of acknowledgements
+    (mosquitto also caps it with ``max_inflight_messages``).
+    """
+
+    def __init__(self, *, host: str, port: int, group: str, filters: Sequence[str], client_id: str,
+                 tls_files: tuple[str, str, str] | None = None, session_expiry_s: int = 7 * 86400,
+                 receive_max: int = 1000) -> None:
+        """Connect and subscribe in the background.
+
+        Raises:
+            PublishError: the broker cannot be reached or the TLS files cannot be loaded.
+        """
+        self._where = f"{host}:{port}"
+        self.topics = [f"$share/{group}/{f}" for f in filters]
+        self._queue: queue.Queue[Delivery] = queue.Queue()
+        self._generation = 0  # connections so far (network thread writes, caller's thread compares)
+        self._failure = ""
+        self._subscribed = threading.Event()
+        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,  # type: ignore[attr-defined]
+                                   protocol=mqtt.MQTTv5, manual_ack=True)
+        if tls_files is not None:
+            ca, cert, key = tls_files
+            try:
+                self._client.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None)
+            except (OSError, ValueError) as exc:
+                raise PublishError(f"mqtt: cannot load TLS files ({ca}, {cert}, {key}): {exc}") from exc
+        self._client.reconnect_delay_set(1, 10)
+        self._client.on_connect = self._on_connect
+        self._client.on_subscribe = self._on_subscribe
+        self._client.on_message = self._on_message
+        try:
+            self._client.connect(host, port, clean_start=False, properties=_props(
+                PacketTypes.CONNECT, SessionExpiryInterval=session_expiry_s, ReceiveMaximum=receive_max))
+        except (OSError, ValueError) as exc:
+            raise PublishError(f"mqtt: cannot connect to {self._where}: {exc}") from exc
+        self._client.loop_start()
+
+    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
+        if reason.is_failure:
+            self._failure = f"broker {self._where} refused the connection: {reason}"
+            self._subscribed.set()
+            return
+        self._generation += 1
+        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
+
+    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
+        refused = [f"{t}: {r}" for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
+        if refused:
+            self._failure = f"broker {self._where} refused the shared subscription ({'; '.join(refused)})"
+        self._subscribed.set()
+
+    def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        self._queue.put(Delivery(msg.topic, bytes(msg.payload), (self._generation, msg.mid, msg.qos)))
+
+    def wait_ready(self, timeout_s: float = 10.0) -> None:
+        """Block until the subscription is in place.
+
+        Raises:
+            PublishError: refused, or no answer within ``timeout_s``.
+        """
+        if not self._subscribed.wait(timeout_s):
+            raise PublishError(f"mqtt: no answer from {self._where} within {timeout_s:g} s (CONNACK/SUBACK)")
+        if self._failure:
+            raise PublishError(f"mqtt: {self._failure}")
+
+    def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
+        if self._failure:
+            raise PublishError(f"mqtt: {self._failure}")
+        try:
+            out = [self._queue.get(timeout=timeout_s)]
+        except queue.Empty:
+            return []
+        while len(out) < max_messages:
+            try:
+                out.append(self._queue.get_nowait())
+            except queue.Empty:
+                break
+        return out
+
+    def ack(self, deliveries: list[Delivery]) -> None:
+        generation = self._generation
+        for d in deliveries:
+            gen, mid, qos = d.token
+            if gen == generation and qos > 0:
+                self._client.ack(mid, qos)
 
     def close(self) -> None:
         self._client.loop_stop()

@@ -33,9 +33,10 @@ examples:
   battery-gateway verify --pubkey device.pub certificate.cose
   battery-gateway update --config /etc/battery-gateway/gateway.toml --check
   battery-gateway demo
+  battery-gateway ingest --trust /etc/bgw/devices --nats nats://n1:4222 --db postgresql://ingest@db/bgw
 
 Docs: docs/cli.md (commands), docs/config.md (every key), docs/mqtt.md (topics and envelope),
-docs/ota.md (updates).
+docs/ota.md (updates), docs/fleet.md (the backend's ingest).
 """
 
 
@@ -117,6 +118,37 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
     s.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
                    help="with --mqtt: MQTT version (3.1.1 for brokers without MQTT 5, e.g. NATS; default 5)")
+
+    s = sub.add_parser("ingest", help="backend: verify what devices publish and store it in PostgreSQL (one worker)",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=(
+                           "One worker of a consumer group: start as many as the load needs, on any machines,\n"
+                           "with the same --group. Each takes batches from the engine, verifies every envelope\n"
+                           "against --trust and its topic, stores the batch in one PostgreSQL transaction (once\n"
+                           "per (dev, ep, seq)) and acknowledges only after the commit. Engines: a NATS cluster's\n"
+                           "MQTT stream (--nats) or an MQTT 5 broker's shared subscription (--mqtt).\n"
+                           "--check reports gaps, chain breaks and rejections per device.\n"
+                           "Needs the ingest extra: pip install 'battery-gateway[ingest]'. Docs: docs/fleet.md."),
+                       epilog="examples:\n"
+                              "  export BGW_INGEST_DB=postgresql://ingest@db.example/bgw\n"
+                              "  battery-gateway ingest --trust /etc/bgw/devices --nats nats://n1:4222,nats://n2:4222\n"
+                              "  battery-gateway ingest --trust /etc/bgw/devices --mqtt mq:1883 --client-id ingest-1\n"
+                              "  battery-gateway ingest --check")
+    s.add_argument("--db", default=os.environ.get("BGW_INGEST_DB", ""), metavar="DSN",
+                   help="PostgreSQL connection string (default: $BGW_INGEST_DB; keep passwords in ~/.pgpass)")
+    s.add_argument("--trust", metavar="DIR", help="trusted device keys, one PEM per device id: DIR/<dev>.pem")
+    s.add_argument("--nats", metavar="URL[,URL...]", help="NATS cluster nodes (its MQTT stream is the source)")
+    s.add_argument("--mqtt", metavar="HOST:PORT", help="an MQTT 5 broker with shared subscriptions")
+    s.add_argument("--client-id", default="", metavar="ID",
+                   help="with --mqtt: this worker's MQTT client id, unique and stable across restarts")
+    s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
+    s.add_argument("--group", default="bgw-ingest", help="consumer group shared by the workers (default bgw-ingest)")
+    s.add_argument("--topic-prefix", default="bp/v1", help="the devices' mqtt.topic_prefix (default bp/v1)")
+    s.add_argument("--batch", type=int, default=200, metavar="N", help="messages per transaction (default 200)")
+    s.add_argument("--ack-wait", type=float, default=30.0, metavar="S",
+                   help="with --nats: a message a worker took and did not acknowledge goes to another after S s")
+    s.add_argument("--check", action="store_true", help="report per device what is missing or broken; exit 1 if any")
+    s.add_argument("--migrate", action="store_true", help="apply the schema's migrations and exit")
 
     s = sub.add_parser("update", help="over-the-air update through TUF: check, download, install, probation",
                        description="One updater run (the battery-gateway-update timer and path units start it). "
@@ -281,7 +313,7 @@ def _cmd_verify(args: argparse.Namespace) -> int:
         source = envelopes_from_files(args.files)
     try:
         for name, envelope in source:
-            verdict = verifier.add(envelope)
+            verdict = verifier.add(envelope, topic=name if args.mqtt else None)
             if verdict.status == "accepted":
                 assert verdict.payload is not None
                 print(dumps(verdict.payload), flush=True)
@@ -296,6 +328,39 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(f"verify: {line}", file=sys.stderr)
     return 0 if intact else 1
+
+
+def _cmd_ingest(args: argparse.Namespace) -> int:
+    from . import ingest
+    from .verify import trusted_keys
+
+    if not args.db:
+        raise ConfigError("ingest: give --db DSN or set BGW_INGEST_DB")
+    if args.migrate:
+        applied = ingest.migrate(args.db)
+        print(f"ingest: {'applied ' + ', '.join(applied) if applied else 'schema up to date'}", file=sys.stderr)
+        return 0
+    if args.check:
+        lines, whole = ingest.check(args.db)
+        for line in lines:
+            print(f"ingest: {line}")
+        return 0 if whole else 1
+    if not args.trust or bool(args.nats) == bool(args.mqtt):
+        raise ConfigError("ingest: give --trust DIR and one engine: --nats URL[,URL...] or --mqtt HOST:PORT")
+    if not 1 <= args.batch <= 10_000:
+        raise ConfigError(f"ingest --batch: {args.batch} is outside 1..10000")
+    opts = ingest.IngestOptions(
+        db=args.db, group=args.group, topic_prefix=args.topic_prefix.strip("/"),
+        nats=tuple(u.strip() for u in (args.nats or "").split(",") if u.strip()), mqtt=args.mqtt or "",
+        client_id=args.client_id, tls=tuple(args.tls) if args.tls else None, batch=args.batch,
+        ack_wait_s=args.ack_wait)
+    stop = threading.Event()
+    for sig in (signal.SIGINT, signal.SIGTERM):  # finish the batch in hand, then stop
+        signal.signal(sig, lambda *_: stop.set())
+    totals = ingest.run_worker(opts, trusted_keys(pubkey=None, trust_dir=args.trust, remember_unknown=False),
+                               stop=stop.is_set)
+    log.info("ingest stopped: %s", totals)
+    return 0
 
 
 def _cmd_inspect(args: argparse.Namespace) -> int:
@@ -392,13 +457,13 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
              "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
-             "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr}
+             "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr, "ingest": _cmd_ingest}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
     """Entry point of the console script."""
     args = _parser().parse_args(argv)
-    _setup_logging("DEBUG" if args.verbose else "INFO" if args.command in ("run", "demo") else "WARNING")
+    _setup_logging("DEBUG" if args.verbose else "INFO" if args.command in ("run", "demo", "ingest") else "WARNING")
     try:
         return _COMMANDS[args.command](args)
     except ConfigError as exc:

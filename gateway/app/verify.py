@@ -19,8 +19,12 @@ from ..errors import ConfigError
 __all__ = ["envelopes_from_files", "envelopes_from_mqtt", "trusted_keys"]
 
 
-def trusted_keys(*, pubkey: str | None, trust_dir: str | None) -> Callable[[str], ec.EllipticCurvePublicKey | None]:
+def trusted_keys(*, pubkey: str | None, trust_dir: str | None,
+                 remember_unknown: bool = True) -> Callable[[str], ec.EllipticCurvePublicKey | None]:
     """Device id -> trusted public key: one key for every device (``--pubkey``) or ``DIR/<dev>.pem``.
+
+    Keys found are remembered; with ``remember_unknown`` false (a long-running ingest) a device without a
+    key is looked up again next time, so one enrolled later is trusted without a restart.
 
     Raises:
         ConfigError: the key file or directory is unreadable.
@@ -38,7 +42,10 @@ def trusted_keys(*, pubkey: str | None, trust_dir: str | None) -> Callable[[str]
         if dev not in cache:
             path = directory / f"{dev}.pem"
             safe = dev and "/" not in dev and not dev.startswith(".")
-            cache[dev] = load_public_key(path) if safe and path.is_file() else None
+            key = load_public_key(path) if safe and path.is_file() else None
+            if key is None and not remember_unknown:
+                return None
+            cache[dev] = key
         return cache[dev]
 
     return lookup

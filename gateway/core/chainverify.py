@@ -22,12 +22,16 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import EnvelopeError
-from ..model import ZERO_HASH
+from ..model import ZERO_HASH, Checked
 from .signing import open_envelope, verify_envelope
 
-__all__ = ["ChainVerifier", "Verdict"]
+__all__ = ["ChainVerifier", "EpochChain", "KeyLookup", "Verdict", "check_envelope", "ranges"]
 
 KeyLookup = Callable[[str], ec.EllipticCurvePublicKey | None]
+
+# The topic (last segment) each kind is published on; a batch of readings goes on ``reading``.
+TOPIC_OF_KIND = {"reading": "reading", "batch": "reading", "passport": "passport", "certificate": "certificate"}
+MAX_BATCH = 100_000
 
 
 @dataclass(frozen=True, slots=True)
@@ -37,10 +41,71 @@ class Verdict:
     payload: dict[str, Any] | None = None
 
 
+def check_envelope(envelope: bytes, keys: KeyLookup, *, topic: str | None = None) -> Checked:
+    """Verify one envelope against its device's trusted key and, when ``topic`` is given, that it was
+    published on its own device's topic for its kind (``.../{dev}/reading`` for a reading or batch): a
+    device with a valid key that publishes into another device's topic is caught here, whatever the
+    broker's ACL let through.
+
+    Raises:
+        EnvelopeError: saying which check failed.
+    """
+    claimed = open_envelope(envelope).payload
+    dev, ep, seq = claimed.get("dev"), claimed.get("ep"), claimed.get("seq")
+    if not isinstance(dev, str) or not isinstance(ep, int) or not isinstance(seq, int):
+        raise EnvelopeError("payload lacks dev/ep/seq")
+    key = keys(dev)
+    if key is None:
+        raise EnvelopeError(f"no trusted key for device {dev!r}")
+    payload = verify_envelope(envelope, key)
+    prev, kind = payload.get("prev"), payload.get("kind")
+    if not isinstance(prev, bytes) or len(prev) != 32:
+        raise EnvelopeError("prev is not 32 bytes")
+    if not isinstance(kind, str) or kind not in TOPIC_OF_KIND:
+        raise EnvelopeError(f"{dev} ep {ep} seq {seq}: unknown kind {kind!r}")
+    n = payload.get("n", 1) if kind == "batch" else 1
+    if not isinstance(n, int) or not 1 <= n <= MAX_BATCH:
+        raise EnvelopeError(f"{dev} ep {ep} seq {seq}: batch size {n!r}")
+    if topic is not None and not topic.endswith(f"/{dev}/{TOPIC_OF_KIND[kind]}"):
+        raise EnvelopeError(f"{dev} ep {ep} seq {seq}: a {kind} signed by {dev} was published on {topic}, "
+                            "not on its own device's topic")
+    return Checked(dev, ep, seq, n, kind, prev, hashlib.sha256(envelope).digest(), payload)
+
+
 @dataclass
-class _Epoch:
+class EpochChain:
+    """What arrived of one device's epoch: the envelope digest covering each sequence number, and the
+    ``prev`` of each envelope by its first sequence number."""
+
     digests: dict[int, bytes] = field(default_factory=dict)
     prevs: dict[int, bytes] = field(default_factory=dict)
+
+    def add(self, seq: int, n: int, prev: bytes, digest: bytes) -> None:
+        self.prevs[seq] = prev
+        for s in range(seq, seq + n):  # every reading of a batch has its own (dev, ep, seq)
+            self.digests[s] = digest
+
+    def missing(self) -> list[int]:
+        return sorted(set(range(1, max(self.digests) + 1)) - set(self.digests)) if self.digests else []
+
+    def breaks(self) -> list[int]:
+        """First sequence numbers of envelopes whose ``prev`` is not the previous envelope's digest
+        (where that one arrived)."""
+        out = []
+        for seq in sorted(self.prevs):
+            expected = ZERO_HASH if seq == 1 else self.digests.get(seq - 1)
+            if expected is not None and self.prevs[seq] != expected:
+                out.append(seq)
+        return out
+
+    def describe(self, dev: str, ep: int) -> str:
+        seqs = sorted(self.digests)
+        missing, breaks = ranges(self.missing()), self.breaks()
+        line = f"{dev} epoch {ep}: {len(seqs)} messages, seq {seqs[0]}..{seqs[-1]}"
+        line += f"; missing {missing}" if missing else "; none missing"
+        if breaks:
+            line += f"; CHAIN BROKEN before seq {', '.join(map(str, breaks))}"
+        return line
 
 
 class ChainVerifier:
@@ -48,67 +113,38 @@ class ChainVerifier:
 
     def __init__(self, keys: KeyLookup) -> None:
         self._keys = keys
-        self._chains: dict[tuple[str, int], _Epoch] = {}
+        self._chains: dict[tuple[str, int], EpochChain] = {}
         self.accepted = self.duplicates = self.rejected = 0
 
-    def add(self, envelope: bytes) -> Verdict:
-        """Check one envelope."""
+    def add(self, envelope: bytes, *, topic: str | None = None) -> Verdict:
+        """Check one envelope (and the topic it came on, when it came from a broker)."""
         try:
-            claimed = open_envelope(envelope).payload
-            dev, ep, seq = claimed.get("dev"), claimed.get("ep"), claimed.get("seq")
-            if not isinstance(dev, str) or not isinstance(ep, int) or not isinstance(seq, int):
-                raise EnvelopeError("payload lacks dev/ep/seq")
-            key = self._keys(dev)
-            if key is None:
-                raise EnvelopeError(f"no trusted key for device {dev!r}")
-            payload = verify_envelope(envelope, key)
-            prev = payload.get("prev")
-            if not isinstance(prev, bytes) or len(prev) != 32:
-                raise EnvelopeError("prev is not 32 bytes")
+            c = check_envelope(envelope, self._keys, topic=topic)
         except EnvelopeError as exc:
             self.rejected += 1
             return Verdict("rejected", str(exc))
-        digest = hashlib.sha256(envelope).digest()
-        chain = self._chains.setdefault((dev, ep), _Epoch())
-        count = payload.get("n", 1) if payload.get("kind") == "batch" else 1
-        if not isinstance(count, int) or not 1 <= count <= 100_000:
-            self.rejected += 1
-            return Verdict("rejected", f"{dev} ep {ep} seq {seq}: batch size {count!r}")
-        name = f"{dev} ep {ep} seq {seq}" + (f"..{seq + count - 1}" if count > 1 else "")
-        if seq in chain.digests:
-            if chain.digests[seq] == digest:
+        chain = self._chains.setdefault((c.dev, c.ep), EpochChain())
+        if c.seq in chain.digests:
+            if chain.digests[c.seq] == c.digest:
                 self.duplicates += 1
-                return Verdict("duplicate", f"{name} already received: duplicate or replay, ignored", payload)
+                return Verdict("duplicate", f"{c.name} already received: duplicate or replay, ignored", c.payload)
             self.rejected += 1
-            return Verdict("rejected", f"{name} already received with different content: conflict")
-        chain.prevs[seq] = prev
-        for s in range(seq, seq + count):  # every reading of a batch has its own (dev, ep, seq)
-            chain.digests[s] = digest
+            return Verdict("rejected", f"{c.name} already received with different content: conflict")
+        chain.add(c.seq, c.n, c.prev, c.digest)
         self.accepted += 1
-        return Verdict("accepted", name, payload)
+        return Verdict("accepted", c.name, c.payload)
 
     def report(self) -> tuple[list[str], bool]:
         """Lines describing every device/epoch, and whether the chains are intact (no break, no conflict)."""
         lines, intact = [], self.rejected == 0
         for (dev, ep), chain in sorted(self._chains.items()):
-            seqs = sorted(chain.digests)
-            missing = _ranges(sorted(set(range(1, seqs[-1] + 1)) - set(seqs)))
-            breaks = []
-            for seq in sorted(chain.prevs):  # the first sequence number of each envelope
-                expected = ZERO_HASH if seq == 1 else chain.digests.get(seq - 1)
-                if expected is not None and chain.prevs[seq] != expected:
-                    breaks.append(seq)
-            intact = intact and not breaks
-            line = f"{dev} epoch {ep}: {len(seqs)} messages, seq {seqs[0]}..{seqs[-1]}"
-            line += f"; missing {missing}" if missing else "; none missing"
-            if breaks:
-                line += f"; CHAIN BROKEN before seq {', '.join(map(str, breaks))}"
-            lines.append(line)
+            intact = intact and not chain.breaks()
+            lines.append(chain.describe(dev, ep))
         lines.append(f"{self.accepted} accepted, {self.duplicates} duplicates ignored, {self.rejected} rejected")
         return lines, intact
 
 
-def _ranges(values: list[int]) -> str:
+def ranges(values: list[int]) -> str:
     parts, start = [], None
     for i, v in enumerate(values):
         if start is None:

@@ -1,0 +1,149 @@
+"""Composition root of ``battery-gateway ingest``, the backend's scalable consumer: one worker process of
+a consumer group (start as many as the load needs, on any machines), or ``--check`` / ``--migrate``.
+
+Engines: a NATS cluster (``--nats``: a durable JetStream pull consumer on its MQTT stream) or an MQTT 5
+broker with shared subscriptions (``--mqtt``: ``$share/{group}/...``, e.g. mosquitto). Database:
+PostgreSQL (``--db``, or ``BGW_INGEST_DB``). docs/fleet.md has the schema, the sizing and the scripts.
+"""
+
+from __future__ import annotations
+
+import logging
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+from ..core.chainverify import EpochChain, KeyLookup
+from ..errors import ConfigError, StoreError
+from ..ports import GroupSource
+from ..services.ingest import IngestWorker
+
+if TYPE_CHECKING:  # psycopg is in the ingest extra: imported when a command needs it
+    from ..adapters.postgres import PostgresStore
+
+__all__ = ["IngestOptions", "check", "migrate", "run_worker"]
+
+log = logging.getLogger("gateway.ingest")
+
+KINDS = ("reading", "passport", "certificate")  # what is stored; status, ota and cmd/ are not signed readings
+STATS_EVERY_S = 60.0
+
+
+@dataclass(frozen=True)
+class IngestOptions:
+    db: str
+    group: str = "bgw-ingest"
+    topic_prefix: str = "bp/v1"
+    nats: tuple[str, ...] = ()
+    mqtt: str = ""
+    client_id: str = ""
+    tls: tuple[str, str, str] | None = None
+    batch: int = 200
+    ack_wait_s: float = 30.0
+
+
+def _source(opts: IngestOptions) -> GroupSource:
+    filters = [f"{opts.topic_prefix}/+/{kind}" for kind in KINDS]
+    if opts.nats:
+        from ..adapters.nats_source import NatsGroupSource
+
+        return NatsGroupSource(urls=opts.nats, group=opts.group, filters=filters, ack_wait_s=opts.ack_wait_s,
+                               max_ack_pending=max(1000, opts.batch * 50))
+    from ..adapters.mqtt import PahoGroupSource
+
+    host, _, port = opts.mqtt.rpartition(":")
+    if not host or not port.isdigit():
+        raise ConfigError(f"ingest --mqtt: expected HOST:PORT, got {opts.mqtt!r}")
+    if not opts.client_id:
+        raise ConfigError("ingest --mqtt: give --client-id, one per worker and the same after a restart "
+                          "(the broker keeps a dead worker's unacknowledged messages in its session)")
+    source = PahoGroupSource(host=host.strip("[]"), port=int(port), group=opts.group, filters=filters,
+                             client_id=opts.client_id, tls_files=opts.tls, receive_max=max(100, opts.batch * 2))
+    source.wait_ready()
+    return source
+
+
+def _store(dsn: str) -> PostgresStore:
+    from ..adapters.postgres import PostgresStore
+
+    return PostgresStore(dsn)
+
+
+def migrate(dsn: str) -> list[str]:
+    """Apply the schema's migrations that are not applied yet; their names."""
+    store = _store(dsn)
+    try:
+        return list(store.migrate())
+    finally:
+        store.close()
+
+
+def run_worker(opts: IngestOptions, keys: KeyLookup, *, stop: Callable[[], bool]) -> str:
+    """Migrate, then verify and store batches until ``stop()``; the totals line.
+
+    A database that refuses a batch is retried with the same batch (nothing acknowledged in between),
+    with a backoff up to 30 s.
+
+    Raises:
+        ConfigError: bad options.
+        PublishError: the engine cannot be reached or refused the consumer.
+        StoreError: the database cannot be reached at start.
+    """
+    store = _store(opts.db)
+    applied = store.migrate()
+    if applied:
+        log.info("database schema: applied %s", ", ".join(applied))
+    source = _source(opts)
+    worker = IngestWorker(source, store, keys, batch=opts.batch)
+    where = ", ".join(opts.nats) if opts.nats else opts.mqtt
+    log.info("ingest worker in group %s on %s: verifying and storing", opts.group, where)
+    backoff, last_stats = 1.0, time.monotonic()
+    try:
+        while not stop():
+            try:
+                worker.run_once(timeout_s=0.5)
+                backoff = 1.0
+            except StoreError as exc:
+                log.warning("%s; retrying the same batch in %g s", exc, backoff)
+                deadline = time.monotonic() + backoff
+                while not stop() and time.monotonic() < deadline:
+                    time.sleep(0.1)
+                backoff = min(backoff * 2, 30.0)
+            if time.monotonic() - last_stats >= STATS_EVERY_S:
+                log.info("ingest: %s", worker.totals.line())
+                last_stats = time.monotonic()
+    finally:
+        source.close()
+        store.close()
+    return worker.totals.line()
+
+
+def check(dsn: str) -> tuple[list[str], bool]:
+    """``ingest --check``: per device and epoch what is stored, missing and broken (the verifier's own
+    report, ``core/chainverify.EpochChain``), then the rejections per claimed device; and whether every
+    chain is whole (no gap, no break, no rejection)."""
+    store = _store(dsn)
+    lines: list[str] = []
+    devices: set[str] = set()
+    messages = missing = breaks = 0
+    try:
+        for dev, ep, rows in store.chains():
+            chain = EpochChain()
+            for seq, n, prev, digest in rows:
+                chain.add(seq, n, prev, digest)
+            devices.add(dev)
+            messages += len(rows)
+            missing += len(chain.missing())
+            breaks += len(chain.breaks())
+            lines.append(chain.describe(dev, ep))
+        rejected = store.rejection_counts()
+    finally:
+        store.close()
+    for claimed, count, reason in rejected:
+        lines.append(f"{claimed or '(payload unreadable)'}: {count} rejected, e.g. {reason}")
+    total_rejected = sum(n for _, n, _ in rejected)
+    lines.append(f"{len(devices)} devices, {messages} envelopes stored, {missing} sequence numbers missing, "
+                 f"{breaks} chain breaks, {total_rejected} rejected")
+    return lines, not (missing or breaks or total_rejected)
+
