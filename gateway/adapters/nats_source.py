@@ -18,6 +18,7 @@ from __future__ import annotations
 import asyncio
 import contextlib
 import logging
+import time
 from collections.abc import Coroutine, Sequence
 from typing import Any, TypeVar
 
@@ -53,7 +54,8 @@ class NatsGroupSource:
     """A durable pull consumer named ``group`` on the MQTT stream, filtered on ``filters``."""
 
     def __init__(self, *, urls: Sequence[str], group: str, filters: Sequence[str], ack_wait_s: float = 30.0,
-                 max_ack_pending: int = 20_000, connect_timeout_s: float = 10.0) -> None:
+                 max_ack_pending: int = 20_000, connect_timeout_s: float = 10.0,
+                 stream_wait_s: float = 120.0) -> None:
         """Connect to the cluster, create the durable (or bind to it) and start pulling.
 
         Raises:
@@ -75,15 +77,28 @@ class NatsGroupSource:
         config = ConsumerConfig(durable_name=group, ack_policy=AckPolicy.EXPLICIT, deliver_policy=DeliverPolicy.ALL,
                                 filter_subjects=subjects, ack_wait=ack_wait_s, max_deliver=-1,
                                 max_ack_pending=max_ack_pending)
-        try:
-            self._run(js.add_consumer(MQTT_STREAM, config, timeout=connect_timeout_s))
-            self._sub = self._run(js.pull_subscribe_bind(durable=group, stream=MQTT_STREAM))
-        except (nats.errors.Error, TimeoutError) as exc:
-            self.close()
-            raise PublishError(f"nats: JetStream refused the consumer {group!r} on {MQTT_STREAM} "
-                               f"({', '.join(subjects)}): {exc or type(exc).__name__} (is the cluster's MQTT "
-                               "listener enabled, and has an MQTT client connected once, creating the stream?)"
-                               ) from exc
+        deadline = time.monotonic() + stream_wait_s
+        while True:
+            try:
+                self._run(js.add_consumer(MQTT_STREAM, config, timeout=connect_timeout_s))
+                self._sub = self._run(js.pull_subscribe_bind(durable=group, stream=MQTT_STREAM))
+                break
+            except nats.js.errors.NotFoundError as exc:  # the first MQTT connection creates the stream
+                if time.monotonic() > deadline:
+                    self.close()
+                    raise PublishError(f"nats: no stream {MQTT_STREAM} after {stream_wait_s:g} s: is the "
+                                       "cluster's mqtt listener enabled? (the stream appears with the first "
+                                       "MQTT connection)") from exc
+                if not self._failing:
+                    log.warning("nats: waiting for the cluster's MQTT stream %s (the first MQTT connection makes "
+                                "it; gateways must not publish before this worker's consumer exists)", MQTT_STREAM)
+                self._failing = True
+                self._run(asyncio.sleep(1.0))
+            except (nats.errors.Error, TimeoutError) as exc:
+                self.close()
+                raise PublishError(f"nats: JetStream refused the consumer {group!r} on {MQTT_STREAM} "
+                                   f"({', '.join(subjects)}): {exc or type(exc).__name__}") from exc
+        self._failing = False
 
     def _run(self, coro: Coroutine[Any, Any, T]) -> T:
         return self._loop.run_until_complete(coro)
