@@ -7,6 +7,7 @@ import contextlib
 import json
 import os
 import queue
+import random
 import signal
 import sqlite3
 import subprocess
@@ -23,6 +24,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
 
+from gateway.adapters.keystore import load_public_key
 from gateway.core.signing import verify_envelope
 from gateway.sim.battery import LeafBattery
 from gateway.sim.demo import ecu_bus
@@ -38,6 +40,17 @@ class Rig:
     device: str
     can_port: int
     public_key: ec.EllipticCurvePublicKey
+
+
+def new_rig(tmp: Path, mqtt_port: int) -> Rig:
+    """A device key (by ``keygen``), its config on a CAN port of its own; the daemon is not started."""
+    out = subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp / "key.pem")],
+                         capture_output=True, text=True, check=True)
+    assert "BEGIN PUBLIC KEY" in out.stdout and "device id:" in out.stdout
+    device = f"gw-test-{random.randint(0, 99999)}"
+    can_port = random.randint(40000, 49999)
+    config = write_config(tmp, device=device, mqtt_port=mqtt_port, can_port=can_port)
+    return Rig(tmp, config, device, can_port, load_public_key(tmp / "key.pem"))
 
 
 def write_config(tmp: Path, *, device: str, mqtt_port: int, can_port: int) -> Path:

@@ -30,7 +30,7 @@ from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
 from gateway.sim.fleet import LightGateway
 from gateway.sim.fleetstack import NatsCluster, find_nats_server, find_postgres_bin
-from tests.rig import Car, Rig, start_daemon, stop_daemon, wait_for
+from tests.rig import Car, Rig, daemon_log, new_rig, start_daemon, stop_daemon, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow,
               pytest.mark.skipif(find_postgres_bin() is None, reason="PostgreSQL not installed (make setup)")]
@@ -116,16 +116,19 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
     rogue = LightGateway(keys[LIGHT], hosts=engine.hosts, protocol=engine.protocol, connect=False)
     for g in [*fleet, rogue]:
         trust(trust_dir, g.device_id, g.key.public_key())
-    trust(trust_dir, rig.device, rig.public_key)
+    (tmp_path / "second").mkdir()
+    rigs = [rig, new_rig(tmp_path / "second", 1883)]  # two real daemons, each with its own simulated car
     hosts = ", ".join(f'"{h}:{p}"' for h, p in engine.hosts)
-    rig.config.write_text(rig.config.read_text().replace(
-        "[mqtt]\n", f'[mqtt]\nhosts = [{hosts}]\nprotocol = "{engine.protocol}"\nmax_backoff_s = 2\n', 1))
+    for r in rigs:
+        trust(trust_dir, r.device, r.public_key)
+        r.config.write_text(r.config.read_text().replace(
+            "[mqtt]\n", f'[mqtt]\nhosts = [{hosts}]\nprotocol = "{engine.protocol}"\nmax_backoff_s = 2\n', 1))
 
     workers = {name: start_worker(name, engine, db, trust_dir, logs) for name in ("ingest-1", "ingest-2")}
     for name in workers:  # the consumer group exists before anything is published
         wait_for(lambda n=name: "verifying and storing" in worker_log(n, logs), 60, f"{name} to start")
-    car = Car(rig, LeafBattery(generation="aze0"), duration_s=120)
-    daemon = start_daemon(rig)
+    cars = [Car(r, LeafBattery(generation="aze0"), duration_s=120) for r in rigs]
+    daemons = [start_daemon(r) for r in rigs]
 
     def run_until_delivered(what: str, timeout_s: float = 90) -> None:
         deadline = time.monotonic() + timeout_s
@@ -180,16 +183,20 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
         light = {g.device_id for g in fleet}
         wait_for(lambda: sum(1 for d, *_ in stored(db) if d in light) >= sum(len(g.produced) for g in fleet), 120,
                  "every light gateway's reading in the db")
-        assert stop_daemon(daemon) == 0
+        assert [stop_daemon(d) for d in daemons] == [0, 0]
     finally:
-        car.close()
+        for car in cars:
+            car.close()
         for g in fleet:
             g.close()
-    state = sqlite3.connect(rig.tmp / "state" / "state.db")
-    ep, last_seq = state.execute("SELECT ep, seq FROM chain").fetchone()
-    assert state.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0  # the daemon delivered everything
-    state.close()
-    wait_for(lambda: sum(1 for d, *_ in stored(db) if d == rig.device) >= last_seq, 60, "the daemon's chain in the db")
+    chains = {}  # what each daemon signed: its epoch and last sequence number, with an empty outbox
+    for r in rigs:
+        state = sqlite3.connect(r.tmp / "state" / "state.db")
+        chains[r.device] = state.execute("SELECT ep, seq FROM chain").fetchone()
+        assert state.execute("SELECT COUNT(*) FROM outbox").fetchone()[0] == 0
+        state.close()
+        wait_for(lambda r=r: sum(1 for d, *_ in stored(db) if d == r.device) >= chains[r.device][1], 60,
+                 f"{r.device}'s chain in the db")
     with psycopg.connect(db) as conn:
         wait_for(lambda: conn.execute("SELECT COUNT(*) FROM rejections").fetchone()[0] >= 3, 60, "the rejections")
         rejections = conn.execute("SELECT topic, dev, reason FROM rejections ORDER BY id").fetchall()
@@ -199,9 +206,14 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
 
     got = stored(db)
     produced = {(g.device_id, 1, i + 1): hashlib.sha256(e).digest() for g in fleet for i, e in enumerate(g.produced)}
-    assert {k: v for k, v in got.items() if k[0] != rig.device} == produced  # every one, exactly once, no other
-    assert sorted(s for d, e, s in got if d == rig.device) == list(range(1, last_seq + 1))
-    assert ep == 1 and last_seq >= 3
+    assert {k: v for k, v in got.items() if k[0] not in chains} == produced  # every one, exactly once, no other
+    for dev, (ep, last_seq) in chains.items():
+        assert ep == 1 and last_seq >= 3
+        assert sorted(s for d, e, s in got if d == dev) == list(range(1, last_seq + 1))
+    if engine.cluster is not None:  # the daemons started on node 0 and moved to another when it died
+        others = [f"MQTT connected to {h}:{p}" for h, p in engine.hosts[1:]]
+        assert all(f"MQTT connected to {engine.hosts[0][0]}:{engine.hosts[0][1]}" in daemon_log(r) and
+                   any(o in daemon_log(r) for o in others) for r in rigs), daemon_log(rig)
     reasons = "\n".join(f"{t} {d} {r}" for t, d, r in rejections)
     assert f"signed by {rogue.device_id} was published on bp/v1/{victim}/reading" in reasons
     assert "signature does not verify" in reasons or "signed by another key" in reasons
@@ -211,15 +223,16 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
                            capture_output=True, text=True, timeout=60)
     assert check.returncode == 1, check.stdout + check.stderr  # the three rejections are reported
     lines = check.stdout.splitlines()
-    for g in [*fleet, rig]:
-        dev = g.device_id if isinstance(g, LightGateway) else g.device
+    for dev in [*light, *chains]:
         assert any(line.startswith(f"ingest: {dev} epoch 1:") and "none missing" in line
                    and "BROKEN" not in line for line in lines), check.stdout
-    assert f"{LIGHT + 1} devices" in lines[-1] and "0 sequence numbers missing, 0 chain breaks, 3 rejected" in lines[-1]
+    assert f"{LIGHT + len(rigs)} devices" in lines[-1]
+    assert "0 sequence numbers missing, 0 chain breaks, 3 rejected" in lines[-1]
 
     totals = [re.search(r"ingest stopped: (\d+) stored, (\d+) duplicates dropped", worker_log(n, logs))
               for n in workers]
     assert all(totals), [worker_log(n, logs)[-2000:] for n in workers]
-    print(f"{engine.kind}: produced {len(produced) + last_seq}, stored {len(got)}, rejected {len(rejections)}, "
+    signed_by_all = len(produced) + sum(seq for _, seq in chains.values())
+    print(f"{engine.kind}: produced {signed_by_all}, stored {len(got)}, rejected {len(rejections)}, "
           f"duplicates dropped by the restarted worker and its peer: {sum(int(t[2]) for t in totals if t)}, lost 0")
 
