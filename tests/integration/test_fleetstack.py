@@ -10,6 +10,8 @@ neither the consumer nor the messages it had not acknowledged.
 from __future__ import annotations
 
 import asyncio
+import socket
+import stat
 import time
 from collections.abc import Iterator
 
@@ -120,8 +122,14 @@ def test_local_postgres_takes_writes_and_recovers_from_a_kill() -> None:
     if find_postgres_bin() is None:
         pytest.skip("PostgreSQL not installed (Debian's postgresql package; make setup installs it)")
     with LocalPostgres() as pg:
-        assert pg.dsn == f"postgresql://bgw@127.0.0.1:{pg.port}/bgw"
+        # trust authentication and a superuser: no TCP (any local user reaches 127.0.0.1), only the
+        # socket in a 0700 directory
+        assert pg.dsn == f"postgresql://bgw@/bgw?host={pg.dir}&port={pg.port}"
+        assert stat.S_IMODE(pg.dir.stat().st_mode) == 0o700
+        with pytest.raises(OSError), socket.create_connection(("127.0.0.1", pg.port), timeout=2):
+            pass
         with psycopg.connect(pg.dsn, autocommit=True) as conn:
+            assert conn.execute("SHOW listen_addresses").fetchone() == ("",)
             conn.execute("CREATE TABLE reading (device text, seq bigint, body bytea, PRIMARY KEY (device, seq))")
             conn.execute("INSERT INTO reading VALUES (%s, %s, %s)", (DEVICE, 1, PAYLOAD))
             assert conn.execute("SHOW fsync").fetchone() == ("on",)
