@@ -113,7 +113,15 @@ class StateError(TransportError):
 
 
 class StoreError(TransportError):
-    """The ingest's database could not be reached or refused a batch (nothing of it was committed)."""
+    """The ingest's database could not be reached or refused a batch (nothing of it was committed).
+
+    ``refused_data``: the database was there and refused what the batch holds (a value out of its range),
+    so sending the same batch again cannot help; otherwise it was unreachable or busy (retry).
+    """
+
+    def __init__(self, message: str, *, refused_data: bool = False) -> None:
+        super().__init__(message)
+        self.refused_data = refused_data
 
 
 class UpdateError(TransportError):

@@ -10,17 +10,21 @@ are ints, payload maps use the canonical field names of ``FIELDS``.
 from __future__ import annotations
 
 import hashlib
+import re
 from collections.abc import Mapping, Sequence
 from dataclasses import asdict, dataclass, field
 from typing import Any, Protocol
 
 from .errors import UpdateError
 
-__all__ = ["FIELDS", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Checked", "Counters", "Delivery",
-           "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation", "Received",
-           "Release", "SegmentModel", "StoreResult", "release_from_target"]
+__all__ = ["DEVICE_ID", "FIELDS", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Checked", "Counters",
+           "Delivery", "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation",
+           "Received", "Release", "SegmentModel", "StoreResult", "release_from_target"]
 
 ZERO_HASH = bytes(32)  # ``prev`` of the first message of an epoch
+# A device id is the MQTT client id, username, topic level and certificate CN at once: nothing a broker reads
+# as syntax (``+ # /``, NUL), nothing too long for any of them, nothing a file name could misuse.
+DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 SOC_BINS_PCT = (10, 20, 30, 40, 50, 60, 70, 80, 90)  # upper edges; last bin is >= 90 %
 TEMP_BINS_C = (-20, -10, 0, 10, 20, 30, 40, 50)  # upper edges; first bin < -20, last >= 50 degC
 

@@ -434,6 +434,8 @@ class PahoGroupSource:
         self._queue: queue.Queue[Delivery] = queue.Queue()
         self._generation = 0  # connections so far (network thread writes, caller's thread compares)
         self._failure = ""
+        self._receive_max = receive_max
+        self.dropped_qos0 = 0
         self._subscribed = threading.Event()
         self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,  # type: ignore[attr-defined]
                                    protocol=mqtt.MQTTv5, manual_ack=True)
@@ -460,6 +462,7 @@ class PahoGroupSource:
             self._subscribed.set()
             return
         self._generation += 1
+        self._failure = ""  # a refusal before is over
         client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
@@ -469,6 +472,10 @@ class PahoGroupSource:
         self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
+        # QoS 1 is bounded by receive_max; QoS 0 (no device sends it) is not, and cannot be sent again
+        if msg.qos == 0 and self._queue.qsize() > self._receive_max:
+            self.dropped_qos0 += 1
+            return
         self._queue.put(Delivery(msg.topic, bytes(msg.payload), (self._generation, msg.mid, msg.qos)))
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
@@ -497,10 +504,9 @@ class PahoGroupSource:
         return out
 
     def ack(self, deliveries: list[Delivery]) -> None:
-        generation = self._generation
         for d in deliveries:
             gen, mid, qos = d.token
-            if gen == generation and qos > 0:
+            if gen == self._generation and qos > 0:  # read each time: a reconnect may come in between
                 self._client.ack(mid, qos)
 
     def close(self) -> None:

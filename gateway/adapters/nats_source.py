@@ -41,13 +41,15 @@ T = TypeVar("T")
 
 
 def subject_of_topic(topic_filter: str) -> str:
-    """An MQTT topic filter -> the subject of the MQTT stream (``/`` -> ``.``, ``+`` -> ``*``, ``#`` -> ``>``)."""
-    return MQTT_SUBJECT_PREFIX + ".".join({"+": "*", "#": ">"}.get(level, level) for level in topic_filter.split("/"))
+    """An MQTT topic filter -> the subject of the MQTT stream, as NATS maps them: ``/`` -> ``.``, a ``.``
+    inside a level -> ``//``, ``+`` -> ``*``, ``#`` -> ``>``."""
+    levels = ({"+": "*", "#": ">"}.get(level, level.replace(".", "//")) for level in topic_filter.split("/"))
+    return MQTT_SUBJECT_PREFIX + ".".join(levels)
 
 
 def topic_of_subject(subject: str) -> str:
-    """A subject of the MQTT stream -> the MQTT topic the device published on."""
-    return subject.removeprefix(MQTT_SUBJECT_PREFIX).replace(".", "/")
+    """A subject of the MQTT stream -> the MQTT topic the device published on (the inverse of the above)."""
+    return "/".join(t.replace("//", ".") for t in subject.removeprefix(MQTT_SUBJECT_PREFIX).split("."))
 
 
 class NatsGroupSource:

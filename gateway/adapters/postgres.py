@@ -29,16 +29,25 @@ __all__ = ["MIGRATIONS_LOCK", "PostgresStore"]
 
 log = logging.getLogger(__name__)
 
+MAX_BATCH = 100_000  # the verifier's bound on a batch's n: how far back an overlapping envelope can start
 MIGRATIONS_LOCK = 0x6267770001  # pg_advisory_xact_lock key: workers starting together migrate once
 
 
 def _json(value: Any) -> str:
-    """Payload -> JSON for a jsonb column: byte strings (prev, hashes) as hex."""
-    return json.dumps(value, separators=(",", ":"), default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
+    """Payload -> JSON for a jsonb column: byte strings (prev, hashes) as hex. No NaN (jsonb has none):
+    ValueError, a refused value."""
+    return json.dumps(value, separators=(",", ":"), allow_nan=False,
+                      default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
 
 
-def _time(ms: Any) -> datetime:
-    return datetime.fromtimestamp(ms / 1000 if isinstance(ms, int | float) else 0, tz=UTC)
+def printable_topic(topic: str) -> str:
+    """A topic for a log line: control characters escaped (the service gets the same from the core)."""
+    return "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in topic)[:200]
+
+
+def _time(ms: int) -> datetime:
+    """Milliseconds since the epoch (checked in range by the verifier) -> an aware datetime."""
+    return datetime.fromtimestamp(ms / 1000, tz=UTC)
 
 
 def migrations() -> list[tuple[int, str, str]]:
@@ -93,26 +102,41 @@ class PostgresStore:
         """One transaction: see the module docstring.
 
         Raises:
-            StoreError: nothing of the batch was committed.
+            StoreError: nothing of the batch was committed; ``refused_data`` when the database refused a
+                value the batch holds (sending it again cannot help), else it was unreachable or busy.
         """
         try:
             db = self._conn()
             with db.transaction(), db.cursor() as cur:
                 return self._store(cur, batch)
+        except (psycopg.DataError, psycopg.IntegrityError, psycopg.ProgrammingError, psycopg.NotSupportedError,
+                ValueError, TypeError) as exc:
+            raise StoreError(f"ingest: the database refused a batch of {len(batch)}: {_first_line(exc)}",
+                             refused_data=True) from exc
         except psycopg.Error as exc:
             raise StoreError(f"ingest: the database did not take a batch of {len(batch)}: "
                              f"{_first_line(exc)}") from exc
 
     def _store(self, cur: psycopg.Cursor[Any], batch: list[Received]) -> StoreResult:
         result = StoreResult()
-        rejections = [(r.topic, r.dev, r.reason, r.envelope) for r in batch if r.checked is None]
-        accepted = [r for r in batch if r.checked is not None]
+        rejections = [(r.topic, r.dev, r.reason, r.envelope, False) for r in batch if r.checked is None]
+        # one order for every worker's row locks (no deadlock between two batches that share devices)
+        accepted = sorted((r for r in batch if r.checked is not None),
+                          key=lambda r: (r.checked.dev, r.checked.ep, r.checked.seq) if r.checked else ("", 0, 0))
+        overlapping = self._overlapping(cur, accepted)
+        for r in overlapping:
+            c = r.checked
+            assert c is not None
+            reason = f"{c.name} overlaps sequence numbers stored from another envelope: conflict"
+            rejections.append((r.topic, c.dev, reason, r.envelope, True))
+            result.problems.append(f"{printable_topic(r.topic)}: REJECTED: {reason}")
+        accepted = [r for r in accepted if r not in overlapping]
         inserted: set[tuple[str, int, int]] = set()
         if accepted:
             cur.executemany(
                 "INSERT INTO messages (dev, ep, seq, n, kind, ts, prev, digest, envelope, topic) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING dev, ep, seq",
-                [(c.dev, c.ep, c.seq, c.n, c.kind, _time(c.payload.get("ts")), c.prev, c.digest, r.envelope, r.topic)
+                [(c.dev, c.ep, c.seq, c.n, c.kind, _time(c.payload["ts"]), c.prev, c.digest, r.envelope, r.topic)
                  for r in accepted if (c := r.checked)], returning=True)
             while True:
                 inserted.update(cur.fetchall())
@@ -138,34 +162,29 @@ class PostgresStore:
                 assert c is not None
                 if stored.get((c.dev, c.ep, c.seq)) == c.digest:
                     result.duplicates += 1
-                else:
+                else:  # another worker stored a different envelope at this position meanwhile
                     reason = f"{c.name} already stored with different content: conflict"
-                    rejections.append((r.topic, c.dev, reason, r.envelope))
-                    result.problems.append(f"{r.topic}: REJECTED: {reason}")
-        rows = [(r.checked.dev, r.checked.ep, seq, _time(ts), r.checked.payload.get("bat"), _json(m), r.checked.digest)
-                for r in fresh if r.checked for seq, ts, m in r.readings]
+                    rejections.append((r.topic, c.dev, reason, r.envelope, True))
+                    result.problems.append(f"{printable_topic(r.topic)}: REJECTED: {reason}")
+        rows = [(c.dev, c.ep, seq, _time(ts), c.payload.get("bat"), _json(m), c.digest)
+                for r in fresh if (c := r.checked) for seq, ts, m in r.readings]
         if rows:
             cur.executemany("INSERT INTO readings (dev, ep, seq, ts, bat, m, digest) VALUES "
-                            "(%s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING RETURNING 1", rows,
-                            returning=True)
-            written = 0
-            while True:
-                written += len(cur.fetchall())
-                if not cur.nextset():
-                    break
-            if written < len(rows):  # a batch overlapping sequence numbers another envelope holds
-                result.problems.append(f"{len(rows) - written} readings overlap sequence numbers already stored "
-                                       "from other envelopes: conflict (ingest --check lists the device)")
-        passports = [(c.payload.get("bat") or c.dev, c.dev, c.ep, c.seq, _time(c.payload.get("ts")),
-                      _json(c.payload), r.envelope)
-                     for r in fresh if (c := r.checked) and c.kind == "passport"]
+                            "(%s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING", rows)
+        # the latest passport per battery: the same device's later (ep, seq) replaces it; another device's
+        # when it is later, a time in the future counting as its arrival (a device cannot pin a pack's row)
+        passports = sorted(((c.payload.get("bat") or c.dev, c.payload.get("bat") is not None, c.dev, c.ep, c.seq,
+                             _time(c.payload["ts"]), _json(c.payload), r.envelope)
+                            for r in fresh if (c := r.checked) and c.kind == "passport"), key=lambda p: p[:5])
         if passports:
             cur.executemany(
-                "INSERT INTO passports AS p (battery, dev, ep, seq, ts, payload, envelope) "
-                "VALUES (%s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (battery) DO UPDATE SET "
+                "INSERT INTO passports AS p (battery, named, dev, ep, seq, ts, payload, envelope) "
+                "VALUES (%s, %s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT (battery, named) DO UPDATE SET "
                 "dev = EXCLUDED.dev, ep = EXCLUDED.ep, seq = EXCLUDED.seq, ts = EXCLUDED.ts, "
-                "payload = EXCLUDED.payload, envelope = EXCLUDED.envelope "
-                "WHERE (p.ts, p.ep, p.seq) < (EXCLUDED.ts, EXCLUDED.ep, EXCLUDED.seq)", passports)
+                "payload = EXCLUDED.payload, envelope = EXCLUDED.envelope, received_at = now() "
+                "WHERE (p.dev = EXCLUDED.dev AND (p.ep, p.seq) < (EXCLUDED.ep, EXCLUDED.seq)) "
+                "OR (p.dev <> EXCLUDED.dev AND LEAST(p.ts, p.received_at) < LEAST(EXCLUDED.ts, now()))",
+                passports)
         chains: dict[tuple[str, int], list[Any]] = {}
         for r in fresh:
             c = r.checked
@@ -173,21 +192,42 @@ class PostgresStore:
             state = chains.setdefault((c.dev, c.ep), [0, 0, _time(0)])
             state[0] += c.n
             state[1] = max(state[1], c.seq + c.n - 1)
-            state[2] = max(state[2], _time(c.payload.get("ts")))
+            state[2] = max(state[2], _time(c.payload["ts"]))
         if chains:
             cur.executemany(
                 "INSERT INTO chain_state AS s (dev, ep, received, max_seq, last_ts) VALUES (%s, %s, %s, %s, %s) "
                 "ON CONFLICT (dev, ep) DO UPDATE SET received = s.received + EXCLUDED.received, "
                 "max_seq = GREATEST(s.max_seq, EXCLUDED.max_seq), last_ts = GREATEST(s.last_ts, EXCLUDED.last_ts), "
                 "updated_at = now()",
-                sorted((d, e, *v) for (d, e), v in chains.items()))  # one lock order: no deadlock between workers
+                sorted((d, e, *v) for (d, e), v in chains.items()))
         if rejections:
             cur.executemany(
-                "INSERT INTO rejections (digest, topic, dev, reason, envelope) VALUES (%s, %s, %s, %s, %s) "
-                "ON CONFLICT (digest) DO NOTHING",
-                [(hashlib.sha256(t.encode() + b"\0" + e).digest(), t, d, reason, e) for t, d, reason, e in rejections])
+                "INSERT INTO rejections (digest, topic, dev, reason, conflict, envelope) "
+                "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
+                [(hashlib.sha256(t.encode() + b"\0" + e).digest(), t, d, reason, conflict, e)
+                 for t, d, reason, e, conflict in rejections])
         result.stored, result.rejected = len(fresh), len(rejections)
         return result
+
+    @staticmethod
+    def _overlapping(cur: psycopg.Cursor[Any], accepted: list[Received]) -> list[Received]:
+        """The envelopes whose sequence numbers an already stored, different envelope of the same device
+        and epoch covers (a batch's range included): conflicts, never stored. Two such envelopes in one
+        batch, or in two workers' batches at once, are left to ``ingest --check``."""
+        if not accepted:
+            return []
+        cols: list[list[Any]] = [[], [], [], [], []]
+        for r in accepted:
+            c = r.checked
+            assert c is not None
+            for col, v in zip(cols, (c.dev, c.ep, c.seq, c.seq + c.n - 1, c.digest), strict=True):
+                col.append(v)
+        cur.execute(
+            "SELECT f.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bytea[]) "
+            "WITH ORDINALITY AS f(dev, ep, lo, hi, digest, i) WHERE EXISTS (SELECT 1 FROM messages m "
+            "WHERE m.dev = f.dev AND m.ep = f.ep AND m.seq BETWEEN f.lo - %s AND f.hi "
+            "AND m.seq + m.n - 1 >= f.lo AND m.digest <> f.digest)", (*cols, MAX_BATCH))
+        return [accepted[int(i) - 1] for (i,) in cur.fetchall()]
 
     def chains(self) -> Iterator[tuple[str, int, list[tuple[int, int, bytes, bytes]]]]:
         """Every device's epochs, in order: (dev, ep, [(seq, n, prev, digest)...]) streamed from a
@@ -214,13 +254,14 @@ class PostgresStore:
         except psycopg.Error as exc:
             raise StoreError(f"ingest --check: cannot read the database: {_first_line(exc)}") from exc
 
-    def rejection_counts(self) -> list[tuple[str | None, int, str]]:
-        """(claimed device, count, one reason) of the rejections, most first."""
+    def rejection_counts(self) -> list[tuple[str | None, int, int, str]]:
+        """(claimed device, rejections, of which conflicts, one reason) per device, most first."""
         try:
             db = self._conn()
             with db.transaction():
-                return [(d, int(n), reason) for d, n, reason in db.execute(
-                    "SELECT dev, count(*), min(reason) FROM rejections GROUP BY dev ORDER BY count(*) DESC, dev")]
+                return [(d, int(n), int(c), reason) for d, n, c, reason in db.execute(
+                    "SELECT dev, count(*), count(*) FILTER (WHERE conflict), min(reason) FROM rejections "
+                    "GROUP BY dev ORDER BY count(*) DESC, dev")]
         except psycopg.Error as exc:
             raise StoreError(f"ingest --check: cannot read the database: {_first_line(exc)}") from exc
 

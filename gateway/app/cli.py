@@ -147,7 +147,8 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--batch", type=int, default=200, metavar="N", help="messages per transaction (default 200)")
     s.add_argument("--ack-wait", type=float, default=30.0, metavar="S",
                    help="with --nats: a message a worker took and did not acknowledge goes to another after S s")
-    s.add_argument("--check", action="store_true", help="report per device what is missing or broken; exit 1 if any")
+    s.add_argument("--check", action="store_true",
+                   help="report per device what is missing, broken or in conflict; exit 1 if any")
     s.add_argument("--migrate", action="store_true", help="apply the schema's migrations and exit")
 
     s = sub.add_parser("update", help="over-the-air update through TUF: check, download, install, probation",
@@ -349,6 +350,8 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
         raise ConfigError("ingest: give --trust DIR and one engine: --nats URL[,URL...] or --mqtt HOST:PORT")
     if not 1 <= args.batch <= 10_000:
         raise ConfigError(f"ingest --batch: {args.batch} is outside 1..10000")
+    if not 1 <= args.ack_wait <= 3600:
+        raise ConfigError(f"ingest --ack-wait: {args.ack_wait:g} is outside 1..3600 s")
     opts = ingest.IngestOptions(
         db=args.db, group=args.group, topic_prefix=args.topic_prefix.strip("/"),
         nats=tuple(u.strip() for u in (args.nats or "").split(",") if u.strip()), mqtt=args.mqtt or "",
@@ -357,7 +360,7 @@ def _cmd_ingest(args: argparse.Namespace) -> int:
     stop = threading.Event()
     for sig in (signal.SIGINT, signal.SIGTERM):  # finish the batch in hand, then stop
         signal.signal(sig, lambda *_: stop.set())
-    totals = ingest.run_worker(opts, trusted_keys(pubkey=None, trust_dir=args.trust, remember_unknown=False),
+    totals = ingest.run_worker(opts, trusted_keys(pubkey=None, trust_dir=args.trust, recheck_s=60.0),
                                stop=stop.is_set)
     log.info("ingest stopped: %s", totals)
     return 0

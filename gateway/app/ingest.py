@@ -120,13 +120,14 @@ def run_worker(opts: IngestOptions, keys: KeyLookup, *, stop: Callable[[], bool]
 
 
 def check(dsn: str) -> tuple[list[str], bool]:
-    """``ingest --check``: per device and epoch what is stored, missing and broken (the verifier's own
-    report, ``core/chainverify.EpochChain``), then the rejections per claimed device; and whether every
-    chain is whole (no gap, no break, no rejection)."""
+    """``ingest --check``: per device and epoch what is stored, missing, broken or in conflict (the
+    verifier's own report, ``core/chainverify.EpochChain``), then the rejections per claimed device; and
+    whether every chain is whole. Rejections of messages no trusted key signed are listed but do not make
+    a chain less whole (anyone on the broker can send junk claiming any device); conflicts do."""
     store = _store(dsn)
     lines: list[str] = []
     devices: set[str] = set()
-    messages = missing = breaks = 0
+    messages = missing = breaks = conflicts = 0
     try:
         for dev, ep, rows in store.chains():
             chain = EpochChain()
@@ -134,16 +135,19 @@ def check(dsn: str) -> tuple[list[str], bool]:
                 chain.add(seq, n, prev, digest)
             devices.add(dev)
             messages += len(rows)
-            missing += len(chain.missing())
+            missing += chain.missing_count()
             breaks += len(chain.breaks())
+            conflicts += len(set(chain.conflicts))
             lines.append(chain.describe(dev, ep))
         rejected = store.rejection_counts()
     finally:
         store.close()
-    for claimed, count, reason in rejected:
-        lines.append(f"{claimed or '(payload unreadable)'}: {count} rejected, e.g. {reason}")
-    total_rejected = sum(n for _, n, _ in rejected)
+    for claimed, count, conflicting, reason in rejected:
+        who = f"{claimed} (signed)" if conflicting else f"claims {claimed}" if claimed else "(payload unreadable)"
+        lines.append(f"{who}: {count} rejected" + (f", {conflicting} conflicts" if conflicting else "")
+                     + f", e.g. {reason}")
+    total_rejected = sum(n for _, n, _, _ in rejected)
+    conflicts += sum(c for _, _, c, _ in rejected)
     lines.append(f"{len(devices)} devices, {messages} envelopes stored, {missing} sequence numbers missing, "
-                 f"{breaks} chain breaks, {total_rejected} rejected")
-    return lines, not (missing or breaks or total_rejected)
-
+                 f"{breaks} chain breaks, {conflicts} conflicts, {total_rejected} rejected")
+    return lines, not (missing or breaks or conflicts)

@@ -5,6 +5,7 @@ subscription). The checks themselves are ``core/chainverify.py``.
 
 from __future__ import annotations
 
+import logging
 import queue
 import time
 from collections.abc import Callable, Iterator
@@ -15,16 +16,20 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..adapters.keystore import load_public_key
 from ..adapters.mqtt import PahoSubscriber
 from ..errors import ConfigError
+from ..model import DEVICE_ID
+
+log = logging.getLogger(__name__)
 
 __all__ = ["envelopes_from_files", "envelopes_from_mqtt", "trusted_keys"]
 
 
 def trusted_keys(*, pubkey: str | None, trust_dir: str | None,
-                 remember_unknown: bool = True) -> Callable[[str], ec.EllipticCurvePublicKey | None]:
+                 recheck_s: float | None = None) -> Callable[[str], ec.EllipticCurvePublicKey | None]:
     """Device id -> trusted public key: one key for every device (``--pubkey``) or ``DIR/<dev>.pem``.
 
-    Keys found are remembered; with ``remember_unknown`` false (a long-running ingest) a device without a
-    key is looked up again next time, so one enrolled later is trusted without a restart.
+    Only a device id (``model.DEVICE_ID``) is ever made into a file name. With ``recheck_s`` (a
+    long-running ingest) an answer is remembered that long only: a device enrolled later is trusted, and
+    one whose PEM was removed is refused, without a restart. An unreadable PEM is no key (logged once).
 
     Raises:
         ConfigError: the key file or directory is unreadable.
@@ -36,17 +41,27 @@ def trusted_keys(*, pubkey: str | None, trust_dir: str | None,
     directory = Path(trust_dir)
     if not directory.is_dir():
         raise ConfigError(f"verify --trust: {directory} is not a directory")
-    cache: dict[str, ec.EllipticCurvePublicKey | None] = {}
+    cache: dict[str, tuple[ec.EllipticCurvePublicKey | None, float]] = {}
+    broken: set[str] = set()
 
     def lookup(dev: str) -> ec.EllipticCurvePublicKey | None:
-        if dev not in cache:
+        now = time.monotonic()
+        hit = cache.get(dev)
+        if hit is not None and (recheck_s is None or now - hit[1] < recheck_s):
+            return hit[0]
+        key = None
+        if DEVICE_ID.fullmatch(dev):  # never ".." or a path
             path = directory / f"{dev}.pem"
-            safe = dev and "/" not in dev and not dev.startswith(".")
-            key = load_public_key(path) if safe and path.is_file() else None
-            if key is None and not remember_unknown:
-                return None
-            cache[dev] = key
-        return cache[dev]
+            try:
+                key = load_public_key(path) if path.is_file() else None
+            except (ConfigError, OSError) as exc:
+                if dev not in broken:
+                    broken.add(dev)
+                    log.error("trusted key of %s unreadable, its messages are rejected: %s", dev, exc)
+        if len(cache) > 1_000_000:  # ids claimed by junk are remembered too: bounded
+            cache.clear()
+        cache[dev] = (key, now)
+        return key
 
     return lookup
 

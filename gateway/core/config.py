@@ -16,6 +16,7 @@ from dataclasses import dataclass, fields
 from typing import Any
 
 from ..errors import ConfigError
+from ..model import DEVICE_ID
 
 __all__ = ["SCHEMA", "CanConfig", "Config", "DeviceConfig", "MqttConfig", "OtaConfig", "PublishConfig",
            "VehicleConfig", "WarrantyConfig", "parse_config", "render_toml"]
@@ -139,14 +140,13 @@ def _num(lo: float, hi: float, *, integer: bool = False) -> _Check:
     return check
 
 
-_DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")
 _TOPIC_LEVEL = re.compile(r"[A-Za-z0-9._-]{1,64}")
 
 
 def _device_id(v: Any) -> str | None:
     """The MQTT client id, username, topic level and certificate CN at once: nothing a broker reads as
     syntax (``+ # /``, NUL), nothing too long for any of them."""
-    if not isinstance(v, str) or not _DEVICE_ID.fullmatch(v):
+    if not isinstance(v, str) or not DEVICE_ID.fullmatch(v):
         return (f"expected 1-64 letters, digits, '.', '_' or '-' (it is the MQTT client id and a topic level), "
                 f"got {v!r}" if isinstance(v, str) and len(v) <= 80 else "expected a short device id")
     return None

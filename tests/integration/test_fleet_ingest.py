@@ -87,10 +87,26 @@ def engine(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[Engine]:
     e.close()
 
 
+_WORKERS: list[subprocess.Popen[bytes]] = []
+
+
+@pytest.fixture(autouse=True)
+def no_worker_left() -> Iterator[None]:
+    """A failed assertion must not leave ingest workers running (they retry for ever)."""
+    yield
+    for proc in _WORKERS:
+        if proc.poll() is None:
+            proc.kill()
+            proc.wait(10)
+    _WORKERS.clear()
+
+
 def start_worker(name: str, engine: Engine, db: str, trust: Path, log_dir: Path) -> subprocess.Popen[bytes]:
     log = open(log_dir / f"{name}.log", "ab")  # noqa: SIM115 - the process owns it
-    return subprocess.Popen([sys.executable, "-m", "gateway", "ingest", "--db", db, "--trust", str(trust),
+    proc = subprocess.Popen([sys.executable, "-m", "gateway", "ingest", "--db", db, "--trust", str(trust),
                              "--batch", "50", *engine.worker_args(name)], stdout=log, stderr=log)
+    _WORKERS.append(proc)
+    return proc
 
 
 def worker_log(name: str, log_dir: Path) -> str:
@@ -217,13 +233,13 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
 
     check = subprocess.run([sys.executable, "-m", "gateway", "ingest", "--db", db, "--check"],
                            capture_output=True, text=True, timeout=60)
-    assert check.returncode == 1, check.stdout + check.stderr  # the three rejections are reported
+    assert check.returncode == 0, check.stdout + check.stderr  # rejections are listed, no chain is less whole
     lines = check.stdout.splitlines()
     for dev in [*light, *chains]:
         assert any(line.startswith(f"ingest: {dev} epoch 1:") and "none missing" in line
                    and "BROKEN" not in line for line in lines), check.stdout
     assert f"{LIGHT + len(rigs)} devices" in lines[-1]
-    assert "0 sequence numbers missing, 0 chain breaks, 3 rejected" in lines[-1]
+    assert "0 sequence numbers missing, 0 chain breaks, 0 conflicts, 3 rejected" in lines[-1]
 
     totals = [re.search(r"ingest stopped: (\d+) stored, (\d+) duplicates dropped", worker_log(n, logs))
               for n in workers]

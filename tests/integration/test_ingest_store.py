@@ -7,6 +7,7 @@ from __future__ import annotations
 import subprocess
 import sys
 import threading
+import time
 from typing import Any
 
 import psycopg
@@ -74,7 +75,7 @@ def test_a_batch_stored_twice_is_stored_once_and_a_conflict_is_a_rejection(
     assert (first.stored, first.duplicates, again.stored, again.duplicates) == (4, 0, 0, 5)
     forked = received(key, envelopes(key, ["reading"], chain=ChainPosition(1, 1, b"\x01" * 32)))  # another seq 2
     result = store.store(forked)
-    assert result.rejected == 1 and "gw-00000001 ep 1 seq 2 already stored with different content" in \
+    assert result.rejected == 1 and "gw-00000001 ep 1 seq 2 overlaps sequence numbers stored from another" in \
         result.problems[0]
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (4,)
@@ -115,7 +116,7 @@ def test_check_names_the_gaps_and_the_breaks_per_device(db: str, key: ec.Ellipti
     assert "gw-00000001 epoch 1: 6 messages, seq 1..6; none missing; CHAIN BROKEN before seq 6" in out.stdout
     assert "gw-00000002 epoch 1: 4 messages, seq 1..6; missing 3-4" in out.stdout
     assert out.stdout.splitlines()[-1] == \
-        "ingest: 2 devices, 10 envelopes stored, 2 sequence numbers missing, 1 chain breaks, 0 rejected"
+        "ingest: 2 devices, 10 envelopes stored, 2 sequence numbers missing, 1 chain breaks, 0 conflicts, 0 rejected"
 
 
 def test_a_database_that_goes_away_refuses_the_batch_whole_and_takes_it_when_back(
@@ -132,3 +133,57 @@ def test_a_database_that_goes_away_refuses_the_batch_whole_and_takes_it_when_bac
         assert store.store(batch[1:]).stored == 2  # reconnects
         with psycopg.connect(pg.dsn) as conn:
             assert conn.execute("SELECT count(*) FROM messages").fetchone() == (3,)
+
+
+def test_an_envelope_inside_a_stored_batchs_range_is_a_conflict_and_check_fails(
+        db: str, key: ec.EllipticCurvePrivateKey) -> None:
+    from gateway.core.passport import build_batch
+
+    store = PostgresStore(db)
+    store.migrate()
+    rows = [(1_700_000_000.0 + i, {"soc_pct": 50.0 + i}) for i in range(5)]
+    batch_env = Signer(key).sign(build_batch(rows, device_id="gw-00000001", chain=ChainPosition().header(), sw="t",
+                                             bat=None))
+    c = check_envelope(batch_env, {"gw-00000001": key.public_key()}.get)
+    readings = tuple((c.seq + i, c.payload["ts"], {"soc_pct": 50.0 + i}) for i in range(5))
+    assert store.store([Received("bp/v1/gw-00000001/reading", batch_env, c, dev=c.dev, readings=readings)]).stored == 1
+    # a different reading the device signed for seq 3, inside the batch's 1..5
+    fork = received(key, envelopes(key, ["reading"], chain=ChainPosition(1, 2, b"\x02" * 32)))
+    result = store.store(fork)
+    assert result.stored == 0 and result.rejected == 1 and "overlaps sequence numbers" in result.problems[0]
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT count(*) FROM readings").fetchone() == (5,)
+        assert conn.execute("SELECT conflict FROM rejections").fetchall() == [(True,)]
+    out = check(db)
+    assert out.returncode == 1 and "gw-00000001 (signed): 1 rejected, 1 conflicts" in out.stdout
+
+
+def test_junk_claiming_a_device_is_listed_but_does_not_fail_the_check(db: str, key: ec.EllipticCurvePrivateKey) -> None:
+    store = PostgresStore(db)
+    store.migrate()
+    store.store(received(key, envelopes(key, ["reading"] * 2)))
+    forged = "gw-00000001\ningest: 0 devices"  # printable() by the worker before it gets here
+    store.store([Received("bp/v1/gw-00000001/reading", b"junk", reason="signature does not verify",
+                          dev=forged.replace("\n", "\\x0a"))])
+    out = check(db)
+    assert out.returncode == 0, out.stdout
+    assert "claims gw-00000001\\x0aingest: 0 devices: 1 rejected" in out.stdout
+    assert out.stdout.count("\n") == 3  # one line per chain, per claimed device, and the summary
+
+
+def test_a_passport_from_the_future_does_not_pin_a_batterys_row(db: str, key: ec.EllipticCurvePrivateKey) -> None:
+    store = PostgresStore(db)
+    store.migrate()
+    other = ec.generate_private_key(ec.SECP256R1())
+
+    def passport(k: ec.EllipticCurvePrivateKey, dev: str, ts: int) -> Received:
+        env = Signer(k).sign({"v": 1, "kind": "passport", "dev": dev, **ChainPosition().header(), "ts": ts,
+                              "sw": "t", "bat": "pack-1", "doc": {}, "ext": {}})
+        c = check_envelope(env, {dev: k.public_key()}.get)
+        return Received(f"bp/v1/{dev}/passport", env, c, dev=dev)
+
+    store.store([passport(other, "gw-0000000a", 253_402_300_799_000)])  # signed "9999-12-31" by another device
+    store.store([passport(key, "gw-00000001", int(time.time() * 1000))])  # the pack's own car, now
+    with psycopg.connect(db) as conn:
+        assert conn.execute("SELECT dev FROM passports WHERE battery = 'pack-1' AND named").fetchone() == \
+            ("gw-00000001",)

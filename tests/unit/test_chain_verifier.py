@@ -87,3 +87,31 @@ def test_a_broken_chain_is_reported(key: ec.EllipticCurvePrivateKey) -> None:
         v.add(env)
     lines, intact = v.report()
     assert not intact and "CHAIN BROKEN before seq 3" in lines[0]
+
+
+def test_gaps_are_ranges_even_when_a_signed_seq_is_huge() -> None:
+    from gateway.core.chainverify import EpochChain
+
+    chain = EpochChain()
+    for seq in (1, 2, 5, 10**15):
+        chain.add(seq, 1, bytes(32), bytes([seq % 256]) * 32)
+    assert chain.missing() == [(3, 4), (6, 10**15 - 1)] and chain.missing_count() == 10**15 - 4
+    assert "missing 3-4, 6-999999999999999" in chain.describe("gw-1", 1)
+
+
+def test_two_envelopes_claiming_one_sequence_number_are_a_conflict() -> None:
+    from gateway.core.chainverify import EpochChain
+
+    chain = EpochChain()
+    chain.add(1, 5, bytes(32), b"\x01" * 32)  # a batch 1..5
+    chain.add(3, 1, b"\x01" * 32, b"\x02" * 32)  # another envelope for 3
+    assert chain.conflicts == [3] and "CONFLICT (two envelopes) at seq 3" in chain.describe("gw-1", 1)
+
+
+def test_nats_subjects_map_back_to_the_mqtt_topics() -> None:
+    from gateway.adapters.nats_source import subject_of_topic, topic_of_subject
+
+    assert subject_of_topic("bp/v1/+/reading") == "$MQTT.msgs.bp.v1.*.reading"
+    assert subject_of_topic("bp/v1/gw.a/reading") == "$MQTT.msgs.bp.v1.gw//a.reading"  # as nats-server does
+    assert topic_of_subject("$MQTT.msgs.bp.v1.gw//a.reading") == "bp/v1/gw.a/reading"
+    assert topic_of_subject("$MQTT.msgs.bp.v1.gw-0a1b2c3d.passport") == "bp/v1/gw-0a1b2c3d/passport"

@@ -90,3 +90,76 @@ def test_nothing_is_acknowledged_before_the_commit_and_a_refused_batch_comes_fir
     assert worker.run_once() == 2 and source.acked == first
     assert worker.run_once() == 2 and source.acked == first + second
     assert [[r.envelope for r in b] for b in store.batches] == [[d.payload for d in first], [d.payload for d in second]]
+
+
+def signed(key: ec.EllipticCurvePrivateKey, **changes: object) -> bytes:
+    body = {"v": 1, "kind": "reading", "dev": "gw-1", **ChainPosition().header(), "ts": 1, "sw": "t", "bat": None,
+            "m": {"soc_pct": 50.0}}
+    return Signer(key).sign({**body, **changes})
+
+
+@pytest.mark.parametrize(("changes", "why"), [
+    ({"ts": 10**20}, "not a time in milliseconds"),
+    ({"ts": -1}, "not a time in milliseconds"),
+    ({"seq": 2**63}, "out of range"),
+    ({"ep": 0}, "out of range"),
+    ({"m": {"soc_pct": float("nan")}}, "cannot be stored: soc_pct: number nan"),
+    ({"m": {"soc_pct": float("inf")}}, "number inf"),
+    ({"m": {"note": "a\x00b"}}, "text with NUL"),
+    ({"m": {"big": 10**400}}, "out of range"),
+    ({"m": [1, 2]}, "measurements are not a map"),
+    ({"bat": {"a": 1}}, "is not a pack id"),
+    ({"bat": "p\x00"}, "is not a pack id"),
+    ({"kind": "batch", "n": 1, "cols": ["soc_pct"], "res": [0.01], "rows": [[0, 5000]] * 5}, "must carry 1 rows"),
+    ({"kind": "batch", "n": 1, "cols": [1], "res": [0.01], "rows": [[0, 5000]]}, "unreadable"),
+    ({"kind": "batch", "n": 1, "cols": ["x"], "res": [1.0], "rows": [[10**20, 1]]}, "a reading's time"),
+    ({"kind": "batch", "n": 1, "cols": ["x"], "res": [1.0], "rows": [[0, 10**400]]}, "unreadable"),
+])
+def test_a_signed_payload_no_database_could_hold_is_a_rejection_not_a_crash(
+        key: ec.EllipticCurvePrivateKey, changes: dict[str, object], why: str) -> None:
+    store = FakeStore()
+    source = FakeSource([on_topic([signed(key, **changes), signed(key, seq=2, prev=b"\x01" * 32)])])
+    worker = IngestWorker(source, store, {"gw-1": key.public_key()}.get)
+    assert worker.run_once() == 2 and len(source.acked) == 2
+    [[bad, good]] = store.batches
+    assert bad.checked is None and why in bad.reason and good.checked is not None
+
+
+@pytest.mark.parametrize("dev", ["gw-1\ningest: 0 devices", "x" * 300, "../etc/passwd", ""])
+def test_a_hostile_device_id_is_rejected_and_printed_as_one_line(dev: str) -> None:
+    attacker = ec.generate_private_key(ec.SECP256R1())
+    env = Signer(attacker).sign({"v": 1, "kind": "reading", "dev": dev, "ep": 1, "seq": 1, "prev": bytes(32),
+                                 "ts": 1, "sw": "t", "m": {}})
+    store, keys_asked = FakeStore(), []
+    worker = IngestWorker(FakeSource([on_topic([env], dev="gw-1")]), store, lambda d: keys_asked.append(d))
+    worker.run_once()
+    [[r]] = store.batches
+    assert r.checked is None and "is not a device id" in r.reason and keys_asked == []
+    assert "\n" not in r.reason and (r.dev is None or ("\n" not in r.dev and len(r.dev) <= 70))
+
+
+class DataRefusingStore(FakeStore):
+    """Refuses (as a database refuses a value) any batch holding ``poison``."""
+
+    def __init__(self, poison: bytes) -> None:
+        super().__init__()
+        self.poison = poison
+
+    def store(self, batch: list[Received]) -> StoreResult:
+        if any(r.envelope == self.poison and r.checked is not None for r in batch):
+            raise StoreError("ingest: the database refused a batch: value out of range", refused_data=True)
+        return super().store(batch)
+
+
+def test_a_message_the_database_refuses_alone_is_rejected_and_the_rest_is_stored(
+        key: ec.EllipticCurvePrivateKey) -> None:
+    envs = stream(key, 4)
+    store = DataRefusingStore(envs[1])
+    source = FakeSource([on_topic(envs)])
+    worker = IngestWorker(source, store, {"gw-1": key.public_key()}.get)
+    assert worker.run_once() == 4 and len(source.acked) == 4
+    stored = [r.envelope for b in store.batches for r in b if r.checked is not None]
+    rejected = [r for b in store.batches for r in b if r.checked is None]
+    assert stored == [envs[0], envs[2], envs[3]]
+    assert [r.envelope for r in rejected] == [envs[1]] and "the database refused it" in rejected[0].reason
+    assert worker.totals.line() == "3 stored, 0 duplicates dropped, 1 rejected in 1 batches"

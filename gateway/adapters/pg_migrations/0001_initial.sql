@@ -32,15 +32,20 @@ CREATE TABLE readings (
 );
 CREATE INDEX readings_by_time ON readings (dev, ts);
 
--- The latest passport per battery (per device when the car names no pack).
+-- The latest passport per battery: named = true, battery is the pack id the car gave (`bat`); named =
+-- false, battery is the device id (the car names no pack). The same device's later (ep, seq) replaces it;
+-- another device's when it is later by LEAST(ts, arrival): a ts in the future cannot pin the row.
 CREATE TABLE passports (
-    battery  text        PRIMARY KEY,
-    dev      text        NOT NULL,
-    ep       bigint      NOT NULL,
-    seq      bigint      NOT NULL,
-    ts       timestamptz NOT NULL,
-    payload  jsonb       NOT NULL,
-    envelope bytea       NOT NULL
+    battery     text        NOT NULL,
+    named       boolean     NOT NULL,
+    dev         text        NOT NULL,
+    ep          bigint      NOT NULL,
+    seq         bigint      NOT NULL,
+    ts          timestamptz NOT NULL,
+    payload     jsonb       NOT NULL,
+    envelope    bytea       NOT NULL,
+    received_at timestamptz NOT NULL DEFAULT now(),
+    PRIMARY KEY (battery, named)
 );
 
 -- Each device's chain per epoch, kept up to date by every batch: how many sequence numbers arrived and
@@ -56,13 +61,15 @@ CREATE TABLE chain_state (
 );
 
 -- What was refused, with the reason, once per (topic, envelope): forged, tampered, unknown device,
--- published on another device's topic, or a conflict (a different envelope for a (dev, ep, seq) stored).
+-- published on another device's topic, unreadable or unstorable, or a conflict: an envelope signed by its
+-- device for sequence numbers a different stored envelope holds (a device that reused its chain).
 CREATE TABLE rejections (
     id          bigserial   PRIMARY KEY,
     digest      bytea       NOT NULL UNIQUE,     -- SHA-256 over topic, a zero byte and the envelope
     topic       text        NOT NULL,
-    dev         text,                            -- the device the payload claims, if it could be read
+    dev         text,                            -- the device the payload claims (unverified unless conflict)
     reason      text        NOT NULL,
+    conflict    boolean     NOT NULL DEFAULT false,
     envelope    bytea       NOT NULL,
     received_at timestamptz NOT NULL DEFAULT now()
 );
