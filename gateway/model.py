@@ -175,12 +175,12 @@ class Received:
 @dataclass
 class StoreResult:
     """What one transaction of an ingest batch did: envelopes stored, copies already stored (dropped),
-    conflicts (same ``(dev, ep, seq)``, other content) and chain breaks seen, one line each."""
+    rejections, and the conflicts it found as (topic, reason)."""
 
     stored: int = 0
     duplicates: int = 0
     rejected: int = 0
-    problems: list[str] = field(default_factory=list)
+    problems: list[tuple[str, str]] = field(default_factory=list)
 
 
 @dataclass

@@ -40,10 +40,6 @@ def _json(value: Any) -> str:
                       default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
 
 
-def printable_topic(topic: str) -> str:
-    """A topic for a log line: control characters escaped (the service gets the same from the core)."""
-    return "".join(c if " " <= c <= "~" else f"\\x{ord(c):02x}" for c in topic)[:200]
-
 
 def _time(ms: int) -> datetime:
     """Milliseconds since the epoch (checked in range by the verifier) -> an aware datetime."""
@@ -129,7 +125,7 @@ class PostgresStore:
             assert c is not None
             reason = f"{c.name} overlaps sequence numbers stored from another envelope: conflict"
             rejections.append((r.topic, c.dev, reason, r.envelope, True))
-            result.problems.append(f"{printable_topic(r.topic)}: REJECTED: {reason}")
+            result.problems.append((r.topic, reason))
         accepted = [r for r in accepted if r not in overlapping]
         inserted: set[tuple[str, int, int]] = set()
         if accepted:
@@ -165,7 +161,7 @@ class PostgresStore:
                 else:  # another worker stored a different envelope at this position meanwhile
                     reason = f"{c.name} already stored with different content: conflict"
                     rejections.append((r.topic, c.dev, reason, r.envelope, True))
-                    result.problems.append(f"{printable_topic(r.topic)}: REJECTED: {reason}")
+                    result.problems.append((r.topic, reason))
         rows = [(c.dev, c.ep, seq, _time(ts), c.payload.get("bat"), _json(m), c.digest)
                 for r in fresh if (c := r.checked) for seq, ts, m in r.readings]
         if rows:

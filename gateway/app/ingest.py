@@ -98,7 +98,7 @@ def run_worker(opts: IngestOptions, keys: KeyLookup, *, stop: Callable[[], bool]
     worker = IngestWorker(source, store, keys, batch=opts.batch)
     where = ", ".join(opts.nats) if opts.nats else opts.mqtt
     log.info("ingest worker in group %s on %s: verifying and storing", opts.group, where)
-    backoff, last_stats = 1.0, time.monotonic()
+    backoff, last_stats, last_line = 1.0, time.monotonic(), ""
     try:
         while not stop():
             try:
@@ -111,7 +111,9 @@ def run_worker(opts: IngestOptions, keys: KeyLookup, *, stop: Callable[[], bool]
                     time.sleep(0.1)
                 backoff = min(backoff * 2, 30.0)
             if time.monotonic() - last_stats >= STATS_EVERY_S:
-                log.info("ingest: %s", worker.totals.line())
+                if (line := worker.totals.line()) != last_line:  # a quiet worker does not fill the journal
+                    log.info("ingest: %s", line)
+                    last_line = line
                 last_stats = time.monotonic()
     finally:
         source.close()

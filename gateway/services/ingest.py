@@ -74,8 +74,8 @@ class IngestWorker:
         result = self._store_all(batch)  # StoreError: held, retried by the next call
         self._held = None
         self._source.ack(deliveries)
-        rejected = [f"{printable(r.topic)}: REJECTED: {r.reason}" for r in batch if r.checked is None]
-        rejected += result.problems
+        rejected = [f"{printable(topic)}: REJECTED: {reason}" for topic, reason in
+                    [(r.topic, r.reason) for r in batch if r.checked is None] + result.problems]
         for line in rejected[:LOGGED_PER_BATCH]:  # a flood of junk on the broker does not flood the journal
             log.warning("%s", line)
         if len(rejected) > LOGGED_PER_BATCH:
@@ -102,7 +102,7 @@ class IngestWorker:
                     raise
                 reason = f"the database refused it: {printable(str(exc))}"
                 one = self._store.store([Received(printable(r.topic, 500), r.envelope, reason=reason, dev=r.dev)])
-                one.problems.append(f"{printable(r.topic)}: REJECTED: {reason}")
+                one.problems.append((r.topic, reason))
             total.stored += one.stored
             total.duplicates += one.duplicates
             total.rejected += one.rejected

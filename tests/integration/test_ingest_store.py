@@ -76,7 +76,7 @@ def test_a_batch_stored_twice_is_stored_once_and_a_conflict_is_a_rejection(
     forked = received(key, envelopes(key, ["reading"], chain=ChainPosition(1, 1, b"\x01" * 32)))  # another seq 2
     result = store.store(forked)
     assert result.rejected == 1 and "gw-00000001 ep 1 seq 2 overlaps sequence numbers stored from another" in \
-        result.problems[0]
+        result.problems[0][1]
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM messages").fetchone() == (4,)
         assert conn.execute("SELECT seq, m->>'soc_pct' FROM readings ORDER BY seq").fetchall() == \
@@ -150,7 +150,7 @@ def test_an_envelope_inside_a_stored_batchs_range_is_a_conflict_and_check_fails(
     # a different reading the device signed for seq 3, inside the batch's 1..5
     fork = received(key, envelopes(key, ["reading"], chain=ChainPosition(1, 2, b"\x02" * 32)))
     result = store.store(fork)
-    assert result.stored == 0 and result.rejected == 1 and "overlaps sequence numbers" in result.problems[0]
+    assert result.stored == 0 and result.rejected == 1 and "overlaps sequence numbers" in result.problems[0][1]
     with psycopg.connect(db) as conn:
         assert conn.execute("SELECT count(*) FROM readings").fetchone() == (5,)
         assert conn.execute("SELECT conflict FROM rejections").fetchall() == [(True,)]
