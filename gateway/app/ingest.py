@@ -82,8 +82,8 @@ def migrate(dsn: str) -> list[str]:
 def run_worker(opts: IngestOptions, keys: KeyLookup, *, stop: Callable[[], bool]) -> str:
     """Migrate, then verify and store batches until ``stop()``; the totals line.
 
-    A database that refuses a batch is retried with the same batch (nothing acknowledged in between),
-    with a backoff up to 30 s.
+    A database that cannot be reached gets the same batch again (nothing acknowledged in between), with a
+    backoff up to 30 s; one that refuses a value is handled by the worker (the message is rejected).
 
     Raises:
         ConfigError: bad options.
