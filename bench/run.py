@@ -505,12 +505,9 @@ def bench_fleet(devices: int = 1000, per_device: int = 60, publishers: int = 20)
                 raise SystemExit(f"fleet: the ingest workers did not start; see {tmp}/ingest-*.log")
             time.sleep(0.1)
 
-    def drain(label: str, n: int, dsn: str, engine: list[str]) -> tuple[float, float]:
-        for i in range(n):
-            (tmp / f"ingest-{i}.log").write_bytes(b"")
-        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        t = time.perf_counter()
-        procs = workers(n, dsn, engine)
+    def until_stored(label: str, dsn: str, t: float, procs: list[subprocess.Popen[bytes]],
+                     cpu0: resource.struct_rusage) -> tuple[float, float]:
+        """Seconds since ``t`` until every envelope is stored, and the workers' CPU seconds once stopped."""
         while stored(dsn) < total:
             if time.perf_counter() - t > 900:
                 raise SystemExit(f"fleet: {label}: {stored(dsn):,} of {total:,} stored after 900 s")
@@ -518,8 +515,14 @@ def bench_fleet(devices: int = 1000, per_device: int = 60, publishers: int = 20)
         elapsed = time.perf_counter() - t
         stop(procs)
         cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        cpu = (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
-        return elapsed, cpu
+        return elapsed, (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)
+
+    def drain(label: str, n: int, dsn: str, engine: list[str]) -> tuple[float, float]:
+        for i in range(n):
+            (tmp / f"ingest-{i}.log").write_bytes(b"")
+        cpu0 = resource.getrusage(resource.RUSAGE_CHILDREN)
+        t = time.perf_counter()
+        return until_stored(label, dsn, t, workers(n, dsn, engine), cpu0)
 
     def reset(dsn: str) -> None:
         with psycopg.connect(dsn, autocommit=True) as conn:
@@ -535,14 +538,8 @@ def bench_fleet(devices: int = 1000, per_device: int = 60, publishers: int = 20)
         wait_started(1)
         t = time.perf_counter()
         pub = publish(hosts, protocol)
-        while stored(dsn) < total:
-            if time.perf_counter() - t > 900:
-                raise SystemExit(f"fleet: {label}: {stored(dsn):,} of {total:,} stored after 900 s")
-            time.sleep(0.2)
-        elapsed = time.perf_counter() - t
-        stop(procs)
-        cpu1 = resource.getrusage(resource.RUSAGE_CHILDREN)
-        rows.append((label, pub, elapsed, (cpu1.ru_utime - cpu0.ru_utime) + (cpu1.ru_stime - cpu0.ru_stime)))
+        elapsed, cpu = until_stored(label, dsn, t, procs, cpu0)
+        rows.append((label, pub, elapsed, cpu))
         print(f"  {label}: published in {pub:.1f} s, all stored {elapsed:.1f} s after the first publish", flush=True)
 
     rows: list[tuple[str, float, float, float]] = []

@@ -437,14 +437,8 @@ class PahoGroupSource:
         self._receive_max = receive_max
         self.dropped_qos0 = 0
         self._subscribed = threading.Event()
-        self._client = mqtt.Client(mqtt.CallbackAPIVersion.VERSION2, client_id=client_id,  # type: ignore[attr-defined]
-                                   protocol=mqtt.MQTTv5, manual_ack=True)
-        if tls_files is not None:
-            ca, cert, key = tls_files
-            try:
-                self._client.tls_set(ca_certs=ca or None, certfile=cert or None, keyfile=key or None)
-            except (OSError, ValueError) as exc:
-                raise PublishError(f"mqtt: cannot load TLS files ({ca}, {cert}, {key}): {exc}") from exc
+        self._client = _client(client_id, tls_files, "5")
+        self._client.manual_ack_set(True)
         self._client.reconnect_delay_set(1, 10)
         self._client.on_connect = self._on_connect
         self._client.on_subscribe = self._on_subscribe
