@@ -435,7 +435,7 @@ class PahoGroupSource:
         self._generation = 0  # connections so far (network thread writes, caller's thread compares)
         self._failure = ""
         self._receive_max = receive_max
-        self.dropped_qos0 = 0
+        self._dropped_qos0 = 0
         self._subscribed = threading.Event()
         self._client = _client(client_id, tls_files, "5")
         self._client.manual_ack_set(True)
@@ -468,7 +468,10 @@ class PahoGroupSource:
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # QoS 1 is bounded by receive_max; QoS 0 (no device sends it) is not, and cannot be sent again
         if msg.qos == 0 and self._queue.qsize() > self._receive_max:
-            self.dropped_qos0 += 1
+            if not self._dropped_qos0:
+                log.warning("mqtt: a QoS 0 message on %r dropped: the worker is behind and QoS 0 cannot be sent "
+                            "again (devices publish QoS 1); further drops are not logged", msg.topic[:200])
+            self._dropped_qos0 += 1
             return
         self._queue.put(Delivery(msg.topic, bytes(msg.payload), (self._generation, msg.mid, msg.qos)))
 
