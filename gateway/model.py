@@ -17,11 +17,12 @@ from typing import Any, Protocol
 
 from .errors import UpdateError
 
-__all__ = ["DEVICE_ID", "FIELDS", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Checked", "Counters",
-           "Delivery", "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage", "Probation",
-           "Received", "Release", "SegmentModel", "StoreResult", "release_from_target"]
+__all__ = ["DEVICE_ID", "FIELDS", "MAX_BATCH", "SOC_BINS_PCT", "TEMP_BINS_C", "ZERO_HASH", "ChainPosition", "Checked",
+           "Counters", "Delivery", "FieldSpec", "Frame", "Health", "OtaState", "OutboxRow", "OutgoingMessage",
+           "Probation", "Received", "Release", "SegmentModel", "StoreResult", "release_from_target"]
 
 ZERO_HASH = bytes(32)  # ``prev`` of the first message of an epoch
+MAX_BATCH = 100_000  # readings one ``batch`` envelope may carry (its ``n``): the verifier's bound
 # A device id is the MQTT client id, username, topic level and certificate CN at once: nothing a broker reads
 # as syntax (``+ # /``, NUL), nothing too long for any of them, nothing a file name could misuse.
 DEVICE_ID = re.compile(r"[A-Za-z0-9][A-Za-z0-9._-]{0,63}")

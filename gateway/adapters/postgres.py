@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import hashlib
 import json
-import logging
 from collections.abc import Iterator
 from datetime import UTC, datetime
 from importlib import resources
@@ -23,13 +22,10 @@ from typing import Any
 import psycopg
 
 from ..errors import StoreError
-from ..model import Received, StoreResult
+from ..model import MAX_BATCH, Checked, Received, StoreResult
 
 __all__ = ["MIGRATIONS_LOCK", "PostgresStore"]
 
-log = logging.getLogger(__name__)
-
-MAX_BATCH = 100_000  # the verifier's bound on a batch's n: how far back an overlapping envelope can start
 MIGRATIONS_LOCK = 0x6267770001  # pg_advisory_xact_lock key: workers starting together migrate once
 
 
@@ -38,7 +34,6 @@ def _json(value: Any) -> str:
     ValueError, a refused value."""
     return json.dumps(value, separators=(",", ":"), allow_nan=False,
                       default=lambda v: v.hex() if isinstance(v, bytes) else str(v))
-
 
 
 def _time(ms: int) -> datetime:
@@ -117,53 +112,49 @@ class PostgresStore:
         result = StoreResult()
         rejections = [(r.topic, r.dev, r.reason, r.envelope, False) for r in batch if r.checked is None]
         # one order for every worker's row locks (no deadlock between two batches that share devices)
-        accepted = sorted((r for r in batch if r.checked is not None),
-                          key=lambda r: (r.checked.dev, r.checked.ep, r.checked.seq) if r.checked else ("", 0, 0))
-        overlapping = self._overlapping(cur, accepted)
-        for r in overlapping:
-            c = r.checked
-            assert c is not None
-            reason = f"{c.name} overlaps sequence numbers stored from another envelope: conflict"
+        accepted = sorted(((r, r.checked) for r in batch if r.checked is not None),
+                          key=lambda rc: (rc[1].dev, rc[1].ep, rc[1].seq))
+
+        def conflict(r: Received, c: Checked, why: str) -> None:
+            reason = f"{c.name} {why}: conflict"
             rejections.append((r.topic, c.dev, reason, r.envelope, True))
             result.problems.append((r.topic, reason))
-        accepted = [r for r in accepted if r not in overlapping]
+
+        overlapping = self._overlapping(cur, [c for _, c in accepted])
+        for k in sorted(overlapping):
+            conflict(*accepted[k], "overlaps sequence numbers stored from another envelope")
+        accepted = [rc for k, rc in enumerate(accepted) if k not in overlapping]
         inserted: set[tuple[str, int, int]] = set()
         if accepted:
             cur.executemany(
                 "INSERT INTO messages (dev, ep, seq, n, kind, ts, prev, digest, envelope, topic) "
                 "VALUES (%s, %s, %s, %s, %s, %s, %s, %s, %s, %s) ON CONFLICT DO NOTHING RETURNING dev, ep, seq",
                 [(c.dev, c.ep, c.seq, c.n, c.kind, _time(c.payload["ts"]), c.prev, c.digest, r.envelope, r.topic)
-                 for r in accepted if (c := r.checked)], returning=True)
+                 for r, c in accepted], returning=True)
             while True:
                 inserted.update(cur.fetchall())
                 if not cur.nextset():
                     break
         fresh, again = [], []
-        for r in accepted:
-            c = r.checked
-            assert c is not None
+        for r, c in accepted:
             if (c.dev, c.ep, c.seq) in inserted:
                 inserted.discard((c.dev, c.ep, c.seq))  # the same envelope twice in one batch: the 2nd is again
-                fresh.append(r)
+                fresh.append((r, c))
             else:
-                again.append(r)
+                again.append((r, c))
         if again:
-            keys = list({(r.checked.dev, r.checked.ep, r.checked.seq) for r in again if r.checked})
+            keys = list({(c.dev, c.ep, c.seq) for _, c in again})
             cur.execute("SELECT dev, ep, seq, digest FROM messages WHERE (dev, ep, seq) IN "
                         "(SELECT * FROM unnest(%s::text[], %s::bigint[], %s::bigint[]))",
                         ([k[0] for k in keys], [k[1] for k in keys], [k[2] for k in keys]))
             stored = {(d, e, s): bytes(h) for d, e, s, h in cur.fetchall()}
-            for r in again:
-                c = r.checked
-                assert c is not None
+            for r, c in again:
                 if stored.get((c.dev, c.ep, c.seq)) == c.digest:
                     result.duplicates += 1
                 else:  # another worker stored a different envelope at this position meanwhile
-                    reason = f"{c.name} already stored with different content: conflict"
-                    rejections.append((r.topic, c.dev, reason, r.envelope, True))
-                    result.problems.append((r.topic, reason))
+                    conflict(r, c, "already stored with different content")
         rows = [(c.dev, c.ep, seq, _time(ts), c.payload.get("bat"), _json(m), c.digest)
-                for r in fresh if (c := r.checked) for seq, ts, m in r.readings]
+                for r, c in fresh for seq, ts, m in r.readings]
         if rows:
             cur.executemany("INSERT INTO readings (dev, ep, seq, ts, bat, m, digest) VALUES "
                             "(%s, %s, %s, %s, %s, %s::jsonb, %s) ON CONFLICT DO NOTHING", rows)
@@ -171,7 +162,7 @@ class PostgresStore:
         # when it is later, a time in the future counting as its arrival (a device cannot pin a pack's row)
         passports = sorted(((c.payload.get("bat") or c.dev, c.payload.get("bat") is not None, c.dev, c.ep, c.seq,
                              _time(c.payload["ts"]), _json(c.payload), r.envelope)
-                            for r in fresh if (c := r.checked) and c.kind == "passport"), key=lambda p: p[:5])
+                            for r, c in fresh if c.kind == "passport"), key=lambda p: p[:5])
         if passports:
             cur.executemany(
                 "INSERT INTO passports AS p (battery, named, dev, ep, seq, ts, payload, envelope) "
@@ -182,9 +173,7 @@ class PostgresStore:
                 "OR (p.dev <> EXCLUDED.dev AND LEAST(p.ts, p.received_at) < LEAST(EXCLUDED.ts, now()))",
                 passports)
         chains: dict[tuple[str, int], list[Any]] = {}
-        for r in fresh:
-            c = r.checked
-            assert c is not None
+        for _, c in fresh:
             state = chains.setdefault((c.dev, c.ep), [0, 0, _time(0)])
             state[0] += c.n
             state[1] = max(state[1], c.seq + c.n - 1)
@@ -200,30 +189,26 @@ class PostgresStore:
             cur.executemany(
                 "INSERT INTO rejections (digest, topic, dev, reason, conflict, envelope) "
                 "VALUES (%s, %s, %s, %s, %s, %s) ON CONFLICT (digest) DO NOTHING",
-                [(hashlib.sha256(t.encode() + b"\0" + e).digest(), t, d, reason, conflict, e)
-                 for t, d, reason, e, conflict in rejections])
+                [(hashlib.sha256(t.encode() + b"\0" + e).digest(), t, d, reason, is_conflict, e)
+                 for t, d, reason, e, is_conflict in rejections])
         result.stored, result.rejected = len(fresh), len(rejections)
         return result
 
     @staticmethod
-    def _overlapping(cur: psycopg.Cursor[Any], accepted: list[Received]) -> list[Received]:
-        """The envelopes whose sequence numbers an already stored, different envelope of the same device
-        and epoch covers (a batch's range included): conflicts, never stored. Two such envelopes in one
-        batch, or in two workers' batches at once, are left to ``ingest --check``."""
+    def _overlapping(cur: psycopg.Cursor[Any], accepted: list[Checked]) -> set[int]:
+        """Indexes of the envelopes whose sequence numbers an already stored, different envelope of the same
+        device and epoch covers (a batch's range included): conflicts, never stored. Two such envelopes in
+        one batch, or in two workers' batches at once, are left to ``ingest --check``."""
         if not accepted:
-            return []
-        cols: list[list[Any]] = [[], [], [], [], []]
-        for r in accepted:
-            c = r.checked
-            assert c is not None
-            for col, v in zip(cols, (c.dev, c.ep, c.seq, c.seq + c.n - 1, c.digest), strict=True):
-                col.append(v)
+            return set()
         cur.execute(
             "SELECT f.i FROM unnest(%s::text[], %s::bigint[], %s::bigint[], %s::bigint[], %s::bytea[]) "
             "WITH ORDINALITY AS f(dev, ep, lo, hi, digest, i) WHERE EXISTS (SELECT 1 FROM messages m "
             "WHERE m.dev = f.dev AND m.ep = f.ep AND m.seq BETWEEN f.lo - %s AND f.hi "
-            "AND m.seq + m.n - 1 >= f.lo AND m.digest <> f.digest)", (*cols, MAX_BATCH))
-        return [accepted[int(i) - 1] for (i,) in cur.fetchall()]
+            "AND m.seq + m.n - 1 >= f.lo AND m.digest <> f.digest)",
+            ([c.dev for c in accepted], [c.ep for c in accepted], [c.seq for c in accepted],
+             [c.seq + c.n - 1 for c in accepted], [c.digest for c in accepted], MAX_BATCH))
+        return {int(i) - 1 for (i,) in cur.fetchall()}
 
     def chains(self) -> Iterator[tuple[str, int, list[tuple[int, int, bytes, bytes]]]]:
         """Every device's epochs, in order: (dev, ep, [(seq, n, prev, digest)...]) streamed from a

@@ -23,16 +23,15 @@ from typing import Any
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import EnvelopeError
-from ..model import DEVICE_ID, ZERO_HASH, Checked
+from ..model import DEVICE_ID, MAX_BATCH, ZERO_HASH, Checked
 from .signing import open_envelope, verify_envelope
 
-__all__ = ["ChainVerifier", "EpochChain", "KeyLookup", "Verdict", "check_envelope", "printable", "ranges", "storable"]
+__all__ = ["ChainVerifier", "EpochChain", "KeyLookup", "Verdict", "check_envelope", "printable", "storable"]
 
 KeyLookup = Callable[[str], ec.EllipticCurvePublicKey | None]
 
 # The topic (last segment) each kind is published on; a batch of readings goes on ``reading``.
 TOPIC_OF_KIND = {"reading": "reading", "batch": "reading", "passport": "passport", "certificate": "certificate"}
-MAX_BATCH = 100_000
 MAX_POSITION = (1 << 63) - 1 - MAX_BATCH  # ep and seq fit a signed 64-bit column, with a batch's last seq
 MAX_TS_MS = 253_402_300_799_999  # 9999-12-31T23:59:59.999Z: the last instant a datetime can hold
 
@@ -132,7 +131,7 @@ class EpochChain:
         if breaks:
             line += f"; CHAIN BROKEN before seq {', '.join(map(str, breaks))}"
         if self.conflicts:
-            line += f"; CONFLICT (two envelopes) at seq {ranges(sorted(set(self.conflicts)))}"
+            line += f"; CONFLICT (two envelopes) at seq {_ranges(sorted(set(self.conflicts)))}"
         return line
 
 
@@ -216,12 +215,12 @@ def storable(value: Any, depth: int = 0) -> str | None:
     return f"value of type {type(value).__name__}"
 
 
-def ranges(values: list[int]) -> str:
-    parts, start = [], None
-    for i, v in enumerate(values):
-        if start is None:
-            start = v
-        if i + 1 == len(values) or values[i + 1] != v + 1:
-            parts.append(str(start) if start == v else f"{start}-{v}")
-            start = None
-    return ", ".join(parts)
+def _ranges(values: list[int]) -> str:
+    """Sorted numbers -> "3-4, 8" (runs of consecutive numbers as spans)."""
+    spans: list[tuple[int, int]] = []
+    for v in values:
+        if spans and v == spans[-1][1] + 1:
+            spans[-1] = (spans[-1][0], v)
+        else:
+            spans.append((v, v))
+    return _spans(spans)
