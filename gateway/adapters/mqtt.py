@@ -37,7 +37,6 @@ from typing import Any
 import paho.mqtt.client as mqtt
 from paho.mqtt.packettypes import PacketTypes
 from paho.mqtt.properties import Properties
-from paho.mqtt.subscribeoptions import SubscribeOptions
 
 from ..errors import PublishError
 from ..model import Delivery, OutgoingMessage
@@ -348,45 +347,43 @@ class PahoPublisher:
             self._client.loop(timeout=0.1)
 
 
-class PahoSubscriber:
-    """A backend-side subscriber (``verify --mqtt``, the demo): collects (topic, payload) on a queue.
+class _Subscription:
+    """A backend-side MQTT subscription: connect, subscribe to ``topics`` at QoS 1 on every CONNACK, and
+    record a refused connection or subscription on paho's network thread for ``wait_ready`` / ``check``
+    to raise on the caller's."""
 
-    ``messages`` is filled on paho's network thread and read by the caller's thread; a refused connection
-    or subscription is recorded there too and raised by ``wait_ready`` / ``check`` on the caller's.
-    """
-
-    def __init__(self, *, host: str, port: int, topic: str, client_id: str = "",
-                 tls_files: tuple[str, str, str] | None = None, protocol: str = "5") -> None:
+    def _start(self, client: mqtt.Client, host: str, port: int, topics: Sequence[str], **connect: Any) -> None:
         """Connect (TLS handshake included) and subscribe in the background.
 
         Raises:
-            PublishError: the broker cannot be reached or the TLS files cannot be loaded.
+            PublishError: the broker cannot be reached.
         """
-        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
-        self.topic, self._where = topic, f"{host}:{port}"
+        self.topics, self._where, self._client = list(topics), f"{host}:{port}", client
         self._subscribed = threading.Event()
         self._failure = ""
-        self._client = _client(client_id or f"verify-{random.randrange(1 << 30)}", tls_files, protocol)
-        self._client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
+        client.on_connect = self._on_connect
+        client.on_subscribe = self._on_subscribe
         try:
-            self._client.connect(host, port)
+            client.connect(host, port, **connect)
         except (OSError, ValueError) as exc:
             raise PublishError(f"mqtt: cannot connect to {self._where}: {exc}") from exc
-        self._client.loop_start()
+        client.loop_start()
+
+    def _connected(self) -> None:
+        """A CONNACK accepted the connection (network thread)."""
 
     def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
         if reason.is_failure:
             self._failure = f"broker {self._where} refused the connection: {reason}"
             self._subscribed.set()  # wake wait_ready
-        else:
-            client.subscribe(self.topic, qos=1)
+            return
+        self._connected()
+        client.subscribe([(t, 1) for t in self.topics])
 
     def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        refused = [str(r) for r in reasons if r.is_failure]
+        refused = [f"{t}: {r}" for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
         if refused:
-            self._failure = f"broker {self._where} refused the subscription to {self.topic}: {', '.join(refused)}"
+            self._failure = f"broker {self._where} refused the subscription to {'; '.join(refused)}"
         self._subscribed.set()
 
     def wait_ready(self, timeout_s: float = 10.0) -> None:
@@ -409,7 +406,26 @@ class PahoSubscriber:
         self._client.disconnect()
 
 
-class PahoGroupSource:
+class PahoSubscriber(_Subscription):
+    """A backend-side subscriber (``verify --mqtt``, the demo): collects (topic, payload) on a queue.
+
+    ``messages`` is filled on paho's network thread and read by the caller's thread.
+    """
+
+    def __init__(self, *, host: str, port: int, topic: str, client_id: str = "",
+                 tls_files: tuple[str, str, str] | None = None, protocol: str = "5") -> None:
+        """Connect (TLS handshake included) and subscribe in the background.
+
+        Raises:
+            PublishError: the broker cannot be reached or the TLS files cannot be loaded.
+        """
+        self.messages: queue.Queue[tuple[str, bytes]] = queue.Queue()
+        client = _client(client_id or f"verify-{random.randrange(1 << 30)}", tls_files, protocol)
+        client.on_message = lambda c, u, m: self.messages.put((m.topic, bytes(m.payload)))
+        self._start(client, host, port, [topic])
+
+
+class PahoGroupSource(_Subscription):
     """An ingest worker's MQTT 5 shared subscription (``$share/{group}/...``): the broker hands each message
     of the filters to one member of the group. Implements the ``GroupSource`` port.
 
@@ -418,7 +434,7 @@ class PahoGroupSource:
     worker took and sends it again when that worker (same ``client_id``) is back. An acknowledgement for a
     delivery from an earlier connection is not sent (packet ids start again per connection; the broker
     redelivers those itself). ``receive_max`` bounds the messages the broker sends ahead of acknowledgements
-    (mosquitto also caps it with ``max_inflight_messages``).
+    (mosquitto also caps it with ``max_inflight_messages``). A refusal is over once a later CONNACK accepts.
     """
 
     def __init__(self, *, host: str, port: int, group: str, filters: Sequence[str], client_id: str,
@@ -429,41 +445,21 @@ class PahoGroupSource:
         Raises:
             PublishError: the broker cannot be reached or the TLS files cannot be loaded.
         """
-        self._where = f"{host}:{port}"
-        self.topics = [f"$share/{group}/{f}" for f in filters]
         self._queue: queue.Queue[Delivery] = queue.Queue()
         self._generation = 0  # connections so far (network thread writes, caller's thread compares)
-        self._failure = ""
         self._receive_max = receive_max
         self._dropped_qos0 = 0
-        self._subscribed = threading.Event()
-        self._client = _client(client_id, tls_files, "5")
-        self._client.manual_ack_set(True)
-        self._client.reconnect_delay_set(1, 10)
-        self._client.on_connect = self._on_connect
-        self._client.on_subscribe = self._on_subscribe
-        self._client.on_message = self._on_message
-        try:
-            self._client.connect(host, port, clean_start=False, properties=_props(
-                PacketTypes.CONNECT, SessionExpiryInterval=session_expiry_s, ReceiveMaximum=receive_max))
-        except (OSError, ValueError) as exc:
-            raise PublishError(f"mqtt: cannot connect to {self._where}: {exc}") from exc
-        self._client.loop_start()
+        client = _client(client_id, tls_files, "5")
+        client.manual_ack_set(True)
+        client.reconnect_delay_set(1, 10)
+        client.on_message = self._on_message
+        self._start(client, host, port, [f"$share/{group}/{f}" for f in filters], clean_start=False,
+                    properties=_props(PacketTypes.CONNECT, SessionExpiryInterval=session_expiry_s,
+                                      ReceiveMaximum=receive_max))
 
-    def _on_connect(self, client: mqtt.Client, userdata: Any, flags: Any, reason: Any, props: Any) -> None:
-        if reason.is_failure:
-            self._failure = f"broker {self._where} refused the connection: {reason}"
-            self._subscribed.set()
-            return
+    def _connected(self) -> None:
         self._generation += 1
         self._failure = ""  # a refusal before is over
-        client.subscribe([(t, SubscribeOptions(qos=1)) for t in self.topics])
-
-    def _on_subscribe(self, client: mqtt.Client, userdata: Any, mid: int, reasons: Any, props: Any) -> None:
-        refused = [f"{t}: {r}" for t, r in zip(self.topics, reasons, strict=False) if r.is_failure]
-        if refused:
-            self._failure = f"broker {self._where} refused the shared subscription ({'; '.join(refused)})"
-        self._subscribed.set()
 
     def _on_message(self, client: mqtt.Client, userdata: Any, msg: mqtt.MQTTMessage) -> None:
         # QoS 1 is bounded by receive_max; QoS 0 (no device sends it) is not, and cannot be sent again
@@ -475,20 +471,8 @@ class PahoGroupSource:
             return
         self._queue.put(Delivery(msg.topic, bytes(msg.payload), (self._generation, msg.mid, msg.qos)))
 
-    def wait_ready(self, timeout_s: float = 10.0) -> None:
-        """Block until the subscription is in place.
-
-        Raises:
-            PublishError: refused, or no answer within ``timeout_s``.
-        """
-        if not self._subscribed.wait(timeout_s):
-            raise PublishError(f"mqtt: no answer from {self._where} within {timeout_s:g} s (CONNACK/SUBACK)")
-        if self._failure:
-            raise PublishError(f"mqtt: {self._failure}")
-
     def fetch(self, max_messages: int, timeout_s: float) -> list[Delivery]:
-        if self._failure:
-            raise PublishError(f"mqtt: {self._failure}")
+        self.check()
         try:
             out = [self._queue.get(timeout=timeout_s)]
         except queue.Empty:
@@ -505,7 +489,3 @@ class PahoGroupSource:
             gen, mid, qos = d.token
             if gen == self._generation and qos > 0:  # read each time: a reconnect may come in between
                 self._client.ack(mid, qos)
-
-    def close(self) -> None:
-        self._client.loop_stop()
-        self._client.disconnect()
