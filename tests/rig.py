@@ -53,6 +53,11 @@ def new_rig(tmp: Path, mqtt_port: int) -> Rig:
     return Rig(tmp, config, device, can_port, load_public_key(tmp / "key.pem"))
 
 
+def set_mqtt(config: Path, lines: str) -> None:
+    """Add lines to the ``[mqtt]`` section of a config ``write_config`` wrote."""
+    config.write_text(config.read_text().replace("[mqtt]\n", f"[mqtt]\n{lines}\n", 1))
+
+
 def write_config(tmp: Path, *, device: str, mqtt_port: int, can_port: int) -> Path:
     path = tmp / "gateway.toml"
     path.write_text(f"""

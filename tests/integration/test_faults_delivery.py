@@ -22,6 +22,7 @@ from tests.rig import (
     count,
     daemon_log,
     outbox_rows,
+    set_mqtt,
     signed,
     start_daemon,
     stop_daemon,
@@ -95,7 +96,7 @@ def test_broker_gone_for_a_while_then_every_message_arrives(rig: Rig) -> None:
     broker = LocalBroker(persistent=True).start()
     write_config(rig.tmp, device=rig.device, mqtt_port=broker.port, can_port=rig.can_port)
     fast(rig)
-    rig.config.write_text(rig.config.read_text().replace("[mqtt]\n", "[mqtt]\nmax_backoff_s = 4\n"))
+    set_mqtt(rig.config, "max_backoff_s = 4")
     sub = Subscriber(broker.port, rig.device)
     car = Car(rig, LeafBattery(generation="aze0"), duration_s=120)
     daemon = start_daemon(rig)

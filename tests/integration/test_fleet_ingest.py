@@ -30,7 +30,7 @@ from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
 from gateway.sim.fleet import LightGateway
 from gateway.sim.fleetstack import NatsCluster, find_nats_server, find_postgres_bin
-from tests.rig import Car, Rig, new_rig, start_daemon, stop_daemon, wait_for
+from tests.rig import Car, Rig, new_rig, set_mqtt, start_daemon, stop_daemon, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow,
               pytest.mark.skipif(find_postgres_bin() is None, reason="PostgreSQL not installed (make setup)")]
@@ -137,8 +137,7 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
     hosts = ", ".join(f'"{h}:{p}"' for h, p in engine.hosts)
     for r in rigs:
         trust(trust_dir, r.device, r.public_key)
-        r.config.write_text(r.config.read_text().replace(
-            "[mqtt]\n", f'[mqtt]\nhosts = [{hosts}]\nprotocol = "{engine.protocol}"\nmax_backoff_s = 2\n', 1))
+        set_mqtt(r.config, f'hosts = [{hosts}]\nprotocol = "{engine.protocol}"\nmax_backoff_s = 2')
 
     workers = {name: start_worker(name, engine, db, trust_dir, logs) for name in ("ingest-1", "ingest-2")}
     for name in workers:  # the consumer group exists before anything is published

@@ -19,7 +19,17 @@ from gateway.adapters.keystore import load_public_key
 from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
 from tests.pki import FleetPki
-from tests.rig import Car, Rig, daemon_log, outbox_rows, start_daemon, stop_daemon, wait_for, write_config
+from tests.rig import (
+    Car,
+    Rig,
+    daemon_log,
+    outbox_rows,
+    set_mqtt,
+    start_daemon,
+    stop_daemon,
+    wait_for,
+    write_config,
+)
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
@@ -42,8 +52,7 @@ def tls_rig(tmp: Path, pki: FleetPki, broker: LocalBroker, *, device: str, cert_
     cert, key = pki.issue(cert_cn)
     can_port = random.randint(40000, 49999)
     config = write_config(tmp, device=device, mqtt_port=broker.port, can_port=can_port)
-    config.write_text(config.read_text().replace(
-        "[mqtt]\n", f'[mqtt]\ntls = true\nca_file = "{pki.ca_file}"\ncert_file = "{cert}"\nkey_file = "{key}"\n'))
+    set_mqtt(config, f'tls = true\nca_file = "{pki.ca_file}"\ncert_file = "{cert}"\nkey_file = "{key}"')
     return Rig(tmp, config, device, can_port, load_public_key(tmp / "key.pem"))
 
 

@@ -26,6 +26,7 @@ from tests.rig import (
     count,
     daemon_log,
     outbox_rows,
+    set_mqtt,
     signed,
     start_daemon,
     stop_daemon,
@@ -35,14 +36,9 @@ from tests.rig import (
 pytestmark = [pytest.mark.broker, pytest.mark.slow]
 
 
-def _set_mqtt(rig: Rig, lines: str) -> None:
-    text = rig.config.read_text()
-    rig.config.write_text(text.replace("[mqtt]\n", f"[mqtt]\n{lines}\n", 1))
-
-
 def test_on_mqtt_3_1_1_the_signed_readings_arrive_and_the_outbox_waits_for_acks(
         rig: Rig, sub: Subscriber, broker: LocalBroker) -> None:
-    _set_mqtt(rig, 'protocol = "3.1.1"')
+    set_mqtt(rig.config, 'protocol = "3.1.1"')
     # the backend's verify on 3.1.1 too (a broker without MQTT 5 has no other way in)
     pub = rig.tmp / "key.pub"
     pub.write_bytes(rig.public_key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
@@ -77,7 +73,7 @@ def test_a_broker_that_dies_is_replaced_by_the_next_and_taken_back_when_it_retur
     first = LocalBroker(persistent=True).start()  # persistent: the backend's session on it survives its restart
     second = LocalBroker(persistent=True).start()
     subs = [Subscriber(first.port, rig.device), Subscriber(second.port, rig.device)]
-    _set_mqtt(rig, f'hosts = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nmax_backoff_s = 2')
+    set_mqtt(rig.config, f'hosts = ["127.0.0.1:{first.port}", "127.0.0.1:{second.port}"]\nmax_backoff_s = 2')
     car = Car(rig, LeafBattery(generation="aze0"), duration_s=120)
     got: list[list[tuple[str, bytes, object]]] = [[], []]
     try:
@@ -121,7 +117,7 @@ def test_a_first_broker_that_does_not_work_is_looked_at_less_and_less(rig: Rig, 
     silent.bind(("127.0.0.1", 0))
     silent.listen(64)
     first = refusing.start().port if refusing else silent.getsockname()[1]
-    _set_mqtt(rig, f'hosts = ["127.0.0.1:{first}", "127.0.0.1:{working.port}"]\nmax_backoff_s = 1')
+    set_mqtt(rig.config, f'hosts = ["127.0.0.1:{first}", "127.0.0.1:{working.port}"]\nmax_backoff_s = 1')
     car = Car(rig, LeafBattery(generation="aze0"), duration_s=120)
     try:
         daemon = start_daemon(rig)
