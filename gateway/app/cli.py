@@ -230,11 +230,11 @@ def _cmd_check_config(args: argparse.Namespace) -> int:
 
 def _cmd_keygen(args: argparse.Namespace) -> int:
     from ..adapters.keystore import generate_key, public_pem
-    from ..core.signing import key_id
+    from ..core.signing import device_id_of, key_id
 
     key = generate_key(args.key)
     kid, pem = key_id(key.public_key()), public_pem(key)
-    print(f"device id: gw-{kid[:4].hex()}")
+    print(f"device id: {device_id_of(key.public_key())}")
     print(f"key id: {kid.hex()}")
     print(pem, end="")
     return 0

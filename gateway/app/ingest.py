@@ -14,7 +14,7 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from typing import TYPE_CHECKING
 
-from ..core.chainverify import EpochChain, KeyLookup
+from ..core.chainverify import TOPIC_OF_KIND, EpochChain, KeyLookup
 from ..errors import ConfigError, StoreError
 from ..ports import GroupSource
 from ..services.ingest import IngestWorker
@@ -26,7 +26,6 @@ __all__ = ["IngestOptions", "check", "migrate", "run_worker"]
 
 log = logging.getLogger("gateway.ingest")
 
-KINDS = ("reading", "passport", "certificate")  # what is stored; status, ota and cmd/ are not signed readings
 STATS_EVERY_S = 60.0
 
 
@@ -44,7 +43,8 @@ class IngestOptions:
 
 
 def _source(opts: IngestOptions) -> GroupSource:
-    filters = [f"{opts.topic_prefix}/+/{kind}" for kind in KINDS]
+    # the topics signed envelopes come on (status, ota and cmd/ carry none)
+    filters = [f"{opts.topic_prefix}/+/{topic}" for topic in sorted(set(TOPIC_OF_KIND.values()))]
     if opts.nats:
         from ..adapters.nats_source import NatsGroupSource
 

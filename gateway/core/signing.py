@@ -26,7 +26,8 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 
 from ..errors import EnvelopeError
 
-__all__ = ["ALG_ES256", "COSE_SIGN1_TAG", "Envelope", "Signer", "key_id", "open_envelope", "verify_envelope"]
+__all__ = ["ALG_ES256", "COSE_SIGN1_TAG", "Envelope", "Signer", "device_id_of", "key_id", "open_envelope",
+           "verify_envelope"]
 
 COSE_SIGN1_TAG = 18
 ALG_ES256 = -7
@@ -37,6 +38,11 @@ def key_id(public_key: ec.EllipticCurvePublicKey) -> bytes:
     """First 16 bytes of SHA-256 over the SubjectPublicKeyInfo DER."""
     spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
     return hashlib.sha256(spki).digest()[:16]
+
+
+def device_id_of(public_key: ec.EllipticCurvePublicKey) -> str:
+    """The device id ``keygen`` gives a new key: ``gw-`` and the first 4 bytes of its key id in hex."""
+    return f"gw-{key_id(public_key)[:4].hex()}"
 
 
 def _sig_structure(protected: bytes, payload: bytes) -> bytes:

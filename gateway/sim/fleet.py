@@ -9,7 +9,6 @@ outbox only on its PUBACK, as on a device, and ``produced`` is the record of eve
 
 from __future__ import annotations
 
-import hashlib
 import random
 from dataclasses import dataclass, field
 from typing import Any
@@ -18,19 +17,11 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..adapters.mqtt import PahoPublisher
 from ..core.passport import PAYLOAD_VERSION
-from ..core.signing import Signer
+from ..core.signing import Signer, device_id_of
 from ..model import ChainPosition, OutboxRow, OutgoingMessage
 from ..services.forwarder import Forwarder
 
-__all__ = ["LightGateway", "MemoryOutbox", "device_id_of"]
-
-
-def device_id_of(key: ec.EllipticCurvePrivateKey) -> str:
-    """An id of the form keygen gives (``gw-`` and 8 hex digits), derived from the key."""
-    from cryptography.hazmat.primitives import serialization
-
-    der = key.public_key().public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return f"gw-{hashlib.sha256(der).hexdigest()[:8]}"
+__all__ = ["LightGateway", "MemoryOutbox"]
 
 
 @dataclass
@@ -63,7 +54,7 @@ class LightGateway:
 
     def __init__(self, key: ec.EllipticCurvePrivateKey, *, hosts: list[tuple[str, int]], protocol: str = "5",
                  topic_prefix: str = "bp/v1", connect: bool = True, seed: int = 0) -> None:
-        self.key, self.device_id = key, device_id_of(key)
+        self.key, self.device_id = key, device_id_of(key.public_key())
         self._signer = Signer(key)
         self._chain = ChainPosition()
         self._rng = random.Random(seed)
