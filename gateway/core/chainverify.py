@@ -52,7 +52,8 @@ def check_envelope(envelope: bytes, keys: KeyLookup, *, topic: str | None = None
     Raises:
         EnvelopeError: saying which check failed.
     """
-    claimed = open_envelope(envelope).payload
+    opened = open_envelope(envelope)
+    claimed = opened.payload
     dev, ep, seq = claimed.get("dev"), claimed.get("ep"), claimed.get("seq")
     if not isinstance(dev, str) or not isinstance(ep, int) or not isinstance(seq, int):
         raise EnvelopeError("payload lacks dev/ep/seq")
@@ -63,7 +64,7 @@ def check_envelope(envelope: bytes, keys: KeyLookup, *, topic: str | None = None
     key = keys(dev)
     if key is None:
         raise EnvelopeError(f"no trusted key for device {dev!r}")
-    payload = verify_envelope(envelope, key)
+    payload = verify_envelope(opened, key)
     prev, kind, ts = payload.get("prev"), payload.get("kind"), payload.get("ts")
     name = f"{dev} ep {ep} seq {seq}"
     if not isinstance(prev, bytes) or len(prev) != 32:

@@ -117,16 +117,17 @@ def open_envelope(envelope: bytes) -> Envelope:
     return Envelope(protected_raw, protected, unprotected, payload, body, signature)
 
 
-def verify_envelope(envelope: bytes, public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
+def verify_envelope(envelope: bytes | Envelope, public_key: ec.EllipticCurvePublicKey) -> dict[str, Any]:
     """Check an envelope's algorithm, key id and ES256 signature; return its payload.
 
     ``alg`` must be ES256 in the protected header; ``kid`` may be in either header (RFC 9052 §3.1), not
-    both, and when present must name ``public_key``. The signature decides.
+    both, and when present must name ``public_key``. The signature decides. An envelope already opened
+    (to read whose key to check it with) is not parsed again.
 
     Raises:
         EnvelopeError: saying which check failed.
     """
-    env = open_envelope(envelope)
+    env = envelope if isinstance(envelope, Envelope) else open_envelope(envelope)
     if env.protected.get(_HDR_ALG) != ALG_ES256:
         raise EnvelopeError(f"alg {env.protected.get(_HDR_ALG)!r} is not ES256 (-7) in the protected header")
     if _HDR_KID in env.protected and _HDR_KID in env.unprotected:
