@@ -20,7 +20,7 @@ from ..errors import ConfigError
 from .fs import read_regular
 
 __all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "check_json_file", "load_dbc", "missing_dbc", "read_config",
-           "read_package_json", "read_profile"]
+           "read_package_json", "read_package_text", "read_profile"]
 
 BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 
@@ -127,6 +127,18 @@ def check_json_file(path: str, *, key: str, must_have: tuple[str, ...] = ()) -> 
     return f"{key}: {path}: lacks {', '.join(missing)}" if missing else None
 
 
+def read_package_text(name: str, *, what: str) -> str:
+    """A text file shipped in ``gateway/data`` (``what`` it is, for the message).
+
+    Raises:
+        ConfigError: missing or unreadable; the release is damaged.
+    """
+    try:
+        return (resources.files("gateway.data") / name).read_text(encoding="utf-8")
+    except (OSError, ValueError) as exc:
+        raise ConfigError(f"gateway/data/{name}: unreadable {what} ({exc}); reinstall the release") from exc
+
+
 def read_package_json(name: str, *, what: str) -> Any:
     """A JSON file shipped in ``gateway/data`` (``what`` it is, for the message).
 
@@ -134,6 +146,6 @@ def read_package_json(name: str, *, what: str) -> Any:
         ConfigError: missing or not JSON; the release is damaged.
     """
     try:
-        return json.loads((resources.files("gateway.data") / name).read_text())
-    except (OSError, ValueError) as exc:
+        return json.loads(read_package_text(name, what=what))
+    except ValueError as exc:
         raise ConfigError(f"gateway/data/{name}: unreadable {what} ({exc}); reinstall the release") from exc

@@ -14,6 +14,7 @@ import signal
 import stat
 import sys
 import threading
+import time
 from collections.abc import Sequence
 from typing import Any, ClassVar
 
@@ -98,8 +99,10 @@ def _parser() -> argparse.ArgumentParser:
 
     s = sub.add_parser("inspect", help="one-shot inspection-bay read with a signed certificate",
                        description="Waits for the battery ECU, polls every group once, and writes "
-                                   "certificate.cose (the signed envelope), certificate.json (its payload) and "
-                                   "certificate.html (the page to read and print). Exit 1 when the ECU is silent.")
+                                   "certificate.cose (the signed envelope), certificate.json (its payload), "
+                                   "certificate.html (the page to read and print, with the signed QR a buyer scans) "
+                                   "and certificate.pdf (A4, when a headless Chromium is installed). Exit 1 when "
+                                   "the ECU is silent.")
     s.add_argument("--config", required=True, metavar="PATH")
     s.add_argument("--out", default=".", metavar="DIR", help="where the three files go (default: here)")
     s.add_argument("--lang", choices=("ja", "en"), default="en", help="language of certificate.html")
@@ -108,9 +111,21 @@ def _parser() -> argparse.ArgumentParser:
     s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails",
                        description="Checks signatures, the hash chain and gaps per device, drops duplicates by "
                                    "(dev, ep, seq), and reports what is missing. Envelopes come from files, "
-                                   "directories of files, or an MQTT subscription.")
-    s.add_argument("files", nargs="*", metavar="FILE|DIR", help="files holding one COSE_Sign1 envelope each")
+                                   "directories of files, or an MQTT subscription. A certificate's QR text (BP1:) "
+                                   "is judged against --trust-list as the verifier page does: genuine, not-genuine, "
+                                   "unknown-issuer, expired or revoked (docs/qr.md).",
+                       epilog="examples:\n"
+                              "  battery-gateway verify --pubkey device.pub certificate.cose\n"
+                              "  battery-gateway verify --trust /etc/bgw/devices --mqtt broker:1883 --duration 60\n"
+                              "  battery-gateway verify --trust-list trust-list.cose --operator operator.pub 'BP1:...'",
+                       formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("files", nargs="*", metavar="FILE|DIR|BP1:...",
+                   help="files holding one COSE_Sign1 envelope each, or a certificate's QR text (BP1:..., or a file "
+                        "holding it)")
     s.add_argument("--pubkey", metavar="PEM", help="the device's public key (printed by keygen), for one device")
+    s.add_argument("--trust-list", metavar="FILE",
+                   help="for QR texts: the operator's signed trust list (trust-list.cose); needs --operator")
+    s.add_argument("--operator", metavar="PEM", help="the operator's public key that signs the trust list")
     s.add_argument("--trust", metavar="DIR", help="trusted device keys, one PEM per device id: DIR/<dev>.pem")
     s.add_argument("--mqtt", metavar="HOST:PORT", help="subscribe to a broker instead of reading files")
     s.add_argument("--topic", default="bp/v1/+/#", help="topic filter for --mqtt (default bp/v1/+/#)")
@@ -118,6 +133,24 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--tls", nargs=3, metavar=("CA", "CERT", "KEY"), help="with --mqtt: mutual TLS files")
     s.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
                    help="with --mqtt: MQTT version (3.1.1 for brokers without MQTT 5, e.g. NATS; default 5)")
+
+    s = sub.add_parser("trust-list", help="operator: sign the list of trusted inspection devices and build the "
+                                          "offline verifier page",
+                       formatter_class=argparse.RawDescriptionHelpFormatter,
+                       description=(
+                           "Reads SPEC (TOML: issuer, valid_days, one [[device]] per key with id, pubkey,\n"
+                           "not_before, not_after and optionally revoked), signs it with the operator's key, and\n"
+                           "writes DIR/trust-list.cose and DIR/verifier.html: the page a buyer opens on a phone\n"
+                           "to scan a certificate's QR, with this list and the operator's public key built in.\n"
+                           "Publish a new list before valid_days run out: a phone with an old one says\n"
+                           "'expired'. Who signs what: docs/qr.md."),
+                       epilog="examples:\n"
+                              "  battery-gateway keygen --key operator.pem > operator.pub   # once, kept offline\n"
+                              "  battery-gateway trust-list devices.toml --key operator.pem --out site/")
+    s.add_argument("spec", metavar="SPEC", help="the TOML list of trusted devices (see above)")
+    s.add_argument("--key", required=True, metavar="PEM", help="the operator's private key (keygen makes one)")
+    s.add_argument("--out", default=".", metavar="DIR",
+                   help="where trust-list.cose and verifier.html go (default: .)")
 
     s = sub.add_parser("ingest", help="backend: verify what devices publish and store it in PostgreSQL (one worker)",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -295,8 +328,11 @@ def _cmd_command(args: argparse.Namespace) -> int:
 
 def _cmd_verify(args: argparse.Namespace) -> int:
     from ..core.chainverify import ChainVerifier
-    from .verify import envelopes_from_files, envelopes_from_mqtt, trusted_keys
+    from .verify import envelopes_from_files, envelopes_from_mqtt, split_qr_texts, trusted_keys
 
+    qr_texts, args.files = split_qr_texts(args.files)
+    if qr_texts:
+        return _verify_qr(args, qr_texts)
     if not args.pubkey and not args.trust:
         raise ConfigError("verify: give --pubkey PEM (one device) or --trust DIR (one PEM per device id)")
     if not args.files and not args.mqtt:
@@ -329,6 +365,47 @@ def _cmd_verify(args: argparse.Namespace) -> int:
     for line in lines:
         print(f"verify: {line}", file=sys.stderr)
     return 0 if intact else 1
+
+
+def _verify_qr(args: argparse.Namespace, qr_texts: list[tuple[str, str]]) -> int:
+    """QR texts: the verifier page's verdict (with a trust list), or the signature alone (with a key)."""
+    from ..core.qrclaim import readable
+    from .trust import load_trust, qr_verdict
+    from .verify import trusted_keys
+
+    if args.files or args.mqtt:
+        raise ConfigError("verify: give QR texts or envelopes, not both in one run")
+    if bool(args.trust_list) != bool(args.operator):
+        raise ConfigError("verify: --trust-list and --operator go together (the list and the key that signs it)")
+    if not args.trust_list and not args.pubkey and not args.trust:
+        raise ConfigError("verify: for a QR text give --trust-list FILE --operator PEM (as the verifier page "
+                          "checks it), or --pubkey PEM / --trust DIR (its signature only)")
+    trust = load_trust(args.trust_list, args.operator) if args.trust_list else None
+    keys = None if trust is not None else trusted_keys(pubkey=args.pubkey, trust_dir=args.trust)
+    genuine = True
+    for name, text in qr_texts:
+        verdict = qr_verdict(text, trust=trust, keys=keys, now=int(time.time()))
+        if verdict.claim is not None:
+            print(dumps(readable(verdict.claim)), flush=True)
+        print(f"{name}: {verdict.status.upper()}: {verdict.reason}", file=sys.stderr)
+        genuine = genuine and verdict.status == "genuine"
+    return 0 if genuine else 1
+
+
+def _cmd_trust_list(args: argparse.Namespace) -> int:
+    from ..adapters.keystore import load_private_key
+    from ..core.trustlist import open_trust_list
+    from .trust import build_list, write_outputs
+
+    signed, issuer = build_list(args.spec, operator_key_file=args.key)
+    operator = load_private_key(args.key, what="trust-list --key").public_key()
+    trust = open_trust_list(signed, operator)
+    files = write_outputs(args.out, signed, operator)
+    revoked = sum(1 for e in trust.keys.values() if "rev" in e)
+    until = time.strftime("%Y-%m-%d", time.gmtime(trust.expires))
+    print(f"{files[0]}: {len(trust.keys)} device keys of {issuer} ({revoked} revoked), valid until {until}")
+    print(f"{files[1]}: the verifier page with this list built in")
+    return 0
 
 
 def _cmd_ingest(args: argparse.Namespace) -> int:
@@ -382,7 +459,8 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
     assert isinstance(m, dict)
     health = "  ".join(f"{label} {round(m[key], 2):g} %" for key, label in (("bms_soh_pct", "BMS SOH"),
                        ("capacity_soh_pct", "capacity SoH"), ("hx_pct", "Hx")) if key in m)
-    print(f"certificate written in {result.seconds:.1f} s: {result.out_dir}/certificate.cose, .json, .html")
+    pdf = ", .pdf" if result.pdf == "written" else ""
+    print(f"certificate written in {result.seconds:.1f} s: {result.out_dir}/certificate.cose, .json, .html{pdf}")
     print(f"battery {result.payload.get('bat') or '(serial not read)'}: {health}")
     print(f"sha256 {result.digest_hex}{'  (published)' if result.published else ''}")
     return 0
@@ -460,7 +538,8 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 
 _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
              "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
-             "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr, "ingest": _cmd_ingest}
+             "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr, "ingest": _cmd_ingest,
+             "trust-list": _cmd_trust_list}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -1,8 +1,9 @@
 """Composition root of ``battery-gateway inspect``: the one-shot inspection-bay read.
 
 Waits for the battery ECU, polls every group once, signs the certificate as the next message of the
-device's chain (stored in the outbox like any other message), writes ``certificate.cose``, ``.json``
-and ``.html``, and publishes the outbox when a broker answers. The readings and passports the pipeline
+device's chain (stored in the outbox like any other message), writes ``certificate.cose``, ``.json``,
+``.html`` (with the signed QR claim, docs/qr.md) and ``.pdf`` (when a headless Chromium is installed), and
+publishes the outbox when a broker answers. The readings and passports the pipeline
 would sign on the way are dropped without taking a chain position, so the backend sees no gap.
 """
 
@@ -19,11 +20,14 @@ from ..adapters.can_bus import PythonCanBus
 from ..adapters.fs import safe_dir, write_atomic
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import port_open
+from ..adapters.pdf import find_browser, print_pdf
 from ..adapters.sqlite_outbox import SqliteOutbox
 from ..core.certificate import build_certificate
 from ..core.certificate_html import render_certificate
 from ..core.config import Config
 from ..core.polls import PollSpec
+from ..core.qrclaim import build_claim, encode_qr
+from ..core.signing import Signer
 from ..errors import ConfigError, InspectionError
 from ..model import ChainPosition, Counters, OutgoingMessage
 from ..services.diagnostics import DiagService
@@ -43,6 +47,8 @@ class InspectionResult:
     digest_hex: str
     published: bool
     seconds: float
+    qr_text: str
+    pdf: str  # "written", or why not
 
 
 class DroppingSink:
@@ -81,11 +87,13 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
             source.close()
         message = _sign_certificate(config, parts, store, chain, polls)
         digest = hashlib.sha256(message.payload).hexdigest()
-        _write_files(out, message, lang=lang, key_id_hex=parts.signer.kid.hex(), digest_hex=digest)
+        qr_text = _qr_text(parts.signer, message)
+        _write_files(out, message, lang=lang, key_id_hex=parts.signer.kid.hex(), digest_hex=digest, qr_text=qr_text)
+        pdf = _write_pdf(out, progress)
         published = _publish_certificate(config, store, progress)
     finally:
         store.close()
-    return InspectionResult(out, message.body, digest, published, time.monotonic() - started)
+    return InspectionResult(out, message.body, digest, published, time.monotonic() - started, qr_text, pdf)
 
 
 def _sign_certificate(config: Config, parts: Assembly, store: SqliteOutbox, chain: ChainPosition,
@@ -118,10 +126,32 @@ def _output_dir(out_dir: str, *, create: bool = False) -> Path:
     return out
 
 
-def _write_files(out: Path, message: OutgoingMessage, *, lang: str, key_id_hex: str, digest_hex: str) -> None:
+def _qr_text(signer: Signer, message: OutgoingMessage) -> str:
+    """The signed health claim for the page's QR: signed by the device key, outside the chain (it is a
+    summary of the chained certificate, bound to it by the certificate's SHA-256)."""
+    claim = build_claim(message.body, certificate_sha256=hashlib.sha256(message.payload).digest())
+    return encode_qr(signer.sign(claim))
+
+
+def _write_pdf(out: Path, progress: Callable[[str], None]) -> str:
+    """``certificate.pdf`` from ``certificate.html``; a missing or failing browser costs the PDF only."""
+    browser = find_browser()
+    if browser is None:
+        progress("certificate.pdf not written: no headless Chromium (apt install chromium-headless-shell)")
+        return "no headless Chromium"
+    try:
+        print_pdf(browser, out / "certificate.html", out / "certificate.pdf")
+    except OSError as exc:
+        progress(f"certificate.pdf not written: {exc}")
+        return str(exc)
+    return "written"
+
+
+def _write_files(out: Path, message: OutgoingMessage, *, lang: str, key_id_hex: str, digest_hex: str,
+                 qr_text: str) -> None:
     _output_dir(str(out), create=True)
     body = json.dumps(message.body, default=_hex, ensure_ascii=False, indent=1) + "\n"
-    page = render_certificate(message.body, lang=lang, key_id_hex=key_id_hex, digest_hex=digest_hex)
+    page = render_certificate(message.body, lang=lang, key_id_hex=key_id_hex, digest_hex=digest_hex, qr_text=qr_text)
     for name, data in (("certificate.cose", message.payload), ("certificate.json", body.encode()),
                        ("certificate.html", page.encode())):
         write_atomic(out / name, data, mode=0o600)  # battery serial, VIN hash: the operator hands it on

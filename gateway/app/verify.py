@@ -15,12 +15,13 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..adapters.keystore import load_public_key
 from ..adapters.mqtt import PahoSubscriber
+from ..core.qrclaim import PREFIX
 from ..errors import ConfigError
 from ..model import DEVICE_ID
 
 log = logging.getLogger(__name__)
 
-__all__ = ["envelopes_from_files", "envelopes_from_mqtt", "trusted_keys"]
+__all__ = ["envelopes_from_files", "envelopes_from_mqtt", "split_qr_texts", "trusted_keys"]
 
 
 def trusted_keys(*, pubkey: str | None, trust_dir: str | None,
@@ -64,6 +65,27 @@ def trusted_keys(*, pubkey: str | None, trust_dir: str | None,
         return key
 
     return lookup
+
+
+def split_qr_texts(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
+    """((name, QR text), ...) for every argument that is a certificate's QR text (``BP1:...``) or a small
+    file holding one; the other arguments (envelope files and directories) as they were."""
+    texts, rest = [], []
+    for name in names:
+        if name.startswith(PREFIX):
+            texts.append(("QR text", name))
+            continue
+        path = Path(name)
+        try:
+            if path.is_file() and path.stat().st_size <= 8192:
+                head = path.read_bytes()
+                if head.lstrip().startswith(PREFIX.encode()):
+                    texts.append((name, head.decode("ascii", "replace")))
+                    continue
+        except OSError:
+            pass  # envelopes_from_files names it
+        rest.append(name)
+    return texts, rest
 
 
 def envelopes_from_files(names: list[str]) -> Iterator[tuple[str, bytes]]:

@@ -3,7 +3,9 @@
 Self-contained (inline CSS and SVG, no scripts, no network), readable on a phone, in English or
 Japanese. It shows identity, the health figures with their method, capacity bars, a cell-voltage
 chart, the temperature spread, the forecast/warranty status, and how to verify: the device key id,
-the SHA-256 of ``certificate.cose`` and a QR code carrying that digest. Pure: payload in, text out.
+the SHA-256 of ``certificate.cose``, and the signed QR (``qrclaim.py``) a buyer scans with the
+operator's verifier page. Printed (or ``certificate.pdf``), it is one A4 page with the QR at the top.
+Pure: payload in, text out.
 """
 
 from __future__ import annotations
@@ -29,6 +31,8 @@ _T: dict[str, dict[str, str]] = {
         "temps": "Pack temperatures", "forecast": "Forecast", "warranty": "Warranty decision",
         "na": "not available", "verify": "Verify this certificate", "kid": "Device key id",
         "digest": "SHA-256 of certificate.cose", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
+        "scan": "Scan to check: the QR code holds these health figures, signed by the gateway. The operator's "
+                "verifier page checks it offline on any phone.", "qr_text": "QR text (to paste into the verifier)",
         "missing": "not read", "polls": "Battery ECU reads",
         "na_reason": "No present SoH was read (no gateway estimate, BMS capacity or BMS SOH).",
         "horizon": "In", "p10": "P10 (pessimistic)", "p50": "P50", "p90": "P90", "now": "Now",
@@ -50,6 +54,9 @@ _T: dict[str, dict[str, str]] = {
         "temps": "パック温度", "forecast": "劣化予測", "warranty": "保証判定",
         "na": "提供なし", "verify": "この証明書の検証", "kid": "デバイス鍵ID",
         "digest": "certificate.cose の SHA-256", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
+        "scan": "読み取って確認: このQRコードにはゲートウェイが署名した健全性の数値が入っています。運営者の"
+                "確認ページで、どのスマートフォンでもオフラインで確認できます。",
+        "qr_text": "QRの文字列(確認ページに貼り付け用)",
         "missing": "未取得", "polls": "バッテリーECU読み取り",
         "na_reason": "現在のSOHが取得できませんでした(推定値・BMS容量・BMS SOHなし)。",
         "horizon": "期間", "p10": "P10(悲観)", "p50": "P50", "p90": "P90", "now": "現在",
@@ -70,7 +77,10 @@ table{border-collapse:collapse;width:100%}td{padding:4px 6px;border-bottom:1px s
 td:first-child{color:#555;width:45%}.big{font-size:2em;font-weight:700;color:#0b6e4f}.note{color:#666;font-size:.85em}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.card{flex:1 1 200px;border:1px solid #e3e6ea;border-radius:8px;padding:10px}
 .na{color:#a15c00;font-weight:600}code{font-size:.8em;word-break:break-all}svg{max-width:100%;height:auto}
-@media print{body{background:#fff}main{padding:0}}
+.head{display:flex;gap:12px;align-items:flex-start;justify-content:space-between}.qr{text-align:center;max-width:46%}
+.qr svg{width:100%;max-width:320px;height:auto}.qr .note{font-size:.75em}
+@page{size:A4;margin:12mm}@media print{body{background:#fff}main{padding:0;max-width:none}details{display:none}
+h2{break-after:avoid}.card,table,svg{break-inside:avoid}}
 """
 
 
@@ -141,8 +151,8 @@ def _warranty_html(w: dict[str, Any], t: dict[str, str]) -> str:
             f'<ul class="note">{reasons}</ul>')
 
 
-def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, digest_hex: str) -> str:
-    """The HTML page for a certificate payload.
+def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, digest_hex: str, qr_text: str) -> str:
+    """The HTML page for a certificate payload; ``qr_text`` is the signed claim (``qrclaim.encode_qr``).
 
     Raises:
         ValueError: unknown language.
@@ -161,7 +171,8 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
     cells = m.get("cells_v", [])
     cells_note = t["cells_m"].format(n=len(cells), lo=f"{min(cells):.3f}", hi=f"{max(cells):.3f}",
                                      mv=round((max(cells) - min(cells)) * 1000)) if cells else ""
-    qr = segno.make(f"sha256:{digest_hex}", error="m").svg_inline(scale=3)
+    # alphanumeric mode (Base45's alphabet); level Q survives a crease or a smudge on the printed page
+    qr = segno.make(qr_text, error="q", boost_error=False).svg_inline(scale=4, border=4, omitsize=True)
     identity_rows = "".join([
         _row(t["vehicle"], _e(ident["vehicle"])),
         _row(t["serial"], _e(payload.get("bat") or t["missing"])),
@@ -196,8 +207,8 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
 <html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <title>{_e(t["title"])} · {_e(payload.get("bat") or payload["dev"])}</title><style>{_CSS}</style></head>
 <body><main>
-<h1>{_e(t["title"])}</h1>
-<table>{identity_rows}</table>
+<div class="head"><div><h1>{_e(t["title"])}</h1><table>{identity_rows}</table></div>
+<div class="qr">{qr}<div class="note">{_e(t["scan"])}</div></div></div>
 <h2>{_e(t["health"])}</h2><div class="grid">{health}</div>
 <p class="note">{_e(t["soce"])}</p>
 <h2>{_e(t["bars"])}: {num("capacity_bars", "/ 12")}</h2>{_bars_svg(m.get("capacity_bars"))}
@@ -208,10 +219,11 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
 <h2>{_e(t["warranty"])}</h2>{_warranty_html(payload.get("warranty", {}), t) or
     f'<p>{na} <span class="note">{_e(t["na_reason"])}</span></p>'}
 <h2>{_e(t["verify"])}</h2>
-<div class="grid"><div class="card">{qr}</div><div class="card">
+<div class="card">
 <div class="note">{_e(t["kid"])}</div><code>{_e(key_id_hex)}</code>
 <div class="note">{_e(t["digest"])}</div><code>{_e(digest_hex)}</code>
-<div class="note"><code>{_e(t["how"])}</code></div></div></div>
+<div class="note"><code>{_e(t["how"])}</code></div>
+<details><summary class="note">{_e(t["qr_text"])}</summary><code id="qr-text">{_e(qr_text)}</code></details></div>
 <p class="note">{_e(t["polls"])}: {polls}</p>
 </main></body></html>
 """

@@ -15,21 +15,24 @@ from .forecast import Prior, forecast, usage_from_counters, warranty
 
 __all__ = ["build_outlook", "present_soh"]
 
-def present_soh(tracker: BatteryTracker) -> tuple[float, float, str] | None:
-    """(SoH %, 1-sigma, basis): the gateway's estimate, else the BMS capacity ratio, else the BMS SOH."""
+def present_soh(tracker: BatteryTracker) -> tuple[float, float, str, str] | None:
+    """(SoH %, 1-sigma, basis, method): the gateway's estimate (``gateway-estimate``), else the BMS capacity
+    ratio (``capacity-ratio``), else the BMS SOH (``bms-reported``)."""
     est = tracker.soh_estimate()
     if est is not None:
         return (est["est_pct"], (est["hi_pct"] - est["lo_pct"]) / 2 / tracker.soh.settings.interval_z,
                 f"gateway estimate {est['est_pct']:.1f} % (80 % interval {est['lo_pct']:.1f}-{est['hi_pct']:.1f}, "
-                f"{est['method']})")
+                f"{est['method']})", "gateway-estimate")
     rated = tracker.pack()[0].capacity_ah
     cap = tracker.values.get("capacity_ah")
     if cap and cap / rated * 100.0 <= MAX_PLAUSIBLE_SOH_PCT:
-        return cap / rated * 100.0, 2.0, f"BMS capacity {cap:.1f} Ah / {rated:g} Ah rated (single reading, +/-2 pp)"
+        return (cap / rated * 100.0, 2.0, f"BMS capacity {cap:.1f} Ah / {rated:g} Ah rated (single reading, +/-2 pp)",
+                "capacity-ratio")
     for name in ("lbc_soh_pct", "bms_soh_pct"):
         if tracker.values.get(name):
             value = tracker.values[name]
-            return value, 4.0, f"BMS SOH {value:.0f} % as reported (method not stated by the vehicle, +/-4 pp)"
+            return (value, 4.0, f"BMS SOH {value:.0f} % as reported (method not stated by the vehicle, +/-4 pp)",
+                    "bms-reported")
     return None
 
 
@@ -39,7 +42,7 @@ def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule
     present = present_soh(tracker)
     if present is None:
         return None
-    soh, sigma, basis = present
+    soh, sigma, basis, method = present
     c = tracker.counters
     rated = tracker.pack()[0].capacity_ah
     usage = usage_from_counters(c, rated_ah=rated, soc_edges=SOC_BINS_PCT, temp_edges=TEMP_BINS_C,
@@ -48,5 +51,6 @@ def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule
                        history=tracker.soh.history(rated), extra_horizons=(rule.horizon_years,))
     decision = warranty(outlook, rule, basis=basis)
     del outlook["_samples"]
-    outlook["present"] = {"soh_pct": round(soh, 2), "sigma_pct": round(sigma, 2), "basis": basis}
+    outlook["present"] = {"soh_pct": round(soh, 2), "sigma_pct": round(sigma, 2), "basis": basis,
+                          "method": method}
     return {"forecast": outlook, "warranty": decision}

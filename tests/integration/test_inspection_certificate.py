@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import hashlib
+import html
 import json
 import random
-import shutil
+import re
 import subprocess
 import sys
 import threading
@@ -18,6 +19,8 @@ import paho.mqtt.client as mqtt
 import pytest
 
 from gateway.adapters.keystore import load_public_key
+from gateway.adapters.pdf import find_browser
+from gateway.core.qrclaim import decode_qr
 from gateway.core.signing import verify_envelope
 from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
@@ -26,6 +29,7 @@ from gateway.sim.ecu import LbcResponder, run_ecu
 from tests.conftest import SCHEMA
 from tests.rig import wait_for
 
+CHROMIUM = find_browser()
 GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"
 RATED = {"ze0": (24.0, 66.0), "aze0": (30.0, 79.0), "ze1": (62.0, 176.0)}
 
@@ -81,7 +85,8 @@ def test_certificate_within_15_s_with_every_polled_value(tmp_path: Path, generat
     assert wall < 15.0
     assert "[1/" in out.stderr  # progress on the way
     files = {p.name for p in (tmp_path / "out").iterdir()}
-    assert files == {"certificate.cose", "certificate.json", "certificate.html"}
+    pdf = {"certificate.pdf"} if CHROMIUM else set()
+    assert files == {"certificate.cose", "certificate.json", "certificate.html"} | pdf
     envelope = (tmp_path / "out" / "certificate.cose").read_bytes()
     payload = verify_envelope(envelope, load_public_key(tmp_path / "key.pem"))
     as_json = json.loads((tmp_path / "out" / "certificate.json").read_text())
@@ -109,6 +114,14 @@ def test_certificate_within_15_s_with_every_polled_value(tmp_path: Path, generat
     assert hashlib.sha256(envelope).hexdigest() in page
     assert responder.serial in page and "<svg" in page and "http" not in page.replace("http://www.w3.org", "")
     assert ("ACCEPT" if w["decision"] == "accept" else "DECLINE") in page and "P50" in page
+    # the QR's signed claim summarises this certificate, signed by the same device key
+    qr_text = re.search(r'id="qr-text">(BP1:[^<]+)<', page).group(1)  # type: ignore[union-attr]
+    claim = verify_envelope(decode_qr(html.unescape(qr_text)), load_public_key(tmp_path / "key.pem"))
+    assert claim["cert"] == hashlib.sha256(envelope).digest() and claim["dev"] == "gw-bay-1"
+    assert claim["bms"] == round(battery.soh_pct * 10) and claim["gen"] == generation
+    assert claim["vin"].hex() == payload["identity"]["vin_hash"] and claim["iat"] == payload["ts"] // 1000
+    assert claim["w"] == w["decision"] and claim["f3"] == round(fc["horizons"]["+3y"]["p50"] * 10)
+    assert claim["soh"]["lo"] < claim["soh"]["p"] == round(fc["present"]["soh_pct"] * 10) < claim["soh"]["hi"]
 
 
 def test_japanese_page(tmp_path: Path) -> None:
@@ -174,8 +187,6 @@ def test_certificate_is_published_when_a_broker_answers(tmp_path: Path, broker: 
     assert "(published)" in out.stdout
     assert got == [(tmp_path / "out" / "certificate.cose").read_bytes()]
 
-
-CHROMIUM = shutil.which("chromium") or shutil.which("chromium-browser")
 
 
 @pytest.mark.skipif(CHROMIUM is None, reason="Debian's chromium is not installed (make setup installs it)")

@@ -1,0 +1,160 @@
+"""The trust list: which device keys may issue battery certificates, and the verdict on a QR claim.
+
+Who signs what (docs/qr.md): each inspection device signs its claims with its own key; the operator (the
+lessor, the auction house, the fleet's CA holder) signs the list of device keys it vouches for, each with
+a validity period and, once compromised or retired, a revocation. The verifier page and ``verify`` hold
+only the operator's public key. The list itself expires (``exp``), so a phone with a stale copy says
+"expired" instead of trusting a key revoked since.
+
+Verdicts, in the order they are decided: ``unknown-issuer`` (list not signed by the operator, or the
+key is not on it), ``expired`` (the list is out of date), ``not-genuine`` (unreadable, or the signature
+or the device id does not match), ``revoked``, ``expired`` (the certificate is dated outside its key's
+validity), ``genuine``. The page (``verifier/src/main.js``) decides the same way; tests hold the two to
+the same cases. Pure: bytes and the time in, a verdict out.
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass, field
+from datetime import UTC, datetime
+from typing import Any
+
+from cryptography.hazmat.primitives import serialization
+from cryptography.hazmat.primitives.asymmetric import ec
+
+from ..errors import EnvelopeError
+from .qrclaim import CLAIM_VERSION, decode_qr
+from .signing import key_id, open_envelope, verify_envelope
+
+__all__ = ["FUTURE_SLACK_S", "LIST_VERSION", "TrustEntry", "TrustList", "Verdict", "build_trust_list", "judge_claim",
+           "open_trust_list"]
+
+LIST_VERSION = 1
+FUTURE_SLACK_S = 86_400  # a device clock a day ahead is a clock, not a forgery
+
+
+@dataclass(frozen=True, slots=True)
+class TrustEntry:
+    """One device key the operator vouches for, from ``not_before`` to ``not_after`` (Unix s)."""
+
+    device: str
+    public_key: ec.EllipticCurvePublicKey
+    not_before: int
+    not_after: int
+    revoked: int | None = None
+
+    def as_map(self) -> dict[str, Any]:
+        spki = self.public_key.public_bytes(serialization.Encoding.DER,
+                                            serialization.PublicFormat.SubjectPublicKeyInfo)
+        entry: dict[str, Any] = {"kid": key_id(self.public_key), "dev": self.device, "pub": spki,
+                                 "nbf": self.not_before, "exp": self.not_after}
+        if self.revoked is not None:
+            entry["rev"] = self.revoked
+        return entry
+
+
+def build_trust_list(entries: list[TrustEntry], *, issuer: str, now: int, valid_s: int) -> dict[str, Any]:
+    """The list's payload (sign it with the operator's ``signing.Signer``).
+
+    Raises:
+        ValueError: two entries with the same key, or a period that ends before it starts.
+    """
+    kids = [key_id(e.public_key) for e in entries]
+    if len(set(kids)) != len(kids):
+        raise ValueError("the same public key is listed twice")
+    for e in entries:
+        if e.not_after <= e.not_before:
+            raise ValueError(f"{e.device}: not_after is not after not_before")
+    return {"v": LIST_VERSION, "kind": "trust-list", "iss": issuer, "iat": now, "exp": now + valid_s,
+            "keys": [e.as_map() for e in entries]}
+
+
+@dataclass(frozen=True, slots=True)
+class TrustList:
+    """An opened list: its signature checked against the operator key; its dates not judged yet."""
+
+    issuer: str
+    issued: int
+    expires: int
+    keys: dict[bytes, dict[str, Any]] = field(default_factory=dict)
+
+
+def open_trust_list(data: bytes, operator_key: ec.EllipticCurvePublicKey) -> TrustList:
+    """Check the list's ES256 signature by the operator and its shape.
+
+    Raises:
+        EnvelopeError: not signed by ``operator_key``, or not a trust list.
+    """
+    try:
+        body = verify_envelope(data, operator_key)
+    except EnvelopeError as exc:
+        raise EnvelopeError(f"trust list: {exc}") from None
+    keys = body.get("keys")
+    if (body.get("kind") != "trust-list" or body.get("v") != LIST_VERSION or not isinstance(keys, list)
+            or not all(isinstance(body.get(k), int) for k in ("iat", "exp"))):
+        raise EnvelopeError("trust list: not a version 1 trust list")
+    table: dict[bytes, dict[str, Any]] = {}
+    for entry in keys:
+        if not (isinstance(entry, dict) and isinstance(entry.get("kid"), bytes) and isinstance(entry.get("pub"), bytes)
+                and isinstance(entry.get("dev"), str)
+                and all(isinstance(entry.get(k), int) for k in ("nbf", "exp"))):
+            raise EnvelopeError("trust list: an entry lacks kid, dev, pub, nbf or exp")
+        table[entry["kid"]] = entry
+    return TrustList(str(body.get("iss", "")), body["iat"], body["exp"], table)
+
+
+@dataclass(frozen=True, slots=True)
+class Verdict:
+    """``status``: genuine, not-genuine, unknown-issuer, expired or revoked; ``reason`` says why in one
+    line; ``claim`` is the decoded claim when its signature was checked (also for revoked/expired)."""
+
+    status: str
+    reason: str
+    claim: dict[str, Any] | None = None
+
+
+def _day(ts: int) -> str:
+    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+
+
+def judge_claim(qr_text: str, *, trust: TrustList | EnvelopeError, now: int) -> Verdict:
+    """The verdict on a QR text. ``trust`` is the opened list, or the error opening it gave."""
+    if isinstance(trust, EnvelopeError):
+        return Verdict("unknown-issuer", str(trust))
+    if now > trust.expires:
+        return Verdict("expired", f"the trust list expired on {_day(trust.expires)}: get a current one "
+                                  f"from {trust.issuer or 'the operator'}")
+    if trust.issued > now + FUTURE_SLACK_S:
+        return Verdict("expired", f"the trust list is dated {_day(trust.issued)}, in the future: check this "
+                                  "device's clock")
+    try:
+        env = open_envelope(decode_qr(qr_text))
+    except EnvelopeError as exc:
+        return Verdict("not-genuine", str(exc))
+    kid = env.protected.get(4)
+    entry = trust.keys.get(kid) if isinstance(kid, bytes) else None
+    if entry is None:
+        return Verdict("unknown-issuer", f"key {kid.hex() if isinstance(kid, bytes) else '?'} is not on "
+                                         f"{trust.issuer or 'the operator'}'s trust list")
+    try:
+        public_key = serialization.load_der_public_key(entry["pub"])
+        if not isinstance(public_key, ec.EllipticCurvePublicKey):
+            raise EnvelopeError("trust list: a key that is not EC")
+        claim = verify_envelope(env, public_key)
+    except (EnvelopeError, ValueError) as exc:
+        return Verdict("not-genuine", str(exc))
+    if claim.get("v") != CLAIM_VERSION or not isinstance(claim.get("iat"), int):
+        return Verdict("not-genuine", "signed, but not a version 1 health claim", claim)
+    if claim.get("dev") != entry["dev"]:
+        return Verdict("not-genuine", f"signed by {entry['dev']}'s key but names device {claim.get('dev')!r}",
+                       claim)
+    if isinstance(entry.get("rev"), int):
+        return Verdict("revoked", f"{entry['dev']}'s key was revoked on {_day(entry['rev'])}", claim)
+    iat = claim["iat"]
+    if iat > now + FUTURE_SLACK_S:
+        return Verdict("not-genuine", f"dated {_day(iat)}, in the future", claim)
+    if not entry["nbf"] <= iat <= entry["exp"]:
+        return Verdict("expired", f"dated {_day(iat)}, outside {entry['dev']}'s key validity "
+                                  f"{_day(entry['nbf'])} to {_day(entry['exp'])}", claim)
+    return Verdict("genuine", f"signed by {entry['dev']}, on {trust.issuer or 'the operator'}'s trust list",
+                   claim)

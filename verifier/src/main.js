@@ -1,0 +1,296 @@
+// The offline verifier of battery-gateway's signed QR (docs/qr.md): BP1: + Base45 + zlib + COSE_Sign1
+// (ES256, the inspection device's key) over a CBOR health claim, checked with WebCrypto against the
+// operator's signed trust list built into this page. The verdict order is gateway/core/trustlist.py's.
+// No network: the page's Content-Security-Policy has connect-src 'none'.
+import jsQR from "jsqr";
+import { decode as b45decode } from "base45-ts";
+import { unzlibSync } from "fflate";
+import { Decoder, Encoder } from "cbor-x";
+
+const PREFIX = "BP1:";
+const MAX_ENVELOPE = 2048;
+const FUTURE_SLACK_S = 86400;
+const cbor = new Decoder({ mapsAsObjects: false, useRecords: false });
+const cborOut = new Encoder({ useRecords: false, mapsAsObjects: false, tagUint8Array: false });
+
+const T = {
+  en: {
+    title: "Battery certificate check",
+    intro: "Scan the QR code on a battery health certificate. Everything is checked on this phone; nothing is sent anywhere.",
+    scan: "Scan with camera", stop: "Stop camera", image: "Open a photo or image", paste: "…or paste the QR text",
+    check: "Check", list: "Trust list of {iss}, valid until {exp}", nolist: "This page has no trust list: ask the operator for theirs.",
+    noqr: "No QR code found in the image.", nocam: "Camera not available: {e}", insecure: "Open this page from a file or an https:// address: the browser allows signature checks only there.",
+    "genuine": "Genuine", "not-genuine": "NOT genuine", "unknown-issuer": "Unknown issuer", "expired": "Expired", "revoked": "Revoked",
+    "genuine-h": "Signed by an inspection device the operator trusts. The figures below are as measured.",
+    "not-genuine-h": "This certificate was changed or forged. Do not rely on any figure from it.",
+    "unknown-issuer-h": "The signing device is not on the operator's trust list. The figures cannot be trusted.",
+    "expired-h": "The signature is valid, but the trust list or the device's key is out of date.",
+    "revoked-h": "The device's key was revoked: this certificate must not be relied on.",
+    vehicle: "Vehicle", gen: "Pack generation", rated: "Rated when new", bat: "Pack serial", soh: "State of health",
+    sohm: { "gateway-estimate": "gateway estimate from counted charge", "capacity-ratio": "BMS capacity ÷ rated capacity", "bms-reported": "as reported by the battery ECU", unknown: "method not stated" },
+    interval: "80 % interval {lo}–{hi} %", bms: "State of health (BMS)", f3: "Forecast in 3 years (median)",
+    w: "Warranty decision", accept: "ACCEPT", decline: "DECLINE", wp: "probability {p} %", iat: "Inspected",
+    dev: "Inspection device", vin: "VIN (pseudonymised)", cert: "SHA-256 of certificate.cose", why: "Why",
+    time: "checked in {ms} ms",
+  },
+  ja: {
+    title: "バッテリー証明書の確認",
+    intro: "バッテリー健全性証明書のQRコードを読み取ってください。確認はこの端末内だけで行い、どこにも送信しません。",
+    scan: "カメラで読み取る", stop: "カメラを止める", image: "写真・画像を開く", paste: "またはQRの文字列を貼り付け",
+    check: "確認", list: "{iss} の信頼リスト({exp} まで有効)", nolist: "このページには信頼リストがありません。運営者から入手してください。",
+    noqr: "画像にQRコードが見つかりません。", nocam: "カメラを使用できません: {e}", insecure: "このページはファイルまたは https:// で開いてください。署名の確認はそこでのみ可能です。",
+    "genuine": "真正", "not-genuine": "真正ではありません", "unknown-issuer": "発行元不明", "expired": "期限切れ", "revoked": "失効",
+    "genuine-h": "運営者が信頼する検査機器の署名です。以下の数値は測定のとおりです。",
+    "not-genuine-h": "この証明書は改ざんまたは偽造されています。数値を信用しないでください。",
+    "unknown-issuer-h": "署名した機器は運営者の信頼リストにありません。数値は信用できません。",
+    "expired-h": "署名は有効ですが、信頼リストまたは機器の鍵の有効期限が切れています。",
+    "revoked-h": "機器の鍵は失効しています。この証明書に依拠しないでください。",
+    vehicle: "車両", gen: "パック世代", rated: "新品時定格", bat: "バッテリーパック製造番号", soh: "SOH(健全性)",
+    sohm: { "gateway-estimate": "充放電電荷量からのゲートウェイ推定値", "capacity-ratio": "BMS容量 ÷ 定格容量", "bms-reported": "バッテリーECUの報告値", unknown: "方法の記載なし" },
+    interval: "80 %区間 {lo}–{hi} %", bms: "SOH(BMS値)", f3: "3年後の予測(中央値)",
+    w: "保証判定", accept: "承認", decline: "不承認", wp: "確率 {p} %", iat: "検査日時",
+    dev: "検査機器", vin: "車台番号(仮名化)", cert: "certificate.cose の SHA-256", why: "理由",
+    time: "確認時間 {ms} ms",
+  },
+};
+
+const $ = (id) => document.getElementById(id);
+let lang = (new URLSearchParams(location.search).get("lang") || navigator.language || "en").startsWith("ja") ? "ja" : "en";
+const fmt = (s, v) => s.replace(/\{(\w+)\}/g, (_, k) => String(v[k]));
+const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
+const b64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
+const day = (s) => new Date(s * 1000).toISOString().slice(0, 10);
+const local = (s) => new Intl.DateTimeFormat(lang === "ja" ? "ja-JP" : "en-GB", { dateStyle: "long", timeStyle: "short" }).format(new Date(s * 1000));
+const num = (tenths) => new Intl.NumberFormat(lang === "ja" ? "ja-JP" : "en-GB", { minimumFractionDigits: 1, maximumFractionDigits: 1 }).format(tenths / 10);
+
+class Refusal extends Error {
+  constructor(status, reason) { super(reason); this.status = status; }
+}
+
+// A parsed COSE_Sign1: [protected bstr, unprotected map, payload bstr, signature bstr] under tag 18.
+function openCose(bytes) {
+  let obj;
+  try { obj = cbor.decode(bytes); } catch (e) { throw new Refusal("not-genuine", `not CBOR: ${e.message}`); }
+  const parts = obj && obj.tag === 18 ? obj.value : null;
+  if (!Array.isArray(parts) || parts.length !== 4 || !(parts[0] instanceof Uint8Array) || !(parts[1] instanceof Map)
+      || !(parts[2] instanceof Uint8Array) || !(parts[3] instanceof Uint8Array)) {
+    throw new Refusal("not-genuine", "not a tagged COSE_Sign1");
+  }
+  let header, payload;
+  try { header = cbor.decode(parts[0]); payload = cbor.decode(parts[2]); } catch (e) {
+    throw new Refusal("not-genuine", `header or payload is not CBOR: ${e.message}`);
+  }
+  if (!(header instanceof Map) || !(payload instanceof Map)) throw new Refusal("not-genuine", "header and payload must be maps");
+  if (header.get(1) !== -7) throw new Refusal("not-genuine", "not ES256");
+  return { protectedRaw: parts[0], header, body: parts[2], payload: Object.fromEntries(payload), signature: parts[3] };
+}
+
+async function verifyCose(env, spki) {
+  if (!globalThis.crypto || !crypto.subtle) throw new Refusal("unknown-issuer", T[lang].insecure);
+  if (env.signature.length !== 64) return false;
+  const key = await crypto.subtle.importKey("spki", spki, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
+  const toBeSigned = cborOut.encode(["Signature1", env.protectedRaw, new Uint8Array(0), env.body]);
+  return crypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, env.signature, toBeSigned);
+}
+
+function qrEnvelope(text) {
+  text = text.trim();
+  if (!text.startsWith(PREFIX)) throw new Refusal("not-genuine", `not a battery certificate QR (it starts "${text.slice(0, 8)}")`);
+  let packed, envelope;
+  try { packed = b45decode(text.slice(PREFIX.length)); } catch (e) { throw new Refusal("not-genuine", "not Base45"); }
+  try { envelope = unzlibSync(packed); } catch (e) { throw new Refusal("not-genuine", "not zlib data"); }
+  if (envelope.length > MAX_ENVELOPE) throw new Refusal("not-genuine", "too large for a health claim");
+  return envelope;
+}
+
+let trust = null; // {issuer, issued, expires, keys: Map(kidHex -> entry)} or a Refusal
+
+async function loadTrust() {
+  const slot = JSON.parse($("bp-trust").textContent);
+  if (!slot) return new Refusal("unknown-issuer", T[lang].nolist);
+  try {
+    const env = openCose(b64(slot.list));
+    if (!(await verifyCose(env, b64(slot.operator)))) return new Refusal("unknown-issuer", "trust list: not signed by the operator");
+    const p = env.payload;
+    if (p.kind !== "trust-list" || p.v !== 1 || !Array.isArray(p.keys)) return new Refusal("unknown-issuer", "trust list: not a version 1 trust list");
+    const keys = new Map();
+    for (const raw of p.keys) {
+      const e = raw instanceof Map ? Object.fromEntries(raw) : raw;
+      if (!(e.kid instanceof Uint8Array) || !(e.pub instanceof Uint8Array) || typeof e.dev !== "string") {
+        return new Refusal("unknown-issuer", "trust list: an entry lacks kid, dev or pub");
+      }
+      keys.set(hex(e.kid), e);
+    }
+    return { issuer: String(p.iss || ""), issued: p.iat, expires: p.exp, keys };
+  } catch (e) {
+    return e instanceof Refusal ? new Refusal("unknown-issuer", `trust list: ${e.message}`) : e;
+  }
+}
+
+// The verdict, in gateway/core/trustlist.py's order.
+async function judge(text, now) {
+  if (trust instanceof Error) throw new Refusal(trust.status || "unknown-issuer", trust.message);
+  if (now > trust.expires) throw new Refusal("expired", `the trust list expired on ${day(trust.expires)}: get a current one from ${trust.issuer}`);
+  if (trust.issued > now + FUTURE_SLACK_S) throw new Refusal("expired", `the trust list is dated ${day(trust.issued)}, in the future: check this device's clock`);
+  const env = openCose(qrEnvelope(text));
+  const kid = env.header.get(4);
+  const entry = kid instanceof Uint8Array ? trust.keys.get(hex(kid)) : undefined;
+  if (!entry) throw new Refusal("unknown-issuer", `key ${kid instanceof Uint8Array ? hex(kid) : "?"} is not on ${trust.issuer}'s trust list`);
+  if (!(await verifyCose(env, entry.pub))) throw new Refusal("not-genuine", "signature does not verify (the claim was changed)");
+  const claim = env.payload;
+  if (claim.v !== 1 || !Number.isInteger(claim.iat)) throw new Refusal("not-genuine", "signed, but not a version 1 health claim");
+  if (claim.dev !== entry.dev) throw new Refusal("not-genuine", `signed by ${entry.dev}'s key but names device ${claim.dev}`);
+  if (Number.isInteger(entry.rev)) return { status: "revoked", reason: `${entry.dev}'s key was revoked on ${day(entry.rev)}`, claim };
+  if (claim.iat > now + FUTURE_SLACK_S) throw new Refusal("not-genuine", `dated ${day(claim.iat)}, in the future`);
+  if (claim.iat < entry.nbf || claim.iat > entry.exp) {
+    return { status: "expired", reason: `dated ${day(claim.iat)}, outside ${entry.dev}'s key validity ${day(entry.nbf)} to ${day(entry.exp)}`, claim };
+  }
+  return { status: "genuine", reason: `signed by ${entry.dev}, on ${trust.issuer}'s trust list`, claim };
+}
+
+function esc(s) {
+  return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
+}
+
+function figures(c) {
+  const t = T[lang];
+  const rows = [];
+  const row = (k, v) => rows.push(`<tr><th>${esc(k)}</th><td>${v}</td></tr>`);
+  row(t.vehicle, esc(c.veh));
+  if (c.gen) row(t.gen, esc(String(c.gen).toUpperCase()));
+  if (Array.isArray(c.rat)) row(t.rated, `${num(c.rat[0])} kWh / ${num(c.rat[1])} Ah`);
+  if (c.bat) row(t.bat, esc(c.bat));
+  if (c.soh instanceof Map || (c.soh && typeof c.soh === "object")) {
+    const s = c.soh instanceof Map ? Object.fromEntries(c.soh) : c.soh;
+    row(t.soh, `<b class="big">${num(s.p)} %</b><br><small>${esc(fmt(t.interval, { lo: num(s.lo), hi: num(s.hi) }))} · ${esc(t.sohm[s.m] || t.sohm.unknown)}</small>`);
+  }
+  if (Number.isInteger(c.bms)) row(t.bms, `${num(c.bms)} %`);
+  if (Number.isInteger(c.f3)) row(t.f3, `${num(c.f3)} %`);
+  if (c.w === "accept" || c.w === "decline") row(t.w, `<b>${esc(t[c.w])}</b> <small>${esc(fmt(t.wp, { p: c.wp }))}</small>`);
+  row(t.iat, esc(local(c.iat)));
+  row(t.dev, esc(c.dev));
+  if (c.vin) row(t.vin, `<code>${esc(c.vin instanceof Uint8Array ? hex(c.vin) : c.vin)}</code>`);
+  if (c.cert instanceof Uint8Array) row(t.cert, `<code>${hex(c.cert)}</code>`);
+  return `<table>${rows.join("")}</table>`;
+}
+
+let last = null;
+
+function show(result) {
+  last = result;
+  const t = T[lang];
+  const box = $("verdict");
+  box.hidden = false;
+  box.dataset.status = result.status;
+  box.className = `verdict ${result.status}`;
+  const trusted = result.claim && ["genuine", "expired", "revoked"].includes(result.status);
+  box.innerHTML = `<h2>${esc(t[result.status])}</h2><p>${esc(t[`${result.status}-h`])}</p>`
+    + `<p class="why"><small>${esc(t.why)}: ${esc(result.reason)}</small></p>`
+    + (trusted ? figures(result.claim) : "")
+    + `<p class="why"><small>${esc(fmt(t.time, { ms: Math.round(result.ms) }))}</small></p>`;
+  window.bpResult = { status: result.status, reason: result.reason, ms: result.ms, scanMs: result.scanMs ?? null,
+    claim: result.claim ? { dev: result.claim.dev, iat: result.claim.iat } : null };
+}
+
+async function check(text, started) {
+  const t0 = performance.now();
+  let result;
+  try {
+    result = await judge(text, Math.floor(Date.now() / 1000));
+  } catch (e) {
+    result = { status: e instanceof Refusal ? e.status : "not-genuine", reason: e.message, claim: null };
+  }
+  result.ms = performance.now() - t0;
+  if (started !== undefined) result.scanMs = performance.now() - started;
+  show(result);
+}
+
+function scanImageData(img) {
+  const code = jsQR(img.data, img.width, img.height, { inversionAttempts: "attemptBoth" });
+  return code ? code.data : null;
+}
+
+let stream = null;
+
+async function startCamera() {
+  const t = T[lang];
+  if (stream) return stopCamera();
+  const started = performance.now();
+  try {
+    stream = await navigator.mediaDevices.getUserMedia({ video: { facingMode: "environment" }, audio: false });
+  } catch (e) {
+    $("status").textContent = fmt(t.nocam, { e: e.message });
+    return;
+  }
+  const video = $("video");
+  video.hidden = false;
+  video.srcObject = stream;
+  await video.play();
+  $("scan").textContent = t.stop;
+  const canvas = document.createElement("canvas");
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  const tick = () => {
+    if (!stream) return;
+    if (video.readyState >= 2 && video.videoWidth) {
+      canvas.width = video.videoWidth;
+      canvas.height = video.videoHeight;
+      ctx.drawImage(video, 0, 0);
+      const text = scanImageData(ctx.getImageData(0, 0, canvas.width, canvas.height));
+      if (text) {
+        stopCamera();
+        check(text, started);
+        return;
+      }
+    }
+    setTimeout(tick, 80);
+  };
+  tick();
+}
+
+function stopCamera() {
+  if (stream) stream.getTracks().forEach((track) => track.stop());
+  stream = null;
+  $("video").hidden = true;
+  $("scan").textContent = T[lang].scan;
+}
+
+async function openImage(file) {
+  const started = performance.now();
+  const bitmap = await createImageBitmap(file);
+  const scale = Math.min(1, 2400 / Math.max(bitmap.width, bitmap.height));
+  const canvas = document.createElement("canvas");
+  canvas.width = Math.round(bitmap.width * scale);
+  canvas.height = Math.round(bitmap.height * scale);
+  const ctx = canvas.getContext("2d", { willReadFrequently: true });
+  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  const text = scanImageData(ctx.getImageData(0, 0, canvas.width, canvas.height));
+  if (text) check(text, started);
+  else show({ status: "not-genuine", reason: T[lang].noqr, claim: null, ms: performance.now() - started });
+}
+
+function render() {
+  const t = T[lang];
+  document.documentElement.lang = lang;
+  document.title = t.title;
+  $("title").textContent = t.title;
+  $("intro").textContent = t.intro;
+  $("scan").textContent = stream ? t.stop : t.scan;
+  $("image-label").textContent = t.image;
+  $("paste-label").textContent = t.paste;
+  $("check").textContent = t.check;
+  $("issuer").textContent = trust instanceof Error ? trust.message : fmt(t.list, { iss: trust.issuer, exp: day(trust.expires) });
+  for (const b of document.querySelectorAll("[data-lang]")) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
+  if (last) show(last);
+}
+
+async function main() {
+  trust = await loadTrust();
+  for (const b of document.querySelectorAll("[data-lang]")) b.addEventListener("click", () => { lang = b.dataset.lang; render(); });
+  $("scan").addEventListener("click", startCamera);
+  $("image").addEventListener("change", (e) => { if (e.target.files[0]) openImage(e.target.files[0]); });
+  $("check").addEventListener("click", () => check($("text").value));
+  render();
+  document.body.dataset.ready = "1";
+}
+
+main();
