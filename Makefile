@@ -8,7 +8,7 @@ BIN := $(VENV)/bin
 STAMP := $(VENV)/.installed-stamp
 SUDO := $(shell [ "$$(id -u)" = 0 ] || echo sudo)
 
-.PHONY: all setup mosquitto postgresql browser tools demo test bench soh-eval lint image-check bundle vm-tools vm-test vm-tools-arm64 vm-test-arm64 clean
+.PHONY: all setup mosquitto postgresql browser node verifier tools demo test bench soh-eval lint image-check bundle vm-tools vm-test vm-tools-arm64 vm-test-arm64 clean
 
 all: test
 
@@ -18,7 +18,7 @@ $(STAMP): pyproject.toml
 	$(BIN)/pip install --quiet -e '.[test]'
 	touch $@
 
-setup: $(STAMP) mosquitto postgresql browser tools
+setup: $(STAMP) mosquitto postgresql browser tools verifier/node_modules/.package-lock.json
 
 # systemd-analyze (unit checks) and shellcheck (image scripts), from Debian's packages
 tools:
@@ -39,13 +39,30 @@ postgresql:
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
 	    --no-install-recommends postgresql >/dev/null; }
 
-# Debian's chromium renders certificate.html in a test; without it (no root, no sudo) that test is skipped.
+# Debian's chromium renders certificate.html and prints certificate.pdf, and (driven by Selenium through
+# chromium-driver) runs the verifier page; without them (no root, no sudo) those tests are skipped.
 browser:
-	@{ command -v chromium >/dev/null 2>&1 && [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; } || { \
-	  echo "installing chromium, CJK fonts and libfaketime from Debian's packages (page and clock tests)"; \
+	@{ command -v chromium >/dev/null 2>&1 && command -v chromedriver >/dev/null 2>&1 && \
+	   [ -e /usr/lib/x86_64-linux-gnu/faketime/libfaketime.so.1 ]; } || { \
+	  echo "installing chromium, chromium-driver, CJK fonts and libfaketime from Debian's packages (page and clock tests)"; \
 	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive \
-	    apt-get install -y -qq chromium fonts-noto-cjk libfaketime >/dev/null || \
+	    apt-get install -y -qq chromium chromium-driver fonts-noto-cjk libfaketime >/dev/null || \
 	  echo "warning: chromium/libfaketime not installed; the browser and clock tests will be skipped"; }
+
+# Node.js and npm build the verifier page (verifier/): Debian's when the machine has none
+node:
+	@command -v npm >/dev/null 2>&1 || { echo "installing nodejs and npm from Debian's packages"; \
+	  $(SUDO) apt-get update -qq && $(SUDO) env DEBIAN_FRONTEND=noninteractive apt-get install -y -qq \
+	    --no-install-recommends nodejs npm >/dev/null; }
+
+# The npm libraries of the verifier page, exactly as package-lock.json pins them
+verifier/node_modules/.package-lock.json: verifier/package-lock.json | node
+	npm ci --prefix verifier --no-audit --no-fund --loglevel=error
+
+# Rebuild gateway/data/verifier.html (committed: the device and `trust-list` need no Node.js). The build
+# is reproducible: tests/integration/test_verifier_build.py checks the committed page is what this makes.
+verifier: verifier/node_modules/.package-lock.json
+	node verifier/build.mjs
 
 demo: setup
 	$(BIN)/battery-gateway demo

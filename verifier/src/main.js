@@ -5,21 +5,23 @@
 import jsQR from "jsqr";
 import { decode as b45decode } from "base45-ts";
 import { unzlibSync } from "fflate";
-import { Decoder, Encoder } from "cbor-x";
+import { decode as cborDecode, encode as cborEncode } from "cborg";
 
 const PREFIX = "BP1:";
 const MAX_ENVELOPE = 2048;
 const FUTURE_SLACK_S = 86400;
-const cbor = new Decoder({ mapsAsObjects: false, useRecords: false });
-const cborOut = new Encoder({ useRecords: false, mapsAsObjects: false, tagUint8Array: false });
+// Maps as Maps (integer keys in COSE headers), a key twice refused (two readers could take different
+// values from the same signed bytes: gateway/core/signing.py refuses them too), COSE_Sign1's tag 18 kept.
+const CBOR = { useMaps: true, rejectDuplicateMapKeys: true, tags: { 18: (content) => ({ tag: 18, value: content() }) } };
+const cbor = { decode: (bytes) => cborDecode(bytes, CBOR) };
 
 const T = {
   en: {
     title: "Battery certificate check",
     intro: "Scan the QR code on a battery health certificate. Everything is checked on this phone; nothing is sent anywhere.",
     scan: "Scan with camera", stop: "Stop camera", image: "Open a photo or image", paste: "…or paste the QR text",
-    check: "Check", list: "Trust list of {iss}, valid until {exp}", nolist: "This page has no trust list: ask the operator for theirs.",
-    noqr: "No QR code found in the image.", nocam: "Camera not available: {e}", insecure: "Open this page from a file or an https:// address: the browser allows signature checks only there.",
+    check: "Check", list: "Trust list of {iss}, valid until {exp}",
+    nocam: "Camera not available: {e}",
     "genuine": "Genuine", "not-genuine": "NOT genuine", "unknown-issuer": "Unknown issuer", "expired": "Expired", "revoked": "Revoked",
     "genuine-h": "Signed by an inspection device the operator trusts. The figures below are as measured.",
     "not-genuine-h": "This certificate was changed or forged. Do not rely on any figure from it.",
@@ -32,13 +34,25 @@ const T = {
     w: "Warranty decision", accept: "ACCEPT", decline: "DECLINE", wp: "probability {p} %", iat: "Inspected",
     dev: "Inspection device", vin: "VIN (pseudonymised)", cert: "SHA-256 of certificate.cose", why: "Why",
     time: "checked in {ms} ms",
+    r: {
+      prefix: 'not a battery certificate QR (it starts "{head}")', b45: "the QR text is not Base45", zlib: "the QR content is not zlib data",
+      big: "too large for a health claim", cbor: "not CBOR", cose: "not a signed COSE_Sign1 message", alg: "not signed with ES256",
+      nolist: "this page has no trust list: ask the operator for theirs", insecure: "open this page from a file or an https:// address: the browser allows signature checks only there",
+      list_sig: "the trust list is not signed by the operator", list_shape: "the trust list is damaged",
+      list_expired: "the trust list expired on {d}: get a current one from {iss}", list_future: "the trust list is dated {d}, in the future: check this phone's clock",
+      unknown_key: "key {kid} is not on {iss}'s trust list", bad_sig: "the signature does not verify: the claim was changed",
+      not_claim: "signed, but not a version 1 health claim", dev_mismatch: "signed by {signer}'s key but names device {dev}",
+      revoked: "{dev}'s key was revoked on {d}", future: "dated {d}, in the future",
+      key_validity: "dated {d}, outside {dev}'s key validity {from} to {to}", genuine: "signed by {dev}, on {iss}'s trust list",
+      noqr: "no QR code found in the image",
+    },
   },
   ja: {
     title: "バッテリー証明書の確認",
     intro: "バッテリー健全性証明書のQRコードを読み取ってください。確認はこの端末内だけで行い、どこにも送信しません。",
     scan: "カメラで読み取る", stop: "カメラを止める", image: "写真・画像を開く", paste: "またはQRの文字列を貼り付け",
-    check: "確認", list: "{iss} の信頼リスト({exp} まで有効)", nolist: "このページには信頼リストがありません。運営者から入手してください。",
-    noqr: "画像にQRコードが見つかりません。", nocam: "カメラを使用できません: {e}", insecure: "このページはファイルまたは https:// で開いてください。署名の確認はそこでのみ可能です。",
+    check: "確認", list: "{iss} の信頼リスト({exp} まで有効)",
+    nocam: "カメラを使用できません: {e}",
     "genuine": "真正", "not-genuine": "真正ではありません", "unknown-issuer": "発行元不明", "expired": "期限切れ", "revoked": "失効",
     "genuine-h": "運営者が信頼する検査機器の署名です。以下の数値は測定のとおりです。",
     "not-genuine-h": "この証明書は改ざんまたは偽造されています。数値を信用しないでください。",
@@ -51,6 +65,18 @@ const T = {
     w: "保証判定", accept: "承認", decline: "不承認", wp: "確率 {p} %", iat: "検査日時",
     dev: "検査機器", vin: "車台番号(仮名化)", cert: "certificate.cose の SHA-256", why: "理由",
     time: "確認時間 {ms} ms",
+    r: {
+      prefix: "バッテリー証明書のQRではありません(先頭: 「{head}」)", b45: "QRの文字列がBase45ではありません", zlib: "QRの内容がzlibデータではありません",
+      big: "健全性データとしては大きすぎます", cbor: "CBORではありません", cose: "署名付きCOSE_Sign1ではありません", alg: "ES256で署名されていません",
+      nolist: "このページには信頼リストがありません。運営者から入手してください", insecure: "このページはファイルまたは https:// で開いてください。署名の確認はそこでのみ可能です",
+      list_sig: "信頼リストに運営者の署名がありません", list_shape: "信頼リストが破損しています",
+      list_expired: "信頼リストは {d} に期限切れです。{iss} から最新版を入手してください", list_future: "信頼リストの日付 {d} が未来です。端末の時計を確認してください",
+      unknown_key: "鍵 {kid} は {iss} の信頼リストにありません", bad_sig: "署名が一致しません。内容が変更されています",
+      not_claim: "署名はありますが、バージョン1の健全性データではありません", dev_mismatch: "{signer} の鍵で署名されていますが、機器名は {dev} です",
+      revoked: "{dev} の鍵は {d} に失効しました", future: "日付 {d} が未来です",
+      key_validity: "日付 {d} は {dev} の鍵の有効期間({from}〜{to})外です", genuine: "{dev} の署名。{iss} の信頼リストに登録済み",
+      noqr: "画像にQRコードが見つかりません",
+    },
   },
 };
 
@@ -63,43 +89,47 @@ const day = (s) => new Date(s * 1000).toISOString().slice(0, 10);
 const local = (s) => new Intl.DateTimeFormat(lang === "ja" ? "ja-JP" : "en-GB", { dateStyle: "long", timeStyle: "short" }).format(new Date(s * 1000));
 const num = (tenths) => new Intl.NumberFormat(lang === "ja" ? "ja-JP" : "en-GB", { minimumFractionDigits: 1, maximumFractionDigits: 1 }).format(tenths / 10);
 
+// A verdict's reason: a key of T[lang].r and its values, so it reads in the buyer's language.
+const why = (key, values = {}) => ({ key, values });
+const say = (reason) => fmt(T[lang].r[reason.key], reason.values);
+
 class Refusal extends Error {
-  constructor(status, reason) { super(reason); this.status = status; }
+  constructor(status, reason) { super(reason.key); this.status = status; this.reason = reason; }
 }
 
 // A parsed COSE_Sign1: [protected bstr, unprotected map, payload bstr, signature bstr] under tag 18.
 function openCose(bytes) {
   let obj;
-  try { obj = cbor.decode(bytes); } catch (e) { throw new Refusal("not-genuine", `not CBOR: ${e.message}`); }
+  try { obj = cbor.decode(bytes); } catch (e) { throw new Refusal("not-genuine", why("cbor")); }
   const parts = obj && obj.tag === 18 ? obj.value : null;
   if (!Array.isArray(parts) || parts.length !== 4 || !(parts[0] instanceof Uint8Array) || !(parts[1] instanceof Map)
       || !(parts[2] instanceof Uint8Array) || !(parts[3] instanceof Uint8Array)) {
-    throw new Refusal("not-genuine", "not a tagged COSE_Sign1");
+    throw new Refusal("not-genuine", why("cose"));
   }
   let header, payload;
   try { header = cbor.decode(parts[0]); payload = cbor.decode(parts[2]); } catch (e) {
-    throw new Refusal("not-genuine", `header or payload is not CBOR: ${e.message}`);
+    throw new Refusal("not-genuine", why("cbor"));
   }
-  if (!(header instanceof Map) || !(payload instanceof Map)) throw new Refusal("not-genuine", "header and payload must be maps");
-  if (header.get(1) !== -7) throw new Refusal("not-genuine", "not ES256");
+  if (!(header instanceof Map) || !(payload instanceof Map)) throw new Refusal("not-genuine", why("cose"));
+  if (header.get(1) !== -7) throw new Refusal("not-genuine", why("alg"));
   return { protectedRaw: parts[0], header, body: parts[2], payload: Object.fromEntries(payload), signature: parts[3] };
 }
 
 async function verifyCose(env, spki) {
-  if (!globalThis.crypto || !crypto.subtle) throw new Refusal("unknown-issuer", T[lang].insecure);
+  if (!globalThis.crypto || !crypto.subtle) throw new Refusal("unknown-issuer", why("insecure"));
   if (env.signature.length !== 64) return false;
   const key = await crypto.subtle.importKey("spki", spki, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
-  const toBeSigned = cborOut.encode(["Signature1", env.protectedRaw, new Uint8Array(0), env.body]);
+  const toBeSigned = cborEncode(["Signature1", env.protectedRaw, new Uint8Array(0), env.body]);
   return crypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, env.signature, toBeSigned);
 }
 
 function qrEnvelope(text) {
   text = text.trim();
-  if (!text.startsWith(PREFIX)) throw new Refusal("not-genuine", `not a battery certificate QR (it starts "${text.slice(0, 8)}")`);
+  if (!text.startsWith(PREFIX)) throw new Refusal("not-genuine", why("prefix", { head: text.slice(0, 8) }));
   let packed, envelope;
-  try { packed = b45decode(text.slice(PREFIX.length)); } catch (e) { throw new Refusal("not-genuine", "not Base45"); }
-  try { envelope = unzlibSync(packed); } catch (e) { throw new Refusal("not-genuine", "not zlib data"); }
-  if (envelope.length > MAX_ENVELOPE) throw new Refusal("not-genuine", "too large for a health claim");
+  try { packed = b45decode(text.slice(PREFIX.length)); } catch (e) { throw new Refusal("not-genuine", why("b45")); }
+  try { envelope = unzlibSync(packed); } catch (e) { throw new Refusal("not-genuine", why("zlib")); }
+  if (envelope.length > MAX_ENVELOPE) throw new Refusal("not-genuine", why("big"));
   return envelope;
 }
 
@@ -107,45 +137,46 @@ let trust = null; // {issuer, issued, expires, keys: Map(kidHex -> entry)} or a 
 
 async function loadTrust() {
   const slot = JSON.parse($("bp-trust").textContent);
-  if (!slot) return new Refusal("unknown-issuer", T[lang].nolist);
+  if (!slot) return new Refusal("unknown-issuer", why("nolist"));
   try {
     const env = openCose(b64(slot.list));
-    if (!(await verifyCose(env, b64(slot.operator)))) return new Refusal("unknown-issuer", "trust list: not signed by the operator");
+    if (!(await verifyCose(env, b64(slot.operator)))) return new Refusal("unknown-issuer", why("list_sig"));
     const p = env.payload;
-    if (p.kind !== "trust-list" || p.v !== 1 || !Array.isArray(p.keys)) return new Refusal("unknown-issuer", "trust list: not a version 1 trust list");
+    if (p.kind !== "trust-list" || p.v !== 1 || !Array.isArray(p.keys)) return new Refusal("unknown-issuer", why("list_shape"));
     const keys = new Map();
     for (const raw of p.keys) {
       const e = raw instanceof Map ? Object.fromEntries(raw) : raw;
       if (!(e.kid instanceof Uint8Array) || !(e.pub instanceof Uint8Array) || typeof e.dev !== "string") {
-        return new Refusal("unknown-issuer", "trust list: an entry lacks kid, dev or pub");
+        return new Refusal("unknown-issuer", why("list_shape"));
       }
       keys.set(hex(e.kid), e);
     }
     return { issuer: String(p.iss || ""), issued: p.iat, expires: p.exp, keys };
   } catch (e) {
-    return e instanceof Refusal ? new Refusal("unknown-issuer", `trust list: ${e.message}`) : e;
+    return new Refusal("unknown-issuer", e instanceof Refusal && e.reason.key === "insecure" ? e.reason : why("list_shape"));
   }
 }
 
 // The verdict, in gateway/core/trustlist.py's order.
 async function judge(text, now) {
-  if (trust instanceof Error) throw new Refusal(trust.status || "unknown-issuer", trust.message);
-  if (now > trust.expires) throw new Refusal("expired", `the trust list expired on ${day(trust.expires)}: get a current one from ${trust.issuer}`);
-  if (trust.issued > now + FUTURE_SLACK_S) throw new Refusal("expired", `the trust list is dated ${day(trust.issued)}, in the future: check this device's clock`);
+  if (trust instanceof Refusal) throw trust;
+  if (now > trust.expires) throw new Refusal("expired", why("list_expired", { d: day(trust.expires), iss: trust.issuer }));
+  if (trust.issued > now + FUTURE_SLACK_S) throw new Refusal("expired", why("list_future", { d: day(trust.issued) }));
   const env = openCose(qrEnvelope(text));
   const kid = env.header.get(4);
   const entry = kid instanceof Uint8Array ? trust.keys.get(hex(kid)) : undefined;
-  if (!entry) throw new Refusal("unknown-issuer", `key ${kid instanceof Uint8Array ? hex(kid) : "?"} is not on ${trust.issuer}'s trust list`);
-  if (!(await verifyCose(env, entry.pub))) throw new Refusal("not-genuine", "signature does not verify (the claim was changed)");
+  if (!entry) throw new Refusal("unknown-issuer", why("unknown_key", { kid: kid instanceof Uint8Array ? hex(kid) : "?", iss: trust.issuer }));
+  if (!(await verifyCose(env, entry.pub))) throw new Refusal("not-genuine", why("bad_sig"));
   const claim = env.payload;
-  if (claim.v !== 1 || !Number.isInteger(claim.iat)) throw new Refusal("not-genuine", "signed, but not a version 1 health claim");
-  if (claim.dev !== entry.dev) throw new Refusal("not-genuine", `signed by ${entry.dev}'s key but names device ${claim.dev}`);
-  if (Number.isInteger(entry.rev)) return { status: "revoked", reason: `${entry.dev}'s key was revoked on ${day(entry.rev)}`, claim };
-  if (claim.iat > now + FUTURE_SLACK_S) throw new Refusal("not-genuine", `dated ${day(claim.iat)}, in the future`);
+  if (claim.v !== 1 || !Number.isInteger(claim.iat)) throw new Refusal("not-genuine", why("not_claim"));
+  if (claim.dev !== entry.dev) throw new Refusal("not-genuine", why("dev_mismatch", { signer: entry.dev, dev: claim.dev }));
+  if (Number.isInteger(entry.rev)) return { status: "revoked", reason: why("revoked", { dev: entry.dev, d: day(entry.rev) }), claim };
+  if (claim.iat > now + FUTURE_SLACK_S) throw new Refusal("not-genuine", why("future", { d: day(claim.iat) }));
   if (claim.iat < entry.nbf || claim.iat > entry.exp) {
-    return { status: "expired", reason: `dated ${day(claim.iat)}, outside ${entry.dev}'s key validity ${day(entry.nbf)} to ${day(entry.exp)}`, claim };
+    const values = { d: day(claim.iat), dev: entry.dev, from: day(entry.nbf), to: day(entry.exp) };
+    return { status: "expired", reason: why("key_validity", values), claim };
   }
-  return { status: "genuine", reason: `signed by ${entry.dev}, on ${trust.issuer}'s trust list`, claim };
+  return { status: "genuine", reason: why("genuine", { dev: entry.dev, iss: trust.issuer }), claim };
 }
 
 function esc(s) {
@@ -185,10 +216,11 @@ function show(result) {
   box.className = `verdict ${result.status}`;
   const trusted = result.claim && ["genuine", "expired", "revoked"].includes(result.status);
   box.innerHTML = `<h2>${esc(t[result.status])}</h2><p>${esc(t[`${result.status}-h`])}</p>`
-    + `<p class="why"><small>${esc(t.why)}: ${esc(result.reason)}</small></p>`
+    + `<p class="why"><small>${esc(t.why)}: ${esc(say(result.reason))}</small></p>`
     + (trusted ? figures(result.claim) : "")
     + `<p class="why"><small>${esc(fmt(t.time, { ms: Math.round(result.ms) }))}</small></p>`;
-  window.bpResult = { status: result.status, reason: result.reason, ms: result.ms, scanMs: result.scanMs ?? null,
+  if (box.scrollIntoView) box.scrollIntoView({ block: "start" });
+  window.bpResult = { status: result.status, reason: say(result.reason), why: result.reason.key, ms: result.ms, scanMs: result.scanMs ?? null,
     claim: result.claim ? { dev: result.claim.dev, iat: result.claim.iat } : null };
 }
 
@@ -198,7 +230,8 @@ async function check(text, started) {
   try {
     result = await judge(text, Math.floor(Date.now() / 1000));
   } catch (e) {
-    result = { status: e instanceof Refusal ? e.status : "not-genuine", reason: e.message, claim: null };
+    result = e instanceof Refusal ? { status: e.status, reason: e.reason, claim: null }
+      : { status: "not-genuine", reason: why("cose"), claim: null }; // a library's own error on hostile bytes
   }
   result.ms = performance.now() - t0;
   if (started !== undefined) result.scanMs = performance.now() - started;
@@ -265,7 +298,7 @@ async function openImage(file) {
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const text = scanImageData(ctx.getImageData(0, 0, canvas.width, canvas.height));
   if (text) check(text, started);
-  else show({ status: "not-genuine", reason: T[lang].noqr, claim: null, ms: performance.now() - started });
+  else show({ status: "not-genuine", reason: why("noqr"), claim: null, ms: performance.now() - started });
 }
 
 function render() {
@@ -278,7 +311,7 @@ function render() {
   $("image-label").textContent = t.image;
   $("paste-label").textContent = t.paste;
   $("check").textContent = t.check;
-  $("issuer").textContent = trust instanceof Error ? trust.message : fmt(t.list, { iss: trust.issuer, exp: day(trust.expires) });
+  $("issuer").textContent = trust instanceof Refusal ? say(trust.reason) : fmt(t.list, { iss: trust.issuer, exp: day(trust.expires) });
   for (const b of document.querySelectorAll("[data-lang]")) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
   if (last) show(last);
 }
