@@ -80,6 +80,8 @@ lint: $(STAMP)
 image-check: tools
 	shellcheck --severity=style $$(find image -name '*.sh') image/stage-gateway/01-gateway/files/battery-gateway-firstboot
 	image/check-packages.sh
+	mkdir -p build && cat image/stage-gateway/00-packages/00-packages image/bay-packages > build/bay-packages.list
+	LIST=build/bay-packages.list image/check-packages.sh
 
 # A release bundle for the Pi (arm64 wheels), for the TUF repository: docs/ota.md
 bundle: $(STAMP)

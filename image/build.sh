@@ -4,7 +4,8 @@
 #   RELEASE_COUNTER=1 TUF_ROOT=/secure/root.json image/build.sh
 #
 # Optional: CAN_HAT (mcp2515-16mhz, mcp2515-12mhz, mcp2515-8mhz, mcp251xfd), HARDWARE_ID (rpi-arm64),
-# COMMAND_KEY (backend public key for cmd/ota), FIRST_USER_PASS (random if unset), PI_GEN_REF, WORK.
+# COMMAND_KEY (backend public key for cmd/ota), FIRST_USER_PASS (random if unset), PI_GEN_REF, WORK,
+# BAY=1 (an inspection-bay image: adds image/bay-packages, the headless Chromium for certificate.pdf).
 #
 # Needs docker (pi-gen's build-docker.sh) or root with pi-gen's host packages (PI_GEN_DOCKER=0), and
 # network access to GitHub (pi-gen), the Raspberry Pi OS archive and PyPI. Reproducible inputs: pi-gen
@@ -46,6 +47,9 @@ python3 "$repo/tools/make_bundle.py" --platform aarch64 --counter "$counter" --h
 stage="$work/pi-gen/stage-gateway"
 rm -rf "$stage"
 cp -r "$here/stage-gateway" "$stage"
+if [ "${BAY:-0}" = 1 ]; then  # an inspection-bay image: certificate.pdf needs a headless Chromium
+  grep -v '^\s*#' "$here/bay-packages" >> "$stage/00-packages/00-packages"
+fi
 files="$stage/01-gateway/files"
 cp "$work"/bundle/battery-gateway-*-aarch64.tar "$files/bundle.tar"
 cp "$tuf_root" "$files/tuf-root.json"
