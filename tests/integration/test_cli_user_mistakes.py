@@ -194,3 +194,55 @@ def test_check_config_opens_every_file_it_names_and_names_the_broken_one(tmp_pat
     (tmp_path / "tls.key").chmod(0o600)
     out = cli("check-config", "--config", str(tmp_path / "g.toml"))
     assert any(line.startswith("error: mqtt.ca_file:") for line in out.stderr.splitlines()), out.stderr
+
+
+GOOD_DEVICE = 'id = "gw-bay-1"\npubkey = "dev.pub"\nnot_before = 2026-01-01\nnot_after = 2030-01-01\n'
+
+
+@pytest.mark.parametrize(("spec", "needle"), [
+    ('valid_days = 30\n[[device]]\n' + GOOD_DEVICE, "issuer must be a name"),
+    ('issuer = "X"\n', "no [[device]] entries"),
+    ('issuer = "X"\nvalid_dayz = 3\n[[device]]\n' + GOOD_DEVICE, "unknown key 'valid_dayz'"),
+    ('issuer = "X"\nvalid_days = 0\n[[device]]\n' + GOOD_DEVICE, "valid_days must be a whole number of days"),
+    ('issuer = "X"\n[[device]]\n' + GOOD_DEVICE + 'revoke = 2026-02-01\n', "device[0]: unknown key 'revoke'"),
+    ('issuer = "X"\n[[device]]\n' + GOOD_DEVICE.replace("not_after = 2030-01-01\n", ""),
+     "device[0]: missing not_after"),
+    ('issuer = "X"\n[[device]]\n' + GOOD_DEVICE.replace("2030-01-01", '"soon"'),
+     "device gw-bay-1.not_after: expected a TOML date"),
+    ('issuer = "X"\n[[device]]\n' + GOOD_DEVICE.replace("2030-01-01", "2025-01-01"),
+     "not_after is not after not_before"),
+    ('issuer = "X"\n[[device]]\n' + GOOD_DEVICE.replace('"gw-bay-1"', '"../../etc"'), "is not a device id"),
+    ('issuer = "X"\n[[device]]\n' + GOOD_DEVICE.replace("dev.pub", "missing.pub"), "missing.pub"),
+    ('issuer = "X"\n[[device]\n', "not TOML"),
+])
+def test_trust_list_mistakes_are_one_line_naming_the_key(tmp_path: Path, spec: str, needle: str) -> None:
+    generate_key(tmp_path / "operator.pem")
+    (tmp_path / "dev.pub").write_text(public_pem(generate_key(tmp_path / "dev.pem")))
+    (tmp_path / "devices.toml").write_text(spec)
+    out = cli("trust-list", str(tmp_path / "devices.toml"), "--key", str(tmp_path / "operator.pem"), "--out",
+              str(tmp_path / "site"))
+    assert out.returncode == 2 and needle in out.stderr, out.stderr
+    assert out.stderr.strip().count("\n") == 0 and "Traceback" not in out.stderr
+    assert not (tmp_path / "site").exists()
+
+
+def test_trust_list_refuses_an_output_directory_planted_as_a_link(tmp_path: Path) -> None:
+    generate_key(tmp_path / "operator.pem")
+    (tmp_path / "dev.pub").write_text(public_pem(generate_key(tmp_path / "dev.pem")))
+    (tmp_path / "devices.toml").write_text('issuer = "X"\n[[device]]\n' + GOOD_DEVICE)
+    (tmp_path / "www").mkdir()
+    (tmp_path / "site").symlink_to(tmp_path / "www")
+    out = cli("trust-list", str(tmp_path / "devices.toml"), "--key", str(tmp_path / "operator.pem"), "--out",
+              str(tmp_path / "site"))
+    assert out.returncode == 2 and "trust-list --out" in out.stderr and list((tmp_path / "www").iterdir()) == []
+
+
+def test_verify_of_a_qr_text_needs_the_list_and_its_key_together(tmp_path: Path) -> None:
+    out = cli("verify", "--trust-list", str(tmp_path / "t.cose"), "BP1:ABC")
+    assert out.returncode == 2 and "--trust-list and --operator go together" in out.stderr
+    out = cli("verify", "BP1:ABC")
+    assert out.returncode == 2 and "for a QR text give --trust-list FILE --operator PEM" in out.stderr
+    generate_key(tmp_path / "dev.pem")
+    (tmp_path / "dev.pub").write_text(public_pem(generate_key(tmp_path / "other.pem")))
+    out = cli("verify", "--pubkey", str(tmp_path / "dev.pub"), "BP1:ABC")
+    assert out.returncode == 1 and "QR text: NOT-GENUINE:" in out.stderr and "Traceback" not in out.stderr
