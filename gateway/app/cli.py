@@ -104,7 +104,7 @@ def _parser() -> argparse.ArgumentParser:
                                    "and certificate.pdf (A4, when a headless Chromium is installed). Exit 1 when "
                                    "the ECU is silent.")
     s.add_argument("--config", required=True, metavar="PATH")
-    s.add_argument("--out", default=".", metavar="DIR", help="where the three files go (default: here)")
+    s.add_argument("--out", default=".", metavar="DIR", help="where the certificate files go (default: here)")
     s.add_argument("--lang", choices=("ja", "en"), default="en", help="language of certificate.html")
     s.add_argument("--wait", type=float, default=5.0, metavar="S", help="how long to wait for the bus (default 5)")
 
@@ -377,6 +377,8 @@ def _verify_qr(args: argparse.Namespace, qr_texts: list[tuple[str, str]]) -> int
         raise ConfigError("verify: give QR texts or envelopes, not both in one run")
     if bool(args.trust_list) != bool(args.operator):
         raise ConfigError("verify: --trust-list and --operator go together (the list and the key that signs it)")
+    if args.trust_list and (args.pubkey or args.trust):
+        raise ConfigError("verify: a QR text is checked against --trust-list or against --pubkey/--trust, not both")
     if not args.trust_list and not args.pubkey and not args.trust:
         raise ConfigError("verify: for a QR text give --trust-list FILE --operator PEM (as the verifier page "
                           "checks it), or --pubkey PEM / --trust DIR (its signature only)")
@@ -385,26 +387,27 @@ def _verify_qr(args: argparse.Namespace, qr_texts: list[tuple[str, str]]) -> int
     genuine = True
     for name, text in qr_texts:
         verdict = qr_verdict(text, trust=trust, keys=keys, now=int(time.time()))
-        if verdict.claim is not None:
-            print(dumps(readable(verdict.claim)), flush=True)
-        print(f"{name}: {verdict.status.upper()}: {verdict.reason}", file=sys.stderr)
+        if verdict.status == "genuine" and verdict.claim is not None:  # as the page: figures only when genuine;
+            # ASCII: a signed claim's text cannot move the terminal's cursor
+            print(json.dumps(readable(verdict.claim), default=repr, separators=(",", ":")), flush=True)
+        label = verdict.status.upper() if trust is not None or verdict.status != "genuine" else "SIGNATURE-VALID"
+        print(f"{name}: {label}: {verdict.reason}", file=sys.stderr)
         genuine = genuine and verdict.status == "genuine"
     return 0 if genuine else 1
 
 
 def _cmd_trust_list(args: argparse.Namespace) -> int:
-    from ..adapters.keystore import load_private_key
     from ..core.trustlist import open_trust_list
-    from .trust import build_list, write_outputs
+    from .trust import build_list, fingerprint, write_outputs
 
-    signed, issuer = build_list(args.spec, operator_key_file=args.key)
-    operator = load_private_key(args.key, what="trust-list --key").public_key()
+    signed, operator = build_list(args.spec, operator_key_file=args.key)
     trust = open_trust_list(signed, operator)
     files = write_outputs(args.out, signed, operator)
     revoked = sum(1 for e in trust.keys.values() if "rev" in e)
     until = time.strftime("%Y-%m-%d", time.gmtime(trust.expires))
-    print(f"{files[0]}: {len(trust.keys)} device keys of {issuer} ({revoked} revoked), valid until {until}")
+    print(f"{files[0]}: {len(trust.keys)} device keys of {trust.issuer} ({revoked} revoked), valid until {until}")
     print(f"{files[1]}: the verifier page with this list built in")
+    print(f"operator key {fingerprint(operator)}: publish it where buyers can compare it with the page's")
     return 0
 
 

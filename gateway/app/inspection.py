@@ -89,8 +89,8 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
         digest = hashlib.sha256(message.payload).hexdigest()
         qr_text = _qr_text(parts.signer, message)
         _write_files(out, message, lang=lang, key_id_hex=parts.signer.kid.hex(), digest_hex=digest, qr_text=qr_text)
-        pdf = _write_pdf(out, progress)
         published = _publish_certificate(config, store, progress)
+        pdf = _write_pdf(out, progress)  # last: a slow browser delays nothing else
     finally:
         store.close()
     return InspectionResult(out, message.body, digest, published, time.monotonic() - started, qr_text, pdf)

@@ -10,8 +10,8 @@ The spec is a TOML file the operator keeps under review::
     [[device]]
     id = "gw-1a2b3c4d"
     pubkey = "keys/gw-1a2b3c4d.pem" # what keygen printed; relative to this file
-    not_before = 2026-01-01         # claims dated outside this period are "expired"
-    not_after = 2028-12-31
+    not_before = 2026-01-01         # claims dated outside this period are "expired" (UTC; not_after
+    not_after = 2028-12-31          # includes its whole day). A lost key must be revoked (docs/qr.md)
     revoked = 2026-11-20            # optional: every claim by this key is "revoked"
 """
 
@@ -19,6 +19,7 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
+import hashlib
 import json
 import time
 import tomllib
@@ -30,7 +31,7 @@ from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..adapters.files import read_package_text
-from ..adapters.fs import safe_dir, write_atomic
+from ..adapters.fs import read_regular, safe_dir, write_atomic
 from ..adapters.keystore import load_private_key, load_public_key
 from ..core.qrclaim import decode_qr
 from ..core.signing import Signer, open_envelope, verify_envelope
@@ -38,18 +39,22 @@ from ..core.trustlist import TrustEntry, TrustList, Verdict, build_trust_list, j
 from ..errors import ConfigError, EnvelopeError
 from ..model import DEVICE_ID
 
-__all__ = ["PAGE_SLOT", "build_list", "load_trust", "qr_verdict", "verifier_page", "write_outputs"]
+__all__ = ["PAGE_SLOT", "build_list", "fingerprint", "load_trust", "qr_verdict", "verifier_page", "write_outputs"]
 
 PAGE_SLOT = '<script id="bp-trust" type="application/json">null</script>'
 _SPEC_KEYS = {"issuer", "valid_days", "device"}
 _DEVICE_KEYS = {"id", "pubkey", "not_before", "not_after", "revoked"}
+_MAX_LIST = 4 << 20  # 20,000 devices at ~200 bytes
 
 
-def _epoch(value: Any, where: str) -> int:
+def _epoch(value: Any, where: str, *, end_of_day: bool = False) -> int:
+    """Unix seconds of a TOML date (its first second, or with ``end_of_day`` its last, UTC) or date-time
+    (UTC when it has no offset)."""
     if isinstance(value, dt.datetime):
         return int((value if value.tzinfo else value.replace(tzinfo=dt.UTC)).timestamp())
     if isinstance(value, dt.date):
-        return int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp())
+        start = int(dt.datetime(value.year, value.month, value.day, tzinfo=dt.UTC).timestamp())
+        return start + 86_399 if end_of_day else start
     raise ConfigError(f"{where}: expected a TOML date (2026-01-31) or date-time, got {value!r}")
 
 
@@ -60,6 +65,8 @@ def _entries(spec_path: Path, spec: dict[str, Any]) -> list[TrustEntry]:
     out = []
     for i, d in enumerate(devices):
         where = f"{spec_path}: device[{i}]"
+        if not isinstance(d, dict):
+            raise ConfigError(f"{where}: expected a [[device]] table, got {d!r}")
         unknown = set(d) - _DEVICE_KEYS
         if unknown:
             raise ConfigError(f"{where}: unknown key {sorted(unknown)[0]!r} (keys: {', '.join(sorted(_DEVICE_KEYS))})")
@@ -72,12 +79,21 @@ def _entries(spec_path: Path, spec: dict[str, Any]) -> list[TrustEntry]:
         public_key = load_public_key(spec_path.parent / str(d["pubkey"]), what=f"{where}.pubkey")
         revoked = _epoch(d["revoked"], f"{where}.revoked") if "revoked" in d else None
         out.append(TrustEntry(d["id"], public_key, _epoch(d["not_before"], f"{where}.not_before"),
-                              _epoch(d["not_after"], f"{where}.not_after"), revoked))
+                              _epoch(d["not_after"], f"{where}.not_after", end_of_day=True), revoked))
     return out
 
 
-def build_list(spec_file: str, *, operator_key_file: str, now: float | None = None) -> tuple[bytes, str]:
-    """(signed list, issuer) from a spec file.
+def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
+    """What a buyer compares with the operator's published one: SHA-256 of the key's SubjectPublicKeyInfo,
+    first 8 bytes, in groups of two (the page shows the same)."""
+    digest = hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
+                                             serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()[:16]
+    return " ".join(digest[i:i + 4] for i in range(0, 16, 4))
+
+
+def build_list(spec_file: str, *, operator_key_file: str,
+               now: float | None = None) -> tuple[bytes, ec.EllipticCurvePublicKey]:
+    """(signed list, the operator's public key) from a spec file.
 
     Raises:
         ConfigError: an unreadable or wrong spec, naming the file and key; an unreadable key file.
@@ -99,13 +115,13 @@ def build_list(spec_file: str, *, operator_key_file: str, now: float | None = No
     if not isinstance(days, int) or isinstance(days, bool) or not 1 <= days <= 366:
         raise ConfigError(f"{path}: valid_days must be a whole number of days, 1 to 366, got {days!r}")
     entries = _entries(path, spec)
-    signer = Signer(load_private_key(operator_key_file, what="trust-list --key"))
+    operator = load_private_key(operator_key_file, what="trust-list --key")
     try:
         payload = build_trust_list(entries, issuer=issuer, now=int(time.time() if now is None else now),
                                    valid_s=days * 86_400)
     except ValueError as exc:
         raise ConfigError(f"{path}: {exc}") from exc
-    return signer.sign(payload), issuer
+    return Signer(operator).sign(payload), operator.public_key()
 
 
 def verifier_page(trust_list: bytes, operator_key: ec.EllipticCurvePublicKey) -> str:
@@ -148,9 +164,9 @@ def load_trust(list_file: str, operator_pem: str) -> TrustList | EnvelopeError:
     """
     operator = load_public_key(operator_pem, what="verify --operator")
     try:
-        data = Path(list_file).read_bytes()
+        data = read_regular(list_file, max_bytes=_MAX_LIST)
     except OSError as exc:
-        raise ConfigError(f"verify --trust-list {list_file}: {exc.strerror}") from exc
+        raise ConfigError(f"verify --trust-list {list_file}: {exc.strerror or exc}") from exc
     try:
         return open_trust_list(data, operator)
     except EnvelopeError as exc:

@@ -4,7 +4,7 @@ Self-contained (inline CSS and SVG, no scripts, no network), readable on a phone
 Japanese. It shows identity, the health figures with their method, capacity bars, a cell-voltage
 chart, the temperature spread, the forecast/warranty status, and how to verify: the device key id,
 the SHA-256 of ``certificate.cose``, and the signed QR (``qrclaim.py``) a buyer scans with the
-operator's verifier page. Printed (or ``certificate.pdf``), it is one A4 page with the QR at the top.
+operator's verifier page. Printed (or ``certificate.pdf``), the QR is at the top of the first A4 page.
 Pure: payload in, text out.
 """
 

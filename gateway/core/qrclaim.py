@@ -17,13 +17,17 @@ from typing import Any
 import base45
 
 from ..errors import EnvelopeError
+from .soh import SohSettings
 
-__all__ = ["CLAIM_VERSION", "MAX_ENVELOPE", "PREFIX", "build_claim", "decode_qr", "encode_qr", "readable"]
+__all__ = ["CLAIM_VERSION", "MAX_ENVELOPE", "MAX_TEXT", "PREFIX", "build_claim", "decode_qr", "encode_qr",
+           "readable", "strip_qr"]
 
 PREFIX = "BP1:"
 CLAIM_VERSION = 1
-MAX_ENVELOPE = 2048  # a claim envelope is ~300 bytes; a QR holds at most 2,953: anything bigger is not ours
-_Z80 = 1.2816  # a 1-sigma figure as a two-sided 80 % interval, as the gateway's own estimate states it
+MAX_ENVELOPE = 2048  # a claim envelope is ~320 bytes; a QR holds at most 2,953: anything bigger is not ours
+MAX_TEXT = 4296  # the most characters a QR code holds in alphanumeric mode
+_MAX_TEXT_FIELD = 64  # vehicle title, pack serial: the claim stays far below MAX_ENVELOPE
+_Z80 = SohSettings().interval_z  # a 1-sigma figure as a two-sided 80 % interval, as the gateway's estimate has it
 
 
 def _tenths(value: float) -> int:
@@ -42,14 +46,15 @@ def build_claim(payload: dict[str, Any], *, certificate_sha256: bytes) -> dict[s
     """
     ident, m = payload["identity"], payload["m"]
     claim: dict[str, Any] = {
-        "v": CLAIM_VERSION, "dev": payload["dev"], "iat": payload["ts"] // 1000, "veh": ident["vehicle"],
+        "v": CLAIM_VERSION, "dev": payload["dev"], "iat": payload["ts"] // 1000,
+        "veh": ident["vehicle"][:_MAX_TEXT_FIELD],
         "rat": [_tenths(ident["rated_energy_kwh"]), _tenths(ident["rated_capacity_ah"])],
         "cert": certificate_sha256,
     }
     if ident.get("generation"):
         claim["gen"] = ident["generation"]
     if payload.get("bat"):
-        claim["bat"] = payload["bat"]
+        claim["bat"] = payload["bat"][:_MAX_TEXT_FIELD]
     if ident.get("vin_hash"):
         try:
             claim["vin"] = bytes.fromhex(ident["vin_hash"])
@@ -77,19 +82,33 @@ def build_claim(payload: dict[str, Any], *, certificate_sha256: bytes) -> dict[s
 
 
 def encode_qr(envelope: bytes) -> str:
-    """``BP1:`` + Base45(zlib(envelope)): only characters of the QR alphanumeric mode."""
+    """``BP1:`` + Base45(zlib(envelope)): only characters of the QR alphanumeric mode.
+
+    Raises:
+        ValueError: an envelope larger than any verifier reads back.
+    """
+    if len(envelope) > MAX_ENVELOPE:
+        raise ValueError(f"a {len(envelope)}-byte claim envelope: at most {MAX_ENVELOPE}")
     encoded: bytes = base45.b45encode(zlib.compress(envelope, 9))
     return PREFIX + encoded.decode("ascii")
+
+
+def strip_qr(text: str) -> str:
+    """The QR text without the spaces and line ends around it (only ASCII ones: the page does the same)."""
+    return text.strip(" \t\r\n")
 
 
 def decode_qr(text: str) -> bytes:
     """The COSE_Sign1 bytes inside a QR text.
 
     Raises:
-        EnvelopeError: no ``BP1:`` prefix, not Base45, not zlib, or inflating past ``MAX_ENVELOPE`` (a
-            small QR that would unpack into megabytes).
+        EnvelopeError: longer than a QR holds, no ``BP1:`` prefix, not Base45, not zlib (checksum
+            included, nothing after it), or inflating past ``MAX_ENVELOPE`` (a small QR that would unpack
+            into megabytes).
     """
-    text = text.strip()
+    text = strip_qr(text)
+    if len(text) > MAX_TEXT:
+        raise EnvelopeError(f"{len(text)} characters: more than a QR code holds ({MAX_TEXT})")
     if not text.startswith(PREFIX):
         head = text[:8].encode("unicode_escape").decode("ascii")
         raise EnvelopeError(f"not a battery certificate QR: it starts {head!r}, expected {PREFIX!r}")
@@ -112,13 +131,14 @@ def decode_qr(text: str) -> bytes:
 def readable(claim: dict[str, Any]) -> dict[str, Any]:
     """The claim with tenths as numbers and hashes as hex: what ``verify`` prints."""
     out: dict[str, Any] = dict(claim)
-    if isinstance(claim.get("rat"), list) and len(claim["rat"]) == 2:
-        out["rat"] = {"kwh": claim["rat"][0] / 10, "ah": claim["rat"][1] / 10}
+    rat = claim.get("rat")
+    if isinstance(rat, list) and len(rat) == 2 and all(type(v) is int for v in rat):
+        out["rat"] = {"kwh": rat[0] / 10, "ah": rat[1] / 10}
     if isinstance(claim.get("soh"), dict):
-        out["soh"] = {k: (v / 10 if k in ("p", "lo", "hi") and isinstance(v, int) else v)
+        out["soh"] = {k: (v / 10 if k in ("p", "lo", "hi") and type(v) is int else v)
                       for k, v in claim["soh"].items()}
     for key in ("bms", "f3"):
-        if isinstance(claim.get(key), int):
+        if type(claim.get(key)) is int:
             out[key] = claim[key] / 10
     for key in ("cert", "vin"):
         if isinstance(claim.get(key), bytes):

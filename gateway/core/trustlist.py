@@ -6,11 +6,15 @@ a validity period and, once compromised or retired, a revocation. The verifier p
 only the operator's public key. The list itself expires (``exp``), so a phone with a stale copy says
 "expired" instead of trusting a key revoked since.
 
-Verdicts, in the order they are decided: ``unknown-issuer`` (list not signed by the operator, or the
-key is not on it), ``expired`` (the list is out of date), ``not-genuine`` (unreadable, or the signature
-or the device id does not match), ``revoked``, ``expired`` (the certificate is dated outside its key's
-validity), ``genuine``. The page (``verifier/src/main.js``) decides the same way; tests hold the two to
-the same cases. Pure: bytes and the time in, a verdict out.
+Verdicts, in the order they are decided: ``unknown-issuer`` (the list is not signed by the operator),
+``expired`` (the list is out of date), ``not-genuine`` (not a QR claim: prefix, Base45, zlib, COSE
+shape, an unprotected header), ``unknown-issuer`` (the key is not on the list), ``not-genuine``
+(algorithm, signature, not deterministic CBOR, claim shape, another device's name, dated in the
+future), ``revoked``, ``expired`` (dated outside its key's validity), ``genuine``. Numbers are
+integers, never booleans or floats. The page (``verifier/src/main.js``) decides the same way; tests
+hold the two to the same cases. ``not_after`` retires a key from service but cannot stop whoever holds
+it from backdating a claim: a lost or stolen key must be revoked, which makes all its claims "revoked".
+Pure: bytes and the time in, a verdict out.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from dataclasses import dataclass, field
 from datetime import UTC, datetime
 from typing import Any
 
+import cbor2
 from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
@@ -71,7 +76,8 @@ def build_trust_list(entries: list[TrustEntry], *, issuer: str, now: int, valid_
 
 @dataclass(frozen=True, slots=True)
 class TrustList:
-    """An opened list: its signature checked against the operator key; its dates not judged yet."""
+    """An opened list: its signature checked against the operator key, each entry's ``key`` parsed and
+    matching its ``kid``; its dates not judged yet."""
 
     issuer: str
     issued: int
@@ -91,15 +97,22 @@ def open_trust_list(data: bytes, operator_key: ec.EllipticCurvePublicKey) -> Tru
         raise EnvelopeError(f"trust list: {exc}") from None
     keys = body.get("keys")
     if (body.get("kind") != "trust-list" or body.get("v") != LIST_VERSION or not isinstance(keys, list)
-            or not all(isinstance(body.get(k), int) for k in ("iat", "exp"))):
+            or not all(_is_int(body.get(k)) for k in ("iat", "exp"))):
         raise EnvelopeError("trust list: not a version 1 trust list")
     table: dict[bytes, dict[str, Any]] = {}
     for entry in keys:
         if not (isinstance(entry, dict) and isinstance(entry.get("kid"), bytes) and isinstance(entry.get("pub"), bytes)
-                and isinstance(entry.get("dev"), str)
-                and all(isinstance(entry.get(k), int) for k in ("nbf", "exp"))):
+                and isinstance(entry.get("dev"), str) and all(_is_int(entry.get(k)) for k in ("nbf", "exp"))
+                and ("rev" not in entry or _is_int(entry["rev"]))):
             raise EnvelopeError("trust list: an entry lacks kid, dev, pub, nbf or exp")
-        table[entry["kid"]] = entry
+        try:
+            public_key = serialization.load_der_public_key(entry["pub"])
+        except ValueError:
+            public_key = None
+        if not (isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)
+                and key_id(public_key) == entry["kid"]):
+            raise EnvelopeError(f"trust list: the key of {entry['dev']!r} is not a P-256 key with that kid")
+        table[entry["kid"]] = {**entry, "key": public_key}
     return TrustList(str(body.get("iss", "")), body["iat"], body["exp"], table)
 
 
@@ -113,8 +126,16 @@ class Verdict:
     claim: dict[str, Any] | None = None
 
 
+def _is_int(value: Any) -> bool:
+    """An integer that CBOR and JavaScript agree on: not a bool (Python's bool is an int), not a float."""
+    return type(value) is int and -(2**53) < value < 2**53
+
+
 def _day(ts: int) -> str:
-    return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    try:
+        return datetime.fromtimestamp(ts, UTC).strftime("%Y-%m-%d")
+    except (OverflowError, OSError, ValueError):
+        return f"{ts} s"
 
 
 def judge_claim(qr_text: str, *, trust: TrustList | EnvelopeError, now: int) -> Verdict:
@@ -128,27 +149,31 @@ def judge_claim(qr_text: str, *, trust: TrustList | EnvelopeError, now: int) -> 
         return Verdict("expired", f"the trust list is dated {_day(trust.issued)}, in the future: check this "
                                   "device's clock")
     try:
-        env = open_envelope(decode_qr(qr_text))
+        raw = decode_qr(qr_text)
+        if raw[:1] != b"\xd2":  # tag 18 itself, not wrapped in another tag
+            raise EnvelopeError("not a tagged COSE_Sign1 (CBOR tag 18)")
+        env = open_envelope(raw)
     except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
+    if env.unprotected:
+        return Verdict("not-genuine", "the unprotected header is not empty: a claim has nothing unsigned")
     kid = env.protected.get(4)
     entry = trust.keys.get(kid) if isinstance(kid, bytes) else None
     if entry is None:
         return Verdict("unknown-issuer", f"key {kid.hex() if isinstance(kid, bytes) else '?'} is not on "
                                          f"{trust.issuer or 'the operator'}'s trust list")
     try:
-        public_key = serialization.load_der_public_key(entry["pub"])
-        if not isinstance(public_key, ec.EllipticCurvePublicKey):
-            raise EnvelopeError("trust list: a key that is not EC")
-        claim = verify_envelope(env, public_key)
-    except (EnvelopeError, ValueError) as exc:
+        claim = verify_envelope(env, entry["key"])
+    except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
-    if claim.get("v") != CLAIM_VERSION or not isinstance(claim.get("iat"), int):
+    if cbor2.dumps(claim, canonical=True) != env.body:  # one signed claim, one byte string (as the page checks)
+        return Verdict("not-genuine", "the claim is not deterministic CBOR", claim)
+    if not (_is_int(claim.get("v")) and claim["v"] == CLAIM_VERSION and _is_int(claim.get("iat"))):
         return Verdict("not-genuine", "signed, but not a version 1 health claim", claim)
     if claim.get("dev") != entry["dev"]:
         return Verdict("not-genuine", f"signed by {entry['dev']}'s key but names device {claim.get('dev')!r}",
                        claim)
-    if isinstance(entry.get("rev"), int):
+    if "rev" in entry:
         return Verdict("revoked", f"{entry['dev']}'s key was revoked on {_day(entry['rev'])}", claim)
     iat = claim["iat"]
     if iat > now + FUTURE_SLACK_S:

@@ -13,7 +13,7 @@ import pytest
 import segno
 from cryptography.hazmat.primitives.asymmetric import ec
 
-from gateway.core.qrclaim import MAX_ENVELOPE, PREFIX, build_claim, decode_qr, encode_qr, readable
+from gateway.core.qrclaim import MAX_ENVELOPE, MAX_TEXT, PREFIX, build_claim, decode_qr, encode_qr, readable
 from gateway.core.signing import Signer, open_envelope
 from gateway.core.trustlist import TrustEntry, build_trust_list, judge_claim, open_trust_list
 from gateway.errors import EnvelopeError
@@ -119,10 +119,14 @@ def test_decode_round_trips_and_refuses_what_is_not_a_claim() -> None:
         decode_qr("BP1:" + base45.b45encode(zlib.compress(envelope) + b"junk").decode())
 
 
-def test_a_small_qr_that_inflates_to_megabytes_is_refused_without_inflating_it() -> None:
-    bomb = zlib.compress(b"\0" * 50_000_000, 9)  # ~49 kB of zlib: a 50 MB payload
+def test_a_qr_that_inflates_to_megabytes_or_is_longer_than_any_qr_is_refused_without_inflating_it() -> None:
+    bomb = zlib.compress(b"\0" * 2_500_000, 9)  # 2.4 kB of zlib, fits a QR: a 2.5 MB payload
+    text = "BP1:" + base45.b45encode(bomb).decode()
+    assert len(text) <= MAX_TEXT
     with pytest.raises(EnvelopeError, match=f"inflates past {MAX_ENVELOPE}"):
-        decode_qr("BP1:" + base45.b45encode(bomb).decode())
+        decode_qr(text)
+    with pytest.raises(EnvelopeError, match="more than a QR code holds"):
+        decode_qr("BP1:" + base45.b45encode(zlib.compress(b"\0" * 50_000_000, 9)).decode())
 
 
 def test_genuine() -> None:
@@ -154,11 +158,12 @@ def test_a_listed_device_cannot_issue_in_another_devices_name() -> None:
     assert status == "not-genuine" and "signed by gw-lane-2's key but names device 'gw-bay-1'" in reason
 
 
-def test_a_kid_only_in_the_unprotected_header_is_not_looked_up() -> None:
+def test_a_claim_with_anything_in_the_unsigned_header_is_not_genuine() -> None:
     fleet = Fleet()
     env = open_envelope(decode_qr(fleet.qr()))
     moved = cbor2.CBORTag(18, [cbor2.dumps({1: -7}), {4: env.protected[4]}, env.body, env.signature])
-    assert fleet.judge(encode_qr(cbor2.dumps(moved)))[0] == "unknown-issuer"
+    assert fleet.judge(encode_qr(cbor2.dumps(moved))) == ("not-genuine", "the unprotected header is not empty: a "
+                                                           "claim has nothing unsigned")
 
 
 def test_a_revoked_key_is_revoked_whatever_date_its_claim_says() -> None:
@@ -214,3 +219,24 @@ def test_the_list_refuses_a_key_twice_and_an_empty_period() -> None:
                          valid_s=1)
     with pytest.raises(ValueError, match="not after not_before"):
         build_trust_list([TrustEntry("gw-a", device, 5, 5)], issuer="x", now=0, valid_s=1)
+
+
+@pytest.mark.parametrize("edit", [{"rev": True}, {"rev": 1.5}, {"nbf": False}, {"exp": 2**60}, {"kid": bytes(16)},
+                                  {"pub": b"not a key"}])
+def test_a_list_entry_of_the_wrong_type_or_a_kid_not_of_its_key_refuses_the_list(edit: dict[str, Any]) -> None:
+    fleet = Fleet()
+    payload = build_trust_list([fleet.entry], issuer="x", now=NOW, valid_s=DAY)
+    payload["keys"][0].update(edit)
+    with pytest.raises(EnvelopeError, match="trust list: "):
+        open_trust_list(Signer(fleet.operator).sign(payload), fleet.operator.public_key())
+
+
+def test_odd_figures_in_a_signed_claim_never_crash_the_reader() -> None:
+    fleet = Fleet()
+    claim = build_claim(certificate(), certificate_sha256=bytes(32))
+    claim.update(rat=["a", "b"], bms=True, soh={"p": "x"}, iat=-(2**52))
+    verdict = judge_claim(fleet.qr(claim), trust=open_trust_list(fleet.trust_list(), fleet.operator.public_key()),
+                          now=NOW)
+    assert verdict.status == "expired" and f"dated {-(2**52)} s" in verdict.reason  # no date that far back
+    shown = readable(claim)
+    assert shown["rat"] == ["a", "b"] and shown["bms"] is True and shown["soh"] == {"p": "x"}

@@ -3,12 +3,13 @@
 // operator's signed trust list built into this page. The verdict order is gateway/core/trustlist.py's.
 // No network: the page's Content-Security-Policy has connect-src 'none'.
 import jsQR from "jsqr";
-import { decode as b45decode } from "base45-ts";
+import { decode as b45decode, encode as b45encode } from "base45-ts";
 import { unzlibSync } from "fflate";
 import { decode as cborDecode, encode as cborEncode } from "cborg";
 
 const PREFIX = "BP1:";
 const MAX_ENVELOPE = 2048;
+const MAX_TEXT = 4296; // the most characters a QR code holds in alphanumeric mode
 const FUTURE_SLACK_S = 86400;
 // Maps as Maps (integer keys in COSE headers), a key twice refused (two readers could take different
 // values from the same signed bytes: gateway/core/signing.py refuses them too), COSE_Sign1's tag 18 kept.
@@ -20,19 +21,19 @@ const T = {
     title: "Battery certificate check",
     intro: "Scan the QR code on a battery health certificate. Everything is checked on this phone; nothing is sent anywhere.",
     scan: "Scan with camera", stop: "Stop camera", image: "Open a photo or image", paste: "…or paste the QR text",
-    check: "Check", list: "Trust list of {iss}, valid until {exp}",
+    check: "Check", list: "Trust list of {iss}, valid until {exp} (operator key {key})",
     nocam: "Camera not available: {e}",
     "genuine": "Genuine", "not-genuine": "NOT genuine", "unknown-issuer": "Unknown issuer", "expired": "Expired", "revoked": "Revoked",
     "genuine-h": "Signed by an inspection device the operator trusts. The figures below are as measured.",
     "not-genuine-h": "This certificate was changed or forged. Do not rely on any figure from it.",
     "unknown-issuer-h": "The signing device is not on the operator's trust list. The figures cannot be trusted.",
-    "expired-h": "The signature is valid, but the trust list or the device's key is out of date.",
-    "revoked-h": "The device's key was revoked: this certificate must not be relied on.",
+    "expired-h": "The trust list or the device's key is out of date: this page cannot vouch for the certificate.",
+    "revoked-h": "The device's key was revoked: this certificate must not be relied on. Ask for a new inspection.",
     vehicle: "Vehicle", gen: "Pack generation", rated: "Rated when new", bat: "Pack serial", soh: "State of health",
     sohm: { "gateway-estimate": "gateway estimate from counted charge", "capacity-ratio": "BMS capacity ÷ rated capacity", "bms-reported": "as reported by the battery ECU", unknown: "method not stated" },
     interval: "80 % interval {lo}–{hi} %", bms: "State of health (BMS)", f3: "Forecast in 3 years (median)",
     w: "Warranty decision", accept: "ACCEPT", decline: "DECLINE", wp: "probability {p} %", iat: "Inspected",
-    dev: "Inspection device", vin: "VIN (pseudonymised)", cert: "SHA-256 of certificate.cose", why: "Why",
+    ago: "{n} days ago", dev: "Inspection device", vin: "VIN (pseudonymised)", cert: "SHA-256 of certificate.cose", why: "Why",
     time: "checked in {ms} ms",
     r: {
       prefix: 'not a battery certificate QR (it starts "{head}")', b45: "the QR text is not Base45", zlib: "the QR content is not zlib data",
@@ -51,19 +52,19 @@ const T = {
     title: "バッテリー証明書の確認",
     intro: "バッテリー健全性証明書のQRコードを読み取ってください。確認はこの端末内だけで行い、どこにも送信しません。",
     scan: "カメラで読み取る", stop: "カメラを止める", image: "写真・画像を開く", paste: "またはQRの文字列を貼り付け",
-    check: "確認", list: "{iss} の信頼リスト({exp} まで有効)",
+    check: "確認", list: "{iss} の信頼リスト({exp} まで有効、運営者の鍵 {key})",
     nocam: "カメラを使用できません: {e}",
     "genuine": "真正", "not-genuine": "真正ではありません", "unknown-issuer": "発行元不明", "expired": "期限切れ", "revoked": "失効",
     "genuine-h": "運営者が信頼する検査機器の署名です。以下の数値は測定のとおりです。",
     "not-genuine-h": "この証明書は改ざんまたは偽造されています。数値を信用しないでください。",
     "unknown-issuer-h": "署名した機器は運営者の信頼リストにありません。数値は信用できません。",
-    "expired-h": "署名は有効ですが、信頼リストまたは機器の鍵の有効期限が切れています。",
-    "revoked-h": "機器の鍵は失効しています。この証明書に依拠しないでください。",
+    "expired-h": "信頼リストまたは機器の鍵の有効期限が切れているため、この証明書を保証できません。",
+    "revoked-h": "機器の鍵は失効しています。この証明書に依拠せず、再検査を依頼してください。",
     vehicle: "車両", gen: "パック世代", rated: "新品時定格", bat: "バッテリーパック製造番号", soh: "SOH(健全性)",
     sohm: { "gateway-estimate": "充放電電荷量からのゲートウェイ推定値", "capacity-ratio": "BMS容量 ÷ 定格容量", "bms-reported": "バッテリーECUの報告値", unknown: "方法の記載なし" },
     interval: "80 %区間 {lo}–{hi} %", bms: "SOH(BMS値)", f3: "3年後の予測(中央値)",
     w: "保証判定", accept: "承認", decline: "不承認", wp: "確率 {p} %", iat: "検査日時",
-    dev: "検査機器", vin: "車台番号(仮名化)", cert: "certificate.cose の SHA-256", why: "理由",
+    ago: "{n}日前", dev: "検査機器", vin: "車台番号(仮名化)", cert: "certificate.cose の SHA-256", why: "理由",
     time: "確認時間 {ms} ms",
     r: {
       prefix: "バッテリー証明書のQRではありません(先頭: 「{head}」)", b45: "QRの文字列がBase45ではありません", zlib: "QRの内容がzlibデータではありません",
@@ -97,25 +98,33 @@ class Refusal extends Error {
   constructor(status, reason) { super(reason.key); this.status = status; this.reason = reason; }
 }
 
-// A parsed COSE_Sign1: [protected bstr, unprotected map, payload bstr, signature bstr] under tag 18.
+const isInt = Number.isSafeInteger; // not a float, not a BigInt: what gateway/core/trustlist.py's _is_int takes
+const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
+
+// A parsed COSE_Sign1: tag 18 itself (first byte 0xD2), [protected bstr, unprotected map, payload bstr,
+// signature bstr], text keys in the payload.
 function openCose(bytes) {
   let obj;
   try { obj = cbor.decode(bytes); } catch (e) { throw new Refusal("not-genuine", why("cbor")); }
-  const parts = obj && obj.tag === 18 ? obj.value : null;
+  const parts = bytes[0] === 0xd2 && obj && obj.tag === 18 ? obj.value : null;
   if (!Array.isArray(parts) || parts.length !== 4 || !(parts[0] instanceof Uint8Array) || !(parts[1] instanceof Map)
       || !(parts[2] instanceof Uint8Array) || !(parts[3] instanceof Uint8Array)) {
     throw new Refusal("not-genuine", why("cose"));
   }
   let header, payload;
-  try { header = cbor.decode(parts[0]); payload = cbor.decode(parts[2]); } catch (e) {
+  try { header = parts[0].length ? cbor.decode(parts[0]) : new Map(); payload = cbor.decode(parts[2]); } catch (e) {
     throw new Refusal("not-genuine", why("cbor"));
   }
-  if (!(header instanceof Map) || !(payload instanceof Map)) throw new Refusal("not-genuine", why("cose"));
-  if (header.get(1) !== -7) throw new Refusal("not-genuine", why("alg"));
-  return { protectedRaw: parts[0], header, body: parts[2], payload: Object.fromEntries(payload), signature: parts[3] };
+  if (!(header instanceof Map) || !(payload instanceof Map) || ![...payload.keys()].every((k) => typeof k === "string")) {
+    throw new Refusal("not-genuine", why("cose"));
+  }
+  return { protectedRaw: parts[0], header, unprotected: parts[1], body: parts[2], payloadMap: payload,
+    payload: Object.fromEntries(payload), signature: parts[3] };
 }
 
+// The checks of gateway/core/signing.py's verify_envelope, in its order: ES256, one kid, the signature.
 async function verifyCose(env, spki) {
+  if (env.header.get(1) !== -7) throw new Refusal("not-genuine", why("alg"));
   if (!globalThis.crypto || !crypto.subtle) throw new Refusal("unknown-issuer", why("insecure"));
   if (env.signature.length !== 64) return false;
   const key = await crypto.subtle.importKey("spki", spki, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
@@ -123,35 +132,56 @@ async function verifyCose(env, spki) {
   return crypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, env.signature, toBeSigned);
 }
 
+function adler32(bytes) {
+  let a = 1, b = 0;
+  for (const x of bytes) { a = (a + x) % 65521; b = (b + a) % 65521; }
+  return ((b << 16) | a) >>> 0;
+}
+
+// BP1: + Base45 + zlib, refused as gateway/core/qrclaim.py's decode_qr refuses it: longer than a QR holds,
+// Base45 that is not the one encoding of its bytes (base45-ts wraps a triplet above 65535), a zlib
+// checksum that does not match (fflate does not check it).
 function qrEnvelope(text) {
-  text = text.trim();
+  text = text.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, "");
+  if (text.length > MAX_TEXT) throw new Refusal("not-genuine", why("big"));
   if (!text.startsWith(PREFIX)) throw new Refusal("not-genuine", why("prefix", { head: text.slice(0, 8) }));
+  const body = text.slice(PREFIX.length);
   let packed, envelope;
-  try { packed = b45decode(text.slice(PREFIX.length)); } catch (e) { throw new Refusal("not-genuine", why("b45")); }
+  try { packed = b45decode(body); } catch (e) { throw new Refusal("not-genuine", why("b45")); }
+  if (b45encode(packed) !== body) throw new Refusal("not-genuine", why("b45"));
   try { envelope = unzlibSync(packed); } catch (e) { throw new Refusal("not-genuine", why("zlib")); }
+  const sum = packed.length >= 6 ? new DataView(packed.buffer, packed.byteOffset + packed.length - 4).getUint32(0) : -1;
+  if (sum !== adler32(envelope)) throw new Refusal("not-genuine", why("zlib"));
   if (envelope.length > MAX_ENVELOPE) throw new Refusal("not-genuine", why("big"));
   return envelope;
 }
 
-let trust = null; // {issuer, issued, expires, keys: Map(kidHex -> entry)} or a Refusal
+let trust = null; // {issuer, issued, expires, operator (fingerprint), keys: Map(kidHex -> entry)} or a Refusal
 
 async function loadTrust() {
-  const slot = JSON.parse($("bp-trust").textContent);
-  if (!slot) return new Refusal("unknown-issuer", why("nolist"));
   try {
+    const slot = JSON.parse($("bp-trust").textContent);
+    if (!slot) return new Refusal("unknown-issuer", why("nolist"));
+    const operator = b64(slot.operator);
     const env = openCose(b64(slot.list));
-    if (!(await verifyCose(env, b64(slot.operator)))) return new Refusal("unknown-issuer", why("list_sig"));
+    if (!(await verifyCose(env, operator))) return new Refusal("unknown-issuer", why("list_sig"));
     const p = env.payload;
-    if (p.kind !== "trust-list" || p.v !== 1 || !Array.isArray(p.keys)) return new Refusal("unknown-issuer", why("list_shape"));
+    if (p.kind !== "trust-list" || p.v !== 1 || !Array.isArray(p.keys) || !isInt(p.iat) || !isInt(p.exp)) {
+      return new Refusal("unknown-issuer", why("list_shape"));
+    }
     const keys = new Map();
     for (const raw of p.keys) {
-      const e = raw instanceof Map ? Object.fromEntries(raw) : raw;
-      if (!(e.kid instanceof Uint8Array) || !(e.pub instanceof Uint8Array) || typeof e.dev !== "string") {
+      const e = raw instanceof Map ? Object.fromEntries(raw) : {};
+      if (!(e.kid instanceof Uint8Array) || !(e.pub instanceof Uint8Array) || typeof e.dev !== "string"
+          || !isInt(e.nbf) || !isInt(e.exp) || (raw.has("rev") && !isInt(e.rev))
+          || !same(new Uint8Array(await crypto.subtle.digest("SHA-256", e.pub)).slice(0, 16), e.kid)) {
         return new Refusal("unknown-issuer", why("list_shape"));
       }
       keys.set(hex(e.kid), e);
     }
-    return { issuer: String(p.iss || ""), issued: p.iat, expires: p.exp, keys };
+    const digest = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", operator))).slice(0, 16);
+    return { issuer: String(p.iss || ""), issued: p.iat, expires: p.exp, keys,
+      operator: digest.match(/.{4}/g).join(" ") };
   } catch (e) {
     return new Refusal("unknown-issuer", e instanceof Refusal && e.reason.key === "insecure" ? e.reason : why("list_shape"));
   }
@@ -163,14 +193,18 @@ async function judge(text, now) {
   if (now > trust.expires) throw new Refusal("expired", why("list_expired", { d: day(trust.expires), iss: trust.issuer }));
   if (trust.issued > now + FUTURE_SLACK_S) throw new Refusal("expired", why("list_future", { d: day(trust.issued) }));
   const env = openCose(qrEnvelope(text));
+  if (env.unprotected.size) throw new Refusal("not-genuine", why("cose"));
   const kid = env.header.get(4);
   const entry = kid instanceof Uint8Array ? trust.keys.get(hex(kid)) : undefined;
   if (!entry) throw new Refusal("unknown-issuer", why("unknown_key", { kid: kid instanceof Uint8Array ? hex(kid) : "?", iss: trust.issuer }));
   if (!(await verifyCose(env, entry.pub))) throw new Refusal("not-genuine", why("bad_sig"));
   const claim = env.payload;
-  if (claim.v !== 1 || !Number.isInteger(claim.iat)) throw new Refusal("not-genuine", why("not_claim"));
+  // one signed claim, one byte string: deterministic CBOR (as the device signs it, and as core/trustlist.py
+  // requires), so no float or second encoding can read differently here and in `verify`
+  if (!same(cborEncode(env.payloadMap), env.body)) throw new Refusal("not-genuine", why("not_claim"));
+  if (claim.v !== 1 || !isInt(claim.iat)) throw new Refusal("not-genuine", why("not_claim"));
   if (claim.dev !== entry.dev) throw new Refusal("not-genuine", why("dev_mismatch", { signer: entry.dev, dev: claim.dev }));
-  if (Number.isInteger(entry.rev)) return { status: "revoked", reason: why("revoked", { dev: entry.dev, d: day(entry.rev) }), claim };
+  if ("rev" in entry) return { status: "revoked", reason: why("revoked", { dev: entry.dev, d: day(entry.rev) }), claim };
   if (claim.iat > now + FUTURE_SLACK_S) throw new Refusal("not-genuine", why("future", { d: day(claim.iat) }));
   if (claim.iat < entry.nbf || claim.iat > entry.exp) {
     const values = { d: day(claim.iat), dev: entry.dev, from: day(entry.nbf), to: day(entry.exp) };
@@ -183,56 +217,67 @@ function esc(s) {
   return String(s).replace(/[&<>"']/g, (c) => ({ "&": "&amp;", "<": "&lt;", ">": "&gt;", '"': "&quot;", "'": "&#39;" })[c]);
 }
 
-function figures(c) {
+// The figures of a genuine claim; a figure of the wrong type is left out, never shown half-read.
+function figures(c, now) {
   const t = T[lang];
   const rows = [];
   const row = (k, v) => rows.push(`<tr><th>${esc(k)}</th><td>${v}</td></tr>`);
-  row(t.vehicle, esc(c.veh));
-  if (c.gen) row(t.gen, esc(String(c.gen).toUpperCase()));
-  if (Array.isArray(c.rat)) row(t.rated, `${num(c.rat[0])} kWh / ${num(c.rat[1])} Ah`);
-  if (c.bat) row(t.bat, esc(c.bat));
-  if (c.soh instanceof Map || (c.soh && typeof c.soh === "object")) {
-    const s = c.soh instanceof Map ? Object.fromEntries(c.soh) : c.soh;
+  const text = (v) => typeof v === "string";
+  if (text(c.veh)) row(t.vehicle, esc(c.veh));
+  if (text(c.gen)) row(t.gen, esc(c.gen.toUpperCase()));
+  if (Array.isArray(c.rat) && c.rat.length === 2 && c.rat.every(isInt)) row(t.rated, `${num(c.rat[0])} kWh / ${num(c.rat[1])} Ah`);
+  if (text(c.bat)) row(t.bat, esc(c.bat));
+  const s = c.soh instanceof Map ? Object.fromEntries(c.soh) : {};
+  if ([s.p, s.lo, s.hi].every(isInt)) {
     row(t.soh, `<b class="big">${num(s.p)} %</b><br><small>${esc(fmt(t.interval, { lo: num(s.lo), hi: num(s.hi) }))} · ${esc(t.sohm[s.m] || t.sohm.unknown)}</small>`);
   }
-  if (Number.isInteger(c.bms)) row(t.bms, `${num(c.bms)} %`);
-  if (Number.isInteger(c.f3)) row(t.f3, `${num(c.f3)} %`);
-  if (c.w === "accept" || c.w === "decline") row(t.w, `<b>${esc(t[c.w])}</b> <small>${esc(fmt(t.wp, { p: c.wp }))}</small>`);
-  row(t.iat, esc(local(c.iat)));
+  if (isInt(c.bms)) row(t.bms, `${num(c.bms)} %`);
+  if (isInt(c.f3)) row(t.f3, `${num(c.f3)} %`);
+  if ((c.w === "accept" || c.w === "decline") && isInt(c.wp)) row(t.w, `<b>${esc(t[c.w])}</b> <small>${esc(fmt(t.wp, { p: c.wp }))}</small>`);
+  row(t.iat, `${esc(local(c.iat))} <small>(${esc(fmt(t.ago, { n: Math.max(0, Math.floor((now - c.iat) / 86400)) }))})</small>`);
   row(t.dev, esc(c.dev));
-  if (c.vin) row(t.vin, `<code>${esc(c.vin instanceof Uint8Array ? hex(c.vin) : c.vin)}</code>`);
+  if (c.vin instanceof Uint8Array) row(t.vin, `<code>${hex(c.vin)}</code>`);
   if (c.cert instanceof Uint8Array) row(t.cert, `<code>${hex(c.cert)}</code>`);
   return `<table>${rows.join("")}</table>`;
 }
 
 let last = null;
 
+// The verdict box, all of it built before any of it is shown: an earlier verdict never stays on screen
+// under a new one. Figures only for "genuine": under "revoked" a thief would choose the numbers.
 function show(result) {
-  last = result;
   const t = T[lang];
+  let html;
+  try {
+    html = `<h2>${esc(t[result.status])}</h2><p>${esc(t[`${result.status}-h`])}</p>`
+      + `<p class="why"><small>${esc(t.why)}: ${esc(say(result.reason))}</small></p>`
+      + (result.status === "genuine" ? figures(result.claim, result.now) : "")
+      + `<p class="why"><small>${esc(fmt(t.time, { ms: Math.round(result.ms) }))}</small></p>`;
+  } catch (e) {
+    return show({ ...result, status: "not-genuine", reason: why("not_claim"), claim: null });
+  }
+  last = result;
   const box = $("verdict");
   box.hidden = false;
   box.dataset.status = result.status;
   box.className = `verdict ${result.status}`;
-  const trusted = result.claim && ["genuine", "expired", "revoked"].includes(result.status);
-  box.innerHTML = `<h2>${esc(t[result.status])}</h2><p>${esc(t[`${result.status}-h`])}</p>`
-    + `<p class="why"><small>${esc(t.why)}: ${esc(say(result.reason))}</small></p>`
-    + (trusted ? figures(result.claim) : "")
-    + `<p class="why"><small>${esc(fmt(t.time, { ms: Math.round(result.ms) }))}</small></p>`;
+  box.innerHTML = html;
   if (box.scrollIntoView) box.scrollIntoView({ block: "start" });
-  window.bpResult = { status: result.status, reason: say(result.reason), why: result.reason.key, ms: result.ms, scanMs: result.scanMs ?? null,
-    claim: result.claim ? { dev: result.claim.dev, iat: result.claim.iat } : null };
+  window.bpResult = { status: result.status, reason: say(result.reason), why: result.reason.key, ms: result.ms,
+    scanMs: result.scanMs ?? null, claim: result.claim ? { dev: result.claim.dev, iat: result.claim.iat } : null };
 }
 
 async function check(text, started) {
   const t0 = performance.now();
+  const now = Math.floor(Date.now() / 1000);
   let result;
   try {
-    result = await judge(text, Math.floor(Date.now() / 1000));
+    result = await judge(text, now);
   } catch (e) {
     result = e instanceof Refusal ? { status: e.status, reason: e.reason, claim: null }
       : { status: "not-genuine", reason: why("cose"), claim: null }; // a library's own error on hostile bytes
   }
+  result.now = now;
   result.ms = performance.now() - t0;
   if (started !== undefined) result.scanMs = performance.now() - started;
   show(result);
@@ -298,7 +343,7 @@ async function openImage(file) {
   ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
   const text = scanImageData(ctx.getImageData(0, 0, canvas.width, canvas.height));
   if (text) check(text, started);
-  else show({ status: "not-genuine", reason: why("noqr"), claim: null, ms: performance.now() - started });
+  else show({ status: "not-genuine", reason: why("noqr"), claim: null, ms: performance.now() - started, now: 0 });
 }
 
 function render() {
@@ -311,7 +356,8 @@ function render() {
   $("image-label").textContent = t.image;
   $("paste-label").textContent = t.paste;
   $("check").textContent = t.check;
-  $("issuer").textContent = trust instanceof Refusal ? say(trust.reason) : fmt(t.list, { iss: trust.issuer, exp: day(trust.expires) });
+  $("issuer").textContent = trust instanceof Refusal ? say(trust.reason)
+    : fmt(t.list, { iss: trust.issuer, exp: day(trust.expires), key: trust.operator });
   for (const b of document.querySelectorAll("[data-lang]")) b.setAttribute("aria-pressed", String(b.dataset.lang === lang));
   if (last) show(last);
 }
