@@ -246,3 +246,20 @@ def test_verify_of_a_qr_text_needs_the_list_and_its_key_together(tmp_path: Path)
     (tmp_path / "dev.pub").write_text(public_pem(generate_key(tmp_path / "other.pem")))
     out = cli("verify", "--pubkey", str(tmp_path / "dev.pub"), "BP1:ABC")
     assert out.returncode == 1 and "QR text: NOT-GENUINE:" in out.stderr and "Traceback" not in out.stderr
+
+
+def test_trust_list_dates_are_utc_and_not_after_takes_its_whole_day(tmp_path: Path) -> None:
+    from gateway.app.trust import build_list
+    from gateway.core.trustlist import open_trust_list
+
+    generate_key(tmp_path / "operator.pem")
+    (tmp_path / "dev.pub").write_text(public_pem(generate_key(tmp_path / "dev.pem")))
+    (tmp_path / "devices.toml").write_text('issuer = "X"\nvalid_days = 7\n[[device]]\n' + GOOD_DEVICE.replace(
+        "not_before = 2026-01-01", "not_before = 2026-01-01T09:00:00+09:00"))
+    signed, operator = build_list(str(tmp_path / "devices.toml"), operator_key_file=str(tmp_path / "operator.pem"),
+                                  now=1_800_000_000)
+    trust = open_trust_list(signed, operator)
+    (entry,) = trust.keys.values()
+    assert entry["nbf"] == 1_767_225_600  # 2026-01-01T00:00Z: 09:00 in Tokyo
+    assert entry["exp"] == 1_893_542_399  # 2030-01-01T23:59:59Z
+    assert (trust.issued, trust.expires) == (1_800_000_000, 1_800_000_000 + 7 * 86_400)
