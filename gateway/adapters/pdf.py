@@ -2,9 +2,9 @@
 ``chromium-headless-shell`` on the Pi image, or ``chromium``), so the paper is the page a buyer sees on
 screen, Japanese included, with a QR that scans (docs/qr.md).
 
-The page is our own, has no scripts and loads nothing; Chromium runs with scripts off, a throw-away
-profile, no network services, and (as root only, where Chromium insists) without its sandbox, in its
-own session so a timeout kills all of it.
+The page is our own, has no scripts and loads nothing (its Content-Security-Policy allows neither);
+Chromium runs with a throw-away profile, no network services, and (as root only, where Chromium
+insists) without its sandbox, in its own session so a timeout kills all of it.
 """
 
 from __future__ import annotations
@@ -23,7 +23,6 @@ __all__ = ["BROWSERS", "find_browser", "print_pdf"]
 BROWSERS = ("chromium-headless-shell", "chromium", "chromium-browser", "google-chrome")
 _FLAGS = ("--headless", "--disable-gpu", "--no-first-run", "--disable-background-networking",
           "--disable-component-update", "--disable-sync", "--disable-quic", "--no-pdf-header-footer",
-          "--blink-settings=scriptEnabled=false",
           "--run-all-compositor-stages-before-draw")
 
 

@@ -33,9 +33,9 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..adapters.files import read_package_text
 from ..adapters.fs import read_regular, safe_dir, write_atomic
 from ..adapters.keystore import load_private_key, load_public_key
-from ..core.qrclaim import decode_qr
-from ..core.signing import Signer, open_envelope, verify_envelope
-from ..core.trustlist import TrustEntry, TrustList, Verdict, build_trust_list, judge_claim, open_trust_list
+from ..core.qrclaim import CLAIM_VERSION, decode_qr
+from ..core.signing import Signer, verify_envelope
+from ..core.trustlist import TrustEntry, TrustList, Verdict, build_trust_list, judge_claim, open_plain, open_trust_list
 from ..errors import ConfigError, EnvelopeError
 from ..model import DEVICE_ID
 
@@ -181,7 +181,7 @@ def qr_verdict(text: str, *, trust: TrustList | EnvelopeError | None,
         return judge_claim(text, trust=trust, now=now)
     assert keys is not None
     try:
-        env = open_envelope(decode_qr(text))
+        env = open_plain(decode_qr(text))  # as strict as with a list
         dev = env.payload.get("dev")
         key = keys(dev) if isinstance(dev, str) else None
         if key is None:
@@ -189,5 +189,7 @@ def qr_verdict(text: str, *, trust: TrustList | EnvelopeError | None,
         claim = verify_envelope(env, key)
     except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
+    if not (claim.get("v") == CLAIM_VERSION and type(claim.get("iat")) is int):
+        return Verdict("not-genuine", "signed, but not a version 1 health claim", claim)
     return Verdict("genuine", f"signed by {dev}'s key (no trust list: validity and revocation not checked)",
                    claim)

@@ -205,6 +205,7 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
     polls = ", ".join(f"{_e(k)}: {_e(v)}" for k, v in payload.get("polls", {}).items())
     return f"""<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
+<meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
 <title>{_e(t["title"])} · {_e(payload.get("bat") or payload["dev"])}</title><style>{_CSS}</style></head>
 <body><main>
 <div class="head"><div><h1>{_e(t["title"])}</h1><table>{identity_rows}</table></div>

@@ -29,10 +29,10 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import EnvelopeError
 from .qrclaim import CLAIM_VERSION, decode_qr
-from .signing import key_id, open_envelope, verify_envelope
+from .signing import Envelope, key_id, open_envelope, verify_envelope
 
 __all__ = ["FUTURE_SLACK_S", "LIST_VERSION", "TrustEntry", "TrustList", "Verdict", "build_trust_list", "judge_claim",
-           "open_trust_list"]
+           "open_plain", "open_trust_list"]
 
 LIST_VERSION = 1
 FUTURE_SLACK_S = 86_400  # a device clock a day ahead is a clock, not a forgery
@@ -49,9 +49,7 @@ class TrustEntry:
     revoked: int | None = None
 
     def as_map(self) -> dict[str, Any]:
-        spki = self.public_key.public_bytes(serialization.Encoding.DER,
-                                            serialization.PublicFormat.SubjectPublicKeyInfo)
-        entry: dict[str, Any] = {"kid": key_id(self.public_key), "dev": self.device, "pub": spki,
+        entry: dict[str, Any] = {"kid": key_id(self.public_key), "dev": self.device, "pub": _spki(self.public_key),
                                  "nbf": self.not_before, "exp": self.not_after}
         if self.revoked is not None:
             entry["rev"] = self.revoked
@@ -92,7 +90,7 @@ def open_trust_list(data: bytes, operator_key: ec.EllipticCurvePublicKey) -> Tru
         EnvelopeError: not signed by ``operator_key``, or not a trust list.
     """
     try:
-        body = verify_envelope(data, operator_key)
+        body = verify_envelope(open_plain(data), operator_key)
     except EnvelopeError as exc:
         raise EnvelopeError(f"trust list: {exc}") from None
     keys = body.get("keys")
@@ -110,8 +108,9 @@ def open_trust_list(data: bytes, operator_key: ec.EllipticCurvePublicKey) -> Tru
         except ValueError:
             public_key = None
         if not (isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)
-                and key_id(public_key) == entry["kid"]):
-            raise EnvelopeError(f"trust list: the key of {entry['dev']!r} is not a P-256 key with that kid")
+                and _spki(public_key) == entry["pub"] and key_id(public_key) == entry["kid"]):
+            raise EnvelopeError(f"trust list: the key of {entry['dev']!r} is not an uncompressed P-256 key with "
+                                "that kid")
         table[entry["kid"]] = {**entry, "key": public_key}
     return TrustList(str(body.get("iss", "")), body["iat"], body["exp"], table)
 
@@ -129,6 +128,44 @@ class Verdict:
 def _is_int(value: Any) -> bool:
     """An integer that CBOR and JavaScript agree on: not a bool (Python's bool is an int), not a float."""
     return type(value) is int and -(2**53) < value < 2**53
+
+
+def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
+    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
+def _plain(value: Any) -> None:
+    if _is_int(value) or type(value) in (str, bytes):
+        return
+    if type(value) is list:
+        for item in value:
+            _plain(item)
+    elif type(value) is dict and all(type(k) is str for k in value):
+        for item in value.values():
+            _plain(item)
+    else:
+        raise EnvelopeError(f"a {type(value).__name__} in the payload: a claim or list holds only integers, text, "
+                            "bytes, arrays and text-keyed maps")
+
+
+def open_plain(raw: bytes) -> Envelope:
+    """A claim or list opened as strictly as the page opens it, before any key is looked up: CBOR tag 18
+    itself, nothing in the unprotected header, and a payload of integers (no floats, no booleans, within
+    2^53), text, bytes, arrays and text-keyed maps only, in deterministic encoding, so one signed content
+    is one byte string and every reader takes the same values from it.
+
+    Raises:
+        EnvelopeError: saying which rule failed.
+    """
+    if raw[:1] != b"\xd2":  # tag 18 itself, not wrapped in another tag
+        raise EnvelopeError("not a tagged COSE_Sign1 (CBOR tag 18)")
+    env = open_envelope(raw)
+    if env.unprotected:
+        raise EnvelopeError("the unprotected header is not empty: a claim has nothing unsigned")
+    _plain(env.payload)
+    if cbor2.dumps(env.payload, canonical=True) != env.body:
+        raise EnvelopeError("the payload is not deterministic CBOR")
+    return env
 
 
 def _day(ts: int) -> str:
@@ -149,14 +186,9 @@ def judge_claim(qr_text: str, *, trust: TrustList | EnvelopeError, now: int) -> 
         return Verdict("expired", f"the trust list is dated {_day(trust.issued)}, in the future: check this "
                                   "device's clock")
     try:
-        raw = decode_qr(qr_text)
-        if raw[:1] != b"\xd2":  # tag 18 itself, not wrapped in another tag
-            raise EnvelopeError("not a tagged COSE_Sign1 (CBOR tag 18)")
-        env = open_envelope(raw)
+        env = open_plain(decode_qr(qr_text))
     except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
-    if env.unprotected:
-        return Verdict("not-genuine", "the unprotected header is not empty: a claim has nothing unsigned")
     kid = env.protected.get(4)
     entry = trust.keys.get(kid) if isinstance(kid, bytes) else None
     if entry is None:
@@ -166,9 +198,7 @@ def judge_claim(qr_text: str, *, trust: TrustList | EnvelopeError, now: int) -> 
         claim = verify_envelope(env, entry["key"])
     except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
-    if cbor2.dumps(claim, canonical=True) != env.body:  # one signed claim, one byte string (as the page checks)
-        return Verdict("not-genuine", "the claim is not deterministic CBOR", claim)
-    if not (_is_int(claim.get("v")) and claim["v"] == CLAIM_VERSION and _is_int(claim.get("iat"))):
+    if not (claim.get("v") == CLAIM_VERSION and _is_int(claim.get("iat"))):
         return Verdict("not-genuine", "signed, but not a version 1 health claim", claim)
     if claim.get("dev") != entry["dev"]:
         return Verdict("not-genuine", f"signed by {entry['dev']}'s key but names device {claim.get('dev')!r}",

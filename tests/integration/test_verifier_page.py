@@ -290,7 +290,8 @@ def hostile_variants(site: Site) -> dict[str, str]:
         "a float iat": qr(signed(device, claim_bytes(iat=float(claim["iat"])))),
         "an integer key": qr(signed(device, cbor2.dumps({**claim, 7: 1}, canonical=True))),
         "iat far in the future": qr(signed(device, claim_bytes(iat=2**52))),
-        "a 2^60 rating (a figure no number type shows)": qr(signed(device, claim_bytes(rat=[2**60, 1]))),
+        "a 2^60 rating": qr(signed(device, claim_bytes(rat=[2**60, 1]))),
+        "a rating as text (a figure of the wrong type)": qr(signed(device, claim_bytes(rat=["62", "176"]))),
     }
 
 
@@ -304,19 +305,19 @@ def test_the_page_and_verify_agree_on_hostile_and_odd_qr_texts(site: Site, tmp_p
             driver.find_element("id", "check").click()
             result = verdict(driver)
             seen[name] = (result["status"], site.python_verdict(text, site.page))
-            if name.startswith("a 2^60"):  # genuine, and the figure that no number shows is left out
+            if name.startswith("a rating as text"):  # genuine, and the figure of the wrong type is left out
                 assert "Rated when new" not in result["text"] and "State of health" in result["text"]
     print("\n" + "\n".join(f"{name}: page {page}, verify {python}" for name, (page, python) in seen.items()))
     assert {name: page for name, (page, _) in seen.items()} == {name: python for name, (_, python) in seen.items()}
     genuine = {name for name, (page, _) in seen.items() if page == "genuine"}
-    assert genuine == {"a 2^60 rating (a figure no number type shows)"}
+    assert genuine == {"a rating as text (a figure of the wrong type)"}
     assert seen["wrong alg and an unknown kid"][0] == seen["an empty protected header"][0] == "unknown-issuer"
 
 
 def test_a_new_verdict_never_leaves_the_last_one_on_screen(site: Site, tmp_path: Path) -> None:
-    # GIVEN car A checked genuine, THEN a claim by the revoked key with a figure no number type shows
+    # GIVEN car A checked genuine, THEN a claim by the revoked key with a figure of the wrong type
     claim = open_envelope(decode_qr(site.qr("gw-bay-2", dev="gw-bay-2"))).payload
-    odd = signed(site.keys["gw-bay-2"], cbor2.dumps({**claim, "rat": [2**60, 1]}, canonical=True))
+    odd = signed(site.keys["gw-bay-2"], cbor2.dumps({**claim, "rat": ["62", "176"]}, canonical=True))
     with browser(tmp_path) as driver:
         open_page(driver, site.page)
         for text, expected in ((site.qr("gw-bay-1"), "Genuine"),

@@ -234,9 +234,19 @@ def test_a_list_entry_of_the_wrong_type_or_a_kid_not_of_its_key_refuses_the_list
 def test_odd_figures_in_a_signed_claim_never_crash_the_reader() -> None:
     fleet = Fleet()
     claim = build_claim(certificate(), certificate_sha256=bytes(32))
-    claim.update(rat=["a", "b"], bms=True, soh={"p": "x"}, iat=-(2**52))
+    claim.update(rat=["a", "b"], bms=[1], soh={"p": "x"}, iat=-(2**52) + 1)
     verdict = judge_claim(fleet.qr(claim), trust=open_trust_list(fleet.trust_list(), fleet.operator.public_key()),
                           now=NOW)
-    assert verdict.status == "expired" and f"dated {-(2**52)} s" in verdict.reason  # no date that far back
+    assert verdict.status == "expired" and f"dated {-(2**52) + 1} s" in verdict.reason  # no date that far back
     shown = readable(claim)
-    assert shown["rat"] == ["a", "b"] and shown["bms"] is True and shown["soh"] == {"p": "x"}
+    assert shown["rat"] == ["a", "b"] and shown["bms"] == [1] and shown["soh"] == {"p": "x"}
+
+
+@pytest.mark.parametrize("odd", [{"v": True}, {"bms": 88.0}, {"bms": None}, {"bms": False}, {"soh": {"p": 2**53}},
+                                 {"soh": {b"p": 874}}, {"soh": {1: 874}}, {"bms": cbor2.CBORTag(99, 1)},
+                                 {"bms": float("nan")}])
+def test_a_listed_device_cannot_sign_values_two_readers_would_read_differently(odd: dict[str, Any]) -> None:
+    fleet = Fleet()
+    claim = {**build_claim(certificate(), certificate_sha256=bytes(32)), **odd}
+    status, reason = fleet.judge(fleet.qr(claim))
+    assert status == "not-genuine" and "holds only integers, text, bytes, arrays and text-keyed maps" in reason

@@ -4,7 +4,7 @@
 // No network: the page's Content-Security-Policy has connect-src 'none'.
 import jsQR from "jsqr";
 import { decode as b45decode, encode as b45encode } from "base45-ts";
-import { unzlibSync } from "fflate";
+import { Inflate } from "pako";
 import { decode as cborDecode, encode as cborEncode } from "cborg";
 
 const PREFIX = "BP1:";
@@ -86,8 +86,9 @@ let lang = (new URLSearchParams(location.search).get("lang") || navigator.langua
 const fmt = (s, v) => s.replace(/\{(\w+)\}/g, (_, k) => String(v[k]));
 const hex = (b) => Array.from(b, (x) => x.toString(16).padStart(2, "0")).join("");
 const b64 = (s) => Uint8Array.from(atob(s), (c) => c.charCodeAt(0));
-const day = (s) => new Date(s * 1000).toISOString().slice(0, 10);
-const local = (s) => new Intl.DateTimeFormat(lang === "ja" ? "ja-JP" : "en-GB", { dateStyle: "long", timeStyle: "short" }).format(new Date(s * 1000));
+const valid = (s) => Number.isFinite(new Date(s * 1000).getTime());
+const day = (s) => (valid(s) ? new Date(s * 1000).toISOString().slice(0, 10) : `${s} s`); // as core/trustlist.py's _day
+const local = (s) => (valid(s) ? new Intl.DateTimeFormat(lang === "ja" ? "ja-JP" : "en-GB", { dateStyle: "long", timeStyle: "short" }).format(new Date(s * 1000)) : `${s} s`);
 const num = (tenths) => new Intl.NumberFormat(lang === "ja" ? "ja-JP" : "en-GB", { minimumFractionDigits: 1, maximumFractionDigits: 1 }).format(tenths / 10);
 
 // A verdict's reason: a key of T[lang].r and its values, so it reads in the buyer's language.
@@ -101,8 +102,22 @@ class Refusal extends Error {
 const isInt = Number.isSafeInteger; // not a float, not a BigInt: what gateway/core/trustlist.py's _is_int takes
 const same = (a, b) => a.length === b.length && a.every((x, i) => x === b[i]);
 
-// A parsed COSE_Sign1: tag 18 itself (first byte 0xD2), [protected bstr, unprotected map, payload bstr,
-// signature bstr], text keys in the payload.
+// A payload holds safe integers, text, bytes, arrays and text-keyed maps only, at most 64 levels deep:
+// gateway/core/trustlist.py's _plain and signing.py's depth limit.
+function plain(value, depth = 0) {
+  if (depth > 64) return false;
+  if (isInt(value) || typeof value === "string" || value instanceof Uint8Array) return true;
+  if (Array.isArray(value)) return value.every((item) => plain(item, depth + 1));
+  if (value instanceof Map) {
+    return [...value].every(([key, item]) => typeof key === "string" && plain(item, depth + 1));
+  }
+  return false;
+}
+
+// A COSE_Sign1 opened as gateway/core/trustlist.py's open_plain opens it, before any key is looked up:
+// tag 18 itself (first byte 0xD2), [protected bstr, empty unprotected map, payload bstr, signature bstr],
+// a plain payload in deterministic encoding (one signed content, one byte string: no float, no second
+// encoding reads differently here and in `verify`).
 function openCose(bytes) {
   let obj;
   try { obj = cbor.decode(bytes); } catch (e) { throw new Refusal("not-genuine", why("cbor")); }
@@ -115,11 +130,11 @@ function openCose(bytes) {
   try { header = parts[0].length ? cbor.decode(parts[0]) : new Map(); payload = cbor.decode(parts[2]); } catch (e) {
     throw new Refusal("not-genuine", why("cbor"));
   }
-  if (!(header instanceof Map) || !(payload instanceof Map) || ![...payload.keys()].every((k) => typeof k === "string")) {
+  if (!(header instanceof Map) || parts[1].size || !(payload instanceof Map) || !plain(payload)) {
     throw new Refusal("not-genuine", why("cose"));
   }
-  return { protectedRaw: parts[0], header, unprotected: parts[1], body: parts[2], payloadMap: payload,
-    payload: Object.fromEntries(payload), signature: parts[3] };
+  if (!same(cborEncode(payload), parts[2])) throw new Refusal("not-genuine", why("not_claim"));
+  return { protectedRaw: parts[0], header, body: parts[2], payload: Object.fromEntries(payload), signature: parts[3] };
 }
 
 // The checks of gateway/core/signing.py's verify_envelope, in its order: ES256, one kid, the signature.
@@ -132,15 +147,26 @@ async function verifyCose(env, spki) {
   return crypto.subtle.verify({ name: "ECDSA", hash: "SHA-256" }, key, env.signature, toBeSigned);
 }
 
-function adler32(bytes) {
-  let a = 1, b = 0;
-  for (const x of bytes) { a = (a + x) % 65521; b = (b + a) % 65521; }
-  return ((b << 16) | a) >>> 0;
+// zlib as Python's zlib reads it (pako is a port of it): the zlib wrapper only, its checksum, nothing
+// after the stream, and never more than MAX_ENVELOPE bytes out
+function inflate(packed) {
+  const inflater = new Inflate({ windowBits: 15 });
+  const out = new Uint8Array(MAX_ENVELOPE + 1);
+  let size = 0;
+  inflater.onData = (chunk) => {
+    if (size + chunk.length > MAX_ENVELOPE) throw new Refusal("not-genuine", why("big"));
+    out.set(chunk, size);
+    size += chunk.length;
+  };
+  inflater.onEnd = () => {};
+  inflater.push(packed, true);
+  if (inflater.err || !inflater.ended || inflater.strm.avail_in) throw new Refusal("not-genuine", why("zlib"));
+  return out.slice(0, size);
 }
 
 // BP1: + Base45 + zlib, refused as gateway/core/qrclaim.py's decode_qr refuses it: longer than a QR holds,
-// Base45 that is not the one encoding of its bytes (base45-ts wraps a triplet above 65535), a zlib
-// checksum that does not match (fflate does not check it).
+// Base45 that is not the one encoding of its bytes (base45-ts wraps a triplet above 65535), zlib that
+// Python's zlib refuses.
 function qrEnvelope(text) {
   text = text.replace(/^[ \t\r\n]+|[ \t\r\n]+$/g, "");
   if (text.length > MAX_TEXT) throw new Refusal("not-genuine", why("big"));
@@ -149,10 +175,7 @@ function qrEnvelope(text) {
   let packed, envelope;
   try { packed = b45decode(body); } catch (e) { throw new Refusal("not-genuine", why("b45")); }
   if (b45encode(packed) !== body) throw new Refusal("not-genuine", why("b45"));
-  try { envelope = unzlibSync(packed); } catch (e) { throw new Refusal("not-genuine", why("zlib")); }
-  const sum = packed.length >= 6 ? new DataView(packed.buffer, packed.byteOffset + packed.length - 4).getUint32(0) : -1;
-  if (sum !== adler32(envelope)) throw new Refusal("not-genuine", why("zlib"));
-  if (envelope.length > MAX_ENVELOPE) throw new Refusal("not-genuine", why("big"));
+  try { envelope = inflate(packed); } catch (e) { throw e instanceof Refusal ? e : new Refusal("not-genuine", why("zlib")); }
   return envelope;
 }
 
@@ -163,7 +186,12 @@ async function loadTrust() {
     const slot = JSON.parse($("bp-trust").textContent);
     if (!slot) return new Refusal("unknown-issuer", why("nolist"));
     const operator = b64(slot.operator);
+    const operatorKid = new Uint8Array(await crypto.subtle.digest("SHA-256", operator)).slice(0, 16);
     const env = openCose(b64(slot.list));
+    const listKid = env.header.get(4);
+    if (listKid !== undefined && !(listKid instanceof Uint8Array && same(listKid, operatorKid))) {
+      return new Refusal("unknown-issuer", why("list_sig"));
+    }
     if (!(await verifyCose(env, operator))) return new Refusal("unknown-issuer", why("list_sig"));
     const p = env.payload;
     if (p.kind !== "trust-list" || p.v !== 1 || !Array.isArray(p.keys) || !isInt(p.iat) || !isInt(p.exp)) {
@@ -172,16 +200,17 @@ async function loadTrust() {
     const keys = new Map();
     for (const raw of p.keys) {
       const e = raw instanceof Map ? Object.fromEntries(raw) : {};
-      if (!(e.kid instanceof Uint8Array) || !(e.pub instanceof Uint8Array) || typeof e.dev !== "string"
+      // an uncompressed P-256 key (91 bytes of SubjectPublicKeyInfo) that WebCrypto takes, with its kid
+      if (!(e.kid instanceof Uint8Array) || !(e.pub instanceof Uint8Array) || e.pub.length !== 91 || typeof e.dev !== "string"
           || !isInt(e.nbf) || !isInt(e.exp) || (raw.has("rev") && !isInt(e.rev))
           || !same(new Uint8Array(await crypto.subtle.digest("SHA-256", e.pub)).slice(0, 16), e.kid)) {
         return new Refusal("unknown-issuer", why("list_shape"));
       }
+      await crypto.subtle.importKey("spki", e.pub, { name: "ECDSA", namedCurve: "P-256" }, false, ["verify"]);
       keys.set(hex(e.kid), e);
     }
-    const digest = hex(new Uint8Array(await crypto.subtle.digest("SHA-256", operator))).slice(0, 16);
     return { issuer: String(p.iss || ""), issued: p.iat, expires: p.exp, keys,
-      operator: digest.match(/.{4}/g).join(" ") };
+      operator: hex(operatorKid.slice(0, 8)).match(/.{4}/g).join(" ") };
   } catch (e) {
     return new Refusal("unknown-issuer", e instanceof Refusal && e.reason.key === "insecure" ? e.reason : why("list_shape"));
   }
@@ -193,15 +222,11 @@ async function judge(text, now) {
   if (now > trust.expires) throw new Refusal("expired", why("list_expired", { d: day(trust.expires), iss: trust.issuer }));
   if (trust.issued > now + FUTURE_SLACK_S) throw new Refusal("expired", why("list_future", { d: day(trust.issued) }));
   const env = openCose(qrEnvelope(text));
-  if (env.unprotected.size) throw new Refusal("not-genuine", why("cose"));
   const kid = env.header.get(4);
   const entry = kid instanceof Uint8Array ? trust.keys.get(hex(kid)) : undefined;
   if (!entry) throw new Refusal("unknown-issuer", why("unknown_key", { kid: kid instanceof Uint8Array ? hex(kid) : "?", iss: trust.issuer }));
   if (!(await verifyCose(env, entry.pub))) throw new Refusal("not-genuine", why("bad_sig"));
   const claim = env.payload;
-  // one signed claim, one byte string: deterministic CBOR (as the device signs it, and as core/trustlist.py
-  // requires), so no float or second encoding can read differently here and in `verify`
-  if (!same(cborEncode(env.payloadMap), env.body)) throw new Refusal("not-genuine", why("not_claim"));
   if (claim.v !== 1 || !isInt(claim.iat)) throw new Refusal("not-genuine", why("not_claim"));
   if (claim.dev !== entry.dev) throw new Refusal("not-genuine", why("dev_mismatch", { signer: entry.dev, dev: claim.dev }));
   if ("rev" in entry) return { status: "revoked", reason: why("revoked", { dev: entry.dev, d: day(entry.rev) }), claim };
@@ -229,7 +254,7 @@ function figures(c, now) {
   if (text(c.bat)) row(t.bat, esc(c.bat));
   const s = c.soh instanceof Map ? Object.fromEntries(c.soh) : {};
   if ([s.p, s.lo, s.hi].every(isInt)) {
-    row(t.soh, `<b class="big">${num(s.p)} %</b><br><small>${esc(fmt(t.interval, { lo: num(s.lo), hi: num(s.hi) }))} · ${esc(t.sohm[s.m] || t.sohm.unknown)}</small>`);
+    row(t.soh, `<b class="big">${num(s.p)} %</b><br><small>${esc(fmt(t.interval, { lo: num(s.lo), hi: num(s.hi) }))} · ${esc(Object.hasOwn(t.sohm, s.m) ? t.sohm[s.m] : t.sohm.unknown)}</small>`);
   }
   if (isInt(c.bms)) row(t.bms, `${num(c.bms)} %`);
   if (isInt(c.f3)) row(t.f3, `${num(c.f3)} %`);
@@ -267,7 +292,10 @@ function show(result) {
     scanMs: result.scanMs ?? null, claim: result.claim ? { dev: result.claim.dev, iat: result.claim.iat } : null };
 }
 
+let latest = 0; // only the newest check may show its verdict (an earlier one can finish later)
+
 async function check(text, started) {
+  const mine = ++latest;
   const t0 = performance.now();
   const now = Math.floor(Date.now() / 1000);
   let result;
@@ -280,7 +308,7 @@ async function check(text, started) {
   result.now = now;
   result.ms = performance.now() - t0;
   if (started !== undefined) result.scanMs = performance.now() - started;
-  show(result);
+  if (mine === latest) show(result);
 }
 
 function scanImageData(img) {
@@ -334,16 +362,22 @@ function stopCamera() {
 
 async function openImage(file) {
   const started = performance.now();
-  const bitmap = await createImageBitmap(file);
-  const scale = Math.min(1, 2400 / Math.max(bitmap.width, bitmap.height));
-  const canvas = document.createElement("canvas");
-  canvas.width = Math.round(bitmap.width * scale);
-  canvas.height = Math.round(bitmap.height * scale);
-  const ctx = canvas.getContext("2d", { willReadFrequently: true });
-  ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
-  const text = scanImageData(ctx.getImageData(0, 0, canvas.width, canvas.height));
+  const mine = ++latest;
+  let text = null;
+  try {
+    const bitmap = await createImageBitmap(file);
+    const scale = Math.min(1, 2400 / Math.max(bitmap.width, bitmap.height));
+    const canvas = document.createElement("canvas");
+    canvas.width = Math.round(bitmap.width * scale);
+    canvas.height = Math.round(bitmap.height * scale);
+    const ctx = canvas.getContext("2d", { willReadFrequently: true });
+    ctx.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+    text = scanImageData(ctx.getImageData(0, 0, canvas.width, canvas.height));
+  } catch (e) {
+    text = null; // not an image the browser can read: as good as no QR code
+  }
   if (text) check(text, started);
-  else show({ status: "not-genuine", reason: why("noqr"), claim: null, ms: performance.now() - started, now: 0 });
+  else if (mine === latest) show({ status: "not-genuine", reason: why("noqr"), claim: null, ms: performance.now() - started, now: 0 });
 }
 
 function render() {
