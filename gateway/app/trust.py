@@ -27,14 +27,13 @@ from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
-from cryptography.hazmat.primitives import serialization
 from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..adapters.files import read_package_text
 from ..adapters.fs import read_regular, safe_dir, write_atomic
 from ..adapters.keystore import load_private_key, load_public_key
 from ..core.qrclaim import CLAIM_VERSION, decode_qr
-from ..core.signing import Signer, verify_envelope
+from ..core.signing import Signer, spki_der, verify_envelope
 from ..core.trustlist import TrustEntry, TrustList, Verdict, build_trust_list, judge_claim, open_plain, open_trust_list
 from ..errors import ConfigError, EnvelopeError
 from ..model import DEVICE_ID
@@ -85,9 +84,8 @@ def _entries(spec_path: Path, spec: dict[str, Any]) -> list[TrustEntry]:
 
 def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
     """What a buyer compares with the operator's published one: SHA-256 of the key's SubjectPublicKeyInfo,
-    first 8 bytes, in groups of two (the page shows the same)."""
-    digest = hashlib.sha256(key.public_bytes(serialization.Encoding.DER,
-                                             serialization.PublicFormat.SubjectPublicKeyInfo)).hexdigest()[:16]
+    first 8 bytes, in groups of four hex digits (the page shows the same)."""
+    digest = hashlib.sha256(spki_der(key)).hexdigest()[:16]
     return " ".join(digest[i:i + 4] for i in range(0, 16, 4))
 
 
@@ -134,8 +132,8 @@ def verifier_page(trust_list: bytes, operator_key: ec.EllipticCurvePublicKey) ->
     page = read_package_text("verifier.html", what="verifier page")
     if page.count(PAGE_SLOT) != 1:
         raise ConfigError("gateway/data/verifier.html: no trust-list slot; reinstall the release")
-    spki = operator_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    data = json.dumps({"operator": base64.b64encode(spki).decode(), "list": base64.b64encode(trust_list).decode()})
+    data = json.dumps({"operator": base64.b64encode(spki_der(operator_key)).decode(),
+                       "list": base64.b64encode(trust_list).decode()})
     return page.replace(PAGE_SLOT, f'<script id="bp-trust" type="application/json">{data}</script>')
 
 
@@ -146,11 +144,12 @@ def write_outputs(out_dir: str, trust_list: bytes, operator_key: ec.EllipticCurv
         ConfigError: ``DIR`` is not a safe place to write.
     """
     out = Path(out_dir)
+    page = verifier_page(trust_list, operator_key)
     try:
         safe_dir(out, mode=0o755)
         files = (out / "trust-list.cose", out / "verifier.html")
         write_atomic(files[0], trust_list, mode=0o644)
-        write_atomic(files[1], verifier_page(trust_list, operator_key).encode(), mode=0o644)
+        write_atomic(files[1], page.encode(), mode=0o644)
     except OSError as exc:
         raise ConfigError(f"trust-list --out {out_dir}: {exc.strerror or exc}") from exc
     return files

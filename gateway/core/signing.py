@@ -27,17 +27,21 @@ from cryptography.hazmat.primitives.asymmetric.utils import decode_dss_signature
 from ..errors import EnvelopeError
 
 __all__ = ["ALG_ES256", "COSE_SIGN1_TAG", "Envelope", "Signer", "device_id_of", "key_id", "open_envelope",
-           "verify_envelope"]
+           "spki_der", "verify_envelope"]
 
 COSE_SIGN1_TAG = 18
 ALG_ES256 = -7
 _HDR_ALG, _HDR_KID = 1, 4
 
 
+def spki_der(public_key: ec.EllipticCurvePublicKey) -> bytes:
+    """The key's SubjectPublicKeyInfo in DER (an uncompressed point: 91 bytes for P-256)."""
+    return public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
+
+
 def key_id(public_key: ec.EllipticCurvePublicKey) -> bytes:
     """First 16 bytes of SHA-256 over the SubjectPublicKeyInfo DER."""
-    spki = public_key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
-    return hashlib.sha256(spki).digest()[:16]
+    return hashlib.sha256(spki_der(public_key)).digest()[:16]
 
 
 def device_id_of(public_key: ec.EllipticCurvePublicKey) -> str:

@@ -29,7 +29,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from ..errors import EnvelopeError
 from .qrclaim import CLAIM_VERSION, decode_qr
-from .signing import Envelope, key_id, open_envelope, verify_envelope
+from .signing import Envelope, key_id, open_envelope, spki_der, verify_envelope
 
 __all__ = ["FUTURE_SLACK_S", "LIST_VERSION", "TrustEntry", "TrustList", "Verdict", "build_trust_list", "judge_claim",
            "open_plain", "open_trust_list"]
@@ -49,7 +49,7 @@ class TrustEntry:
     revoked: int | None = None
 
     def as_map(self) -> dict[str, Any]:
-        entry: dict[str, Any] = {"kid": key_id(self.public_key), "dev": self.device, "pub": _spki(self.public_key),
+        entry: dict[str, Any] = {"kid": key_id(self.public_key), "dev": self.device, "pub": spki_der(self.public_key),
                                  "nbf": self.not_before, "exp": self.not_after}
         if self.revoked is not None:
             entry["rev"] = self.revoked
@@ -108,7 +108,7 @@ def open_trust_list(data: bytes, operator_key: ec.EllipticCurvePublicKey) -> Tru
         except ValueError:
             public_key = None
         if not (isinstance(public_key, ec.EllipticCurvePublicKey) and isinstance(public_key.curve, ec.SECP256R1)
-                and _spki(public_key) == entry["pub"] and key_id(public_key) == entry["kid"]):
+                and spki_der(public_key) == entry["pub"] and key_id(public_key) == entry["kid"]):
             raise EnvelopeError(f"trust list: the key of {entry['dev']!r} is not an uncompressed P-256 key with "
                                 "that kid")
         table[entry["kid"]] = {**entry, "key": public_key}
@@ -128,10 +128,6 @@ class Verdict:
 def _is_int(value: Any) -> bool:
     """An integer that CBOR and JavaScript agree on: not a bool (Python's bool is an int), not a float."""
     return type(value) is int and -(2**53) < value < 2**53
-
-
-def _spki(key: ec.EllipticCurvePublicKey) -> bytes:
-    return key.public_bytes(serialization.Encoding.DER, serialization.PublicFormat.SubjectPublicKeyInfo)
 
 
 def _plain(value: Any) -> None:
