@@ -19,8 +19,8 @@ import cantools
 from ..errors import ConfigError
 from .fs import read_regular
 
-__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "check_json_file", "load_dbc", "missing_dbc", "read_config",
-           "read_package_json", "read_package_text", "read_profile"]
+__all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "certificate_languages", "check_json_file", "load_dbc", "missing_dbc",
+           "read_config", "read_package_json", "read_package_text", "read_profile"]
 
 BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
 
@@ -137,6 +137,12 @@ def read_package_text(name: str, *, what: str) -> str:
         return (resources.files("gateway.data") / name).read_text(encoding="utf-8")
     except (OSError, ValueError) as exc:
         raise ConfigError(f"gateway/data/{name}: unreadable {what} ({exc}); reinstall the release") from exc
+
+
+def certificate_languages() -> list[str]:
+    """The codes of the certificate's languages: one data file each in ``gateway/data/lang``."""
+    folder = resources.files("gateway.data") / "lang"
+    return sorted(f.name[:-5] for f in folder.iterdir() if f.name.endswith(".json"))
 
 
 def read_package_json(name: str, *, what: str) -> Any:

@@ -62,6 +62,8 @@ def _setup_logging(level: str) -> None:
 
 
 def _parser() -> argparse.ArgumentParser:
+    from ..adapters.files import certificate_languages
+
     p = argparse.ArgumentParser(
         prog="battery-gateway", formatter_class=argparse.RawDescriptionHelpFormatter, epilog=EPILOG,
         description="Reads an EV battery ECU over CAN, signs every reading (COSE ES256) and publishes "
@@ -105,7 +107,8 @@ def _parser() -> argparse.ArgumentParser:
                                    "the ECU is silent.")
     s.add_argument("--config", required=True, metavar="PATH")
     s.add_argument("--out", default=".", metavar="DIR", help="where the certificate files go (default: here)")
-    s.add_argument("--lang", choices=("ja", "en"), default="en", help="language of certificate.html")
+    s.add_argument("--lang", choices=certificate_languages(), default="en",
+                   help="language of certificate.html and .pdf (a file in gateway/data/lang each)")
     s.add_argument("--wait", type=float, default=5.0, metavar="S", help="how long to wait for the bus (default 5)")
 
     s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails",

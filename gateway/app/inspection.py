@@ -23,7 +23,7 @@ from ..adapters.mqtt import port_open
 from ..adapters.pdf import find_browser, print_pdf
 from ..adapters.sqlite_outbox import SqliteOutbox
 from ..core.certificate import build_certificate
-from ..core.certificate_html import render_certificate
+from ..core.certificate_html import Language, render_certificate
 from ..core.config import Config
 from ..core.polls import PollSpec
 from ..core.qrclaim import build_claim, encode_qr
@@ -33,7 +33,7 @@ from ..model import ChainPosition, Counters, OutgoingMessage
 from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
-from .wiring import SW, Assembly, assemble, drain, open_bus, open_diag, open_store, open_uplink, vin_salt
+from .wiring import SW, Assembly, assemble, drain, load_language, open_bus, open_diag, open_store, open_uplink, vin_salt
 
 __all__ = ["InspectionResult", "poll_once", "run_inspection"]
 
@@ -73,6 +73,7 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
         TransportError: as for the daemon.
     """
     started = time.monotonic()
+    language = load_language(lang)
     out = _output_dir(out_dir)
     key = load_private_key(config.device.key_file)
     store = open_store(config)
@@ -88,7 +89,8 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
         message = _sign_certificate(config, parts, store, chain, polls)
         digest = hashlib.sha256(message.payload).hexdigest()
         qr_text = _qr_text(parts.signer, message)
-        _write_files(out, message, lang=lang, key_id_hex=parts.signer.kid.hex(), digest_hex=digest, qr_text=qr_text)
+        _write_files(out, message, language=language, key_id_hex=parts.signer.kid.hex(), digest_hex=digest,
+                     qr_text=qr_text)
         published = _publish_certificate(config, store, progress)
         pdf = _write_pdf(out, progress)  # last: a slow browser delays nothing else
     finally:
@@ -147,11 +149,12 @@ def _write_pdf(out: Path, progress: Callable[[str], None]) -> str:
     return "written"
 
 
-def _write_files(out: Path, message: OutgoingMessage, *, lang: str, key_id_hex: str, digest_hex: str,
+def _write_files(out: Path, message: OutgoingMessage, *, language: Language, key_id_hex: str, digest_hex: str,
                  qr_text: str) -> None:
     _output_dir(str(out), create=True)
     body = json.dumps(message.body, default=_hex, ensure_ascii=False, indent=1) + "\n"
-    page = render_certificate(message.body, lang=lang, key_id_hex=key_id_hex, digest_hex=digest_hex, qr_text=qr_text)
+    page = render_certificate(message.body, language=language, key_id_hex=key_id_hex, digest_hex=digest_hex,
+                              qr_text=qr_text)
     for name, data in (("certificate.cose", message.payload), ("certificate.json", body.encode()),
                        ("certificate.html", page.encode())):
         write_atomic(out / name, data, mode=0o600)  # battery serial, VIN hash: the operator hands it on

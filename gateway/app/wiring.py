@@ -17,7 +17,15 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import __version__
 from ..adapters.can_bus import PythonCanBus
-from ..adapters.files import check_json_file, load_dbc, missing_dbc, read_config, read_package_json, read_profile
+from ..adapters.files import (
+    certificate_languages,
+    check_json_file,
+    load_dbc,
+    missing_dbc,
+    read_config,
+    read_package_json,
+    read_profile,
+)
 from ..adapters.fs import write_atomic
 from ..adapters.isotp import IsoTpDiagClient, KernelIsoTpDiagClient, open_diag_client
 from ..adapters.keystore import load_private_key, load_public_key
@@ -25,6 +33,7 @@ from ..adapters.mqtt import PahoPublisher, check_tls_files
 from ..adapters.sqlite_outbox import SqliteOutbox
 from ..adapters.tflite import load_segment_model
 from ..core.battery import BatteryTracker
+from ..core.certificate_html import Language, language_from_table
 from ..core.config import SCHEMA, Config, parse_config
 from ..core.decoding import Decoder
 from ..core.forecast import Prior
@@ -102,6 +111,22 @@ def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
     except ConfigError as exc:  # every problem at once: the document's and the missing files'
         raise ConfigError([*exc.problems, *missing]) from None
     return profile, load_dbc(profile.name, profile.dbc, dbc_dirs)
+
+
+def load_language(code: str) -> Language:
+    """The certificate's language ``code`` from its data file, checked against the English one.
+
+    Raises:
+        ConfigError: no such language, or a file that lacks a key or changes a placeholder (named).
+    """
+    if code not in certificate_languages():
+        raise ConfigError(f"language {code!r}: choose {', '.join(certificate_languages())} "
+                          "(a language is a file in gateway/data/lang)")
+    table = read_package_json(f"lang/{code}.json", what=f"certificate language {code}")
+    try:
+        return language_from_table(code, table, read_package_json("lang/en.json", what="certificate language en"))
+    except ValueError as exc:
+        raise ConfigError(f"gateway/data/lang/{code}.json: {exc}") from exc
 
 
 def load_prior() -> Prior:

@@ -1,73 +1,85 @@
 """``certificate.html``: the page a person reads and prints at the auction board.
 
-Self-contained (inline CSS and SVG, no scripts, no network), readable on a phone, in English or
-Japanese. It shows identity, the health figures with their method, capacity bars, a cell-voltage
-chart, the temperature spread, the forecast/warranty status, and how to verify: the device key id,
-the SHA-256 of ``certificate.cose``, and the signed QR (``qrclaim.py``) a buyer scans with the
-operator's verifier page. Printed (or ``certificate.pdf``), the QR is at the top of the first A4 page.
+Self-contained (inline CSS and SVG, no scripts, no network), readable on a phone, in any language that
+has a data file (``gateway/data/lang/<code>.json``: every word, the decimal separator, month names and
+the date pattern; the forecast, its basis and the warranty reasons are worded from the numbers, not
+copied from the payload's English). It shows identity, the health figures with their method, capacity
+bars, a cell-voltage chart, the temperature spread, the forecast/warranty status, and how to verify:
+the device key id, the SHA-256 of ``certificate.cose``, and the signed QR (``qrclaim.py``) a buyer
+scans with the operator's verifier page. Printed (or ``certificate.pdf``), the QR is at the top of the first A4 page.
 Pure: payload in, text out.
 """
 
 from __future__ import annotations
 
 import html
+import string
+from dataclasses import dataclass
+from datetime import UTC, datetime
 from typing import Any
 
 import segno
 
-__all__ = ["LANGUAGES", "render_certificate"]
+from .forecast import MIN_DAYS
 
-_T: dict[str, dict[str, str]] = {
-    "en": {
-        "title": "Battery health certificate", "vehicle": "Vehicle", "serial": "Pack serial",
-        "part": "Part number", "generation": "Pack generation", "rated": "Rated when new", "vin": "VIN (pseudonymised)",
-        "inspected": "Inspected", "device": "Gateway", "health": "Health", "bms_soh": "State of health (BMS)",
-        "bms_soh_m": "reported by the battery ECU (0x5BC)", "cap_soh": "State of health (capacity)",
-        "cap_soh_m": "BMS capacity {ah} Ah ÷ rated {rated} Ah", "hx": "Hx", "hx_m": "battery ECU figure; not SOH",
-        "lbc_soh": "State of health (battery ECU group 0x61)", "own_soh": "State of health (gateway estimate)",
-        "own_soh_m": "80 % interval {lo}-{hi} %, from counted charge (docs/soh.md)",
-        "bars": "Capacity bars", "soc": "State of charge",
-        "cells": "Cell voltages", "cells_m": "{n} cells, min {lo} V, max {hi} V, spread {mv} mV",
-        "temps": "Pack temperatures", "forecast": "Forecast", "warranty": "Warranty decision",
-        "na": "not available", "verify": "Verify this certificate", "kid": "Device key id",
-        "digest": "SHA-256 of certificate.cose", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
-        "scan": "Scan to check: the QR code holds these health figures, signed by the gateway. The operator's "
-                "verifier page checks it offline on any phone.", "qr_text": "QR text (to paste into the verifier)",
-        "missing": "not read", "polls": "Battery ECU reads",
-        "na_reason": "No present SoH was read (no gateway estimate, BMS capacity or BMS SOH).",
-        "horizon": "In", "p10": "P10 (pessimistic)", "p50": "P50", "p90": "P90", "now": "Now",
-        "drivers": "What drives it (effect on the median against a 20 °C, 60 % SoC, 0.3 cycles/day car)",
-        "accept": "ACCEPT", "decline": "DECLINE",
-        "rule": "Rule: P(SoH ≥ {thr} % after {h} years) ≥ {p}. Probability: {prob}",
-        "fc_basis": "Prior: {prior} ({chem}); usage: {usage}. Forecasts are estimates with the stated spread.",
-        "soce": "Not SOCE (EU 2023/1542 Annex VII): no value here is the state of certified energy.",
-    },
-    "ja": {
-        "title": "バッテリー健全性証明書", "vehicle": "車両", "serial": "バッテリーパック製造番号",
-        "part": "部品番号", "generation": "パック世代", "rated": "新品時定格", "vin": "車台番号(仮名化)",
-        "inspected": "検査日時", "device": "ゲートウェイ", "health": "健全性", "bms_soh": "SOH(BMS値)",
-        "bms_soh_m": "バッテリーECUの報告値 (0x5BC)", "cap_soh": "SOH(容量比)",
-        "cap_soh_m": "BMS容量 {ah} Ah ÷ 定格 {rated} Ah", "hx": "Hx", "hx_m": "バッテリーECUの指標。SOHではありません",
-        "lbc_soh": "SOH(バッテリーECU グループ0x61)", "own_soh": "SOH(ゲートウェイ推定値)",
-        "own_soh_m": "80 %区間 {lo}-{hi} %(充放電電荷量から推定)", "bars": "容量セグメント", "soc": "充電率",
-        "cells": "セル電圧", "cells_m": "{n}セル 最小 {lo} V 最大 {hi} V 差 {mv} mV",
-        "temps": "パック温度", "forecast": "劣化予測", "warranty": "保証判定",
-        "na": "提供なし", "verify": "この証明書の検証", "kid": "デバイス鍵ID",
-        "digest": "certificate.cose の SHA-256", "how": "battery-gateway verify --pubkey DEVICE.pub certificate.cose",
-        "scan": "読み取って確認: このQRコードにはゲートウェイが署名した健全性の数値が入っています。運営者の"
-                "確認ページで、どのスマートフォンでもオフラインで確認できます。",
-        "qr_text": "QRの文字列(確認ページに貼り付け用)",
-        "missing": "未取得", "polls": "バッテリーECU読み取り",
-        "na_reason": "現在のSOHが取得できませんでした(推定値・BMS容量・BMS SOHなし)。",
-        "horizon": "期間", "p10": "P10(悲観)", "p50": "P50", "p90": "P90", "now": "現在",
-        "drivers": "要因(20 °C・SOC 60 %・0.3サイクル/日の車両に対する中央値への影響)",
-        "accept": "承認", "decline": "不承認",
-        "rule": "判定基準: {h}年後に SOH ≥ {thr} % となる確率 ≥ {p}。確率: {prob}",
-        "fc_basis": "事前分布: {prior}({chem})。使用状況: {usage}。予測は記載の幅を持つ推定値です。",
-        "soce": "SOCE(EU 2023/1542 附属書VII)ではありません。",
-    },
-}
-LANGUAGES = tuple(_T)
+__all__ = ["Language", "language_from_table", "render_certificate"]
+
+
+@dataclass(frozen=True, slots=True)
+class Language:
+    """One language of the page, from a data file (``gateway/data/lang/<code>.json``): its words, the
+    decimal separator, month names and the date pattern. A language is a file, not code."""
+
+    code: str
+    name: str
+    decimal: str
+    months: tuple[str, ...]
+    date: str
+    strings: dict[str, str]
+
+    def __getitem__(self, key: str) -> str:
+        return self.strings[key]
+
+    def num(self, value: float, digits: int | None = 1) -> str:
+        """``value`` with ``digits`` decimals (None: as few as it needs), in this language's form."""
+        text = f"{value:g}" if digits is None else f"{value:.{digits}f}"
+        return text.replace(".", self.decimal)
+
+    def when(self, ts_s: float) -> str:
+        t = datetime.fromtimestamp(ts_s, UTC)
+        return self.date.format(y=t.year, month=self.months[t.month - 1], d=t.day, hh=f"{t.hour:02d}",
+                                mm=f"{t.minute:02d}")
+
+
+def _fields(text: str) -> set[str]:
+    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+
+
+def language_from_table(code: str, table: dict[str, Any], reference: dict[str, Any]) -> Language:
+    """A language from its data file, checked against the reference (English) file: the same keys, and
+    each text with the same ``{placeholders}``.
+
+    Raises:
+        ValueError: naming the key that is missing, extra or has other placeholders.
+    """
+    strings, ref = table.get("strings"), reference["strings"]
+    if not isinstance(strings, dict) or not all(isinstance(v, str) for v in strings.values()):
+        raise ValueError("'strings' must map keys to texts")
+    for key in sorted(set(ref) ^ set(strings)):
+        raise ValueError(f"key {key!r} is {'missing' if key in ref else 'not in the English file'}")
+    for key, text in strings.items():
+        if _fields(text) != _fields(ref[key]):
+            raise ValueError(f"key {key!r}: placeholders {sorted(_fields(text))}, "
+                             f"English has {sorted(_fields(ref[key]))}")
+    months = table.get("months")
+    if not (isinstance(months, list) and len(months) == 12 and all(isinstance(m, str) for m in months)):
+        raise ValueError("'months' must list 12 month names")
+    date, decimal, name = table.get("date"), table.get("decimal"), table.get("name")
+    if not (isinstance(date, str) and _fields(date) <= {"y", "month", "d", "hh", "mm"} and isinstance(decimal, str)
+            and len(decimal) == 1 and isinstance(name, str)):
+        raise ValueError("'date' (with {y} {month} {d} {hh} {mm}), 'decimal' (one character) and 'name' are required")
+    return Language(code, name, decimal, tuple(months), date, dict(strings))
+
 
 _CSS = """
 body{font-family:system-ui,-apple-system,"Hiragino Sans","Noto Sans CJK JP",sans-serif;margin:0;background:#f4f5f7;
@@ -77,8 +89,9 @@ table{border-collapse:collapse;width:100%}td{padding:4px 6px;border-bottom:1px s
 td:first-child{color:#555;width:45%}.big{font-size:2em;font-weight:700;color:#0b6e4f}.note{color:#666;font-size:.85em}
 .grid{display:flex;flex-wrap:wrap;gap:12px}.card{flex:1 1 200px;border:1px solid #e3e6ea;border-radius:8px;padding:10px}
 .na{color:#a15c00;font-weight:600}code{font-size:.8em;word-break:break-all}svg{max-width:100%;height:auto}
-.head{display:flex;gap:12px;align-items:flex-start;justify-content:space-between}.qr{text-align:center;max-width:46%}
-.qr svg{width:100%;max-width:320px;height:auto}.qr .note{font-size:.75em}
+.head{display:flex;flex-wrap:wrap;gap:12px;align-items:flex-start;justify-content:space-between}
+.head>div:first-child{flex:1 1 330px}.qr{flex:0 1 340px;text-align:center;margin:0 auto}
+.qr svg{width:100%;max-width:340px;height:auto}.qr .note{font-size:.75em}
 @page{size:A4;margin:12mm}@media print{body{background:#fff}main{padding:0;max-width:none}details{display:none}
 h2{break-after:avoid}.card,table,svg{break-inside:avoid}}
 """
@@ -125,66 +138,113 @@ def _row(label: str, value: Any, note: str = "") -> str:
     return f"<tr><td>{_e(label)}</td><td>{value}{note_html}</td></tr>"
 
 
-def _forecast_html(fc: dict[str, Any], t: dict[str, str]) -> str:
+def _factor(f: dict[str, Any], usage: dict[str, Any], t: Language) -> tuple[str, str]:
+    """(name, value) of a forecast factor in the page's language; a factor without a key (an older
+    payload) as the payload says it."""
+    values = {"temp_c": lambda: t.num(usage["temp_c"], 0), "soc_mean": lambda: t.num(usage["soc_mean_pct"], 0),
+              "dod_per_day": lambda: t.num(usage["full_cycles_per_day"], 2),
+              "fast_share": lambda: t.num(100 * usage["fast_charge_share"], 0)}
+    key = f.get("key")
+    if key not in values:
+        return str(f["factor"]), str(f["value"])
+    return t[f"factor_{key}"], t[f"value_{key}"].format(v=values[key]())
+
+
+def _present(fc: dict[str, Any], m: dict[str, Any], ident: dict[str, Any], t: Language) -> str:
+    """How the present SoH was obtained, in the page's language (from the numbers, not the English text)."""
+    present = fc["present"]
+    method = present.get("method")
+    own: dict[str, Any] = m["soh"] if isinstance(m.get("soh"), dict) else {}
+    if method == "capacity-ratio" and "capacity_ah" in m:
+        return t["present_capacity-ratio"].format(ah=t.num(m["capacity_ah"], 1), rated=t.num(ident["rated_capacity_ah"],
+                                                  None), sigma=t.num(present["sigma_pct"], None))
+    if method == "bms-reported":
+        return t["present_bms-reported"].format(soh=t.num(present["soh_pct"], 0),
+                                                sigma=t.num(present["sigma_pct"], None))
+    if method == "gateway-estimate" and "lo_pct" in own:
+        return t["present_gateway-estimate"].format(soh=t.num(present["soh_pct"]), lo=t.num(own["lo_pct"]),
+                                                    hi=t.num(own["hi_pct"]))
+    return str(present["basis"])
+
+
+def _forecast_html(payload: dict[str, Any], t: Language) -> str:
+    fc = payload.get("forecast", {})
     if "horizons" not in fc:
         return ""
-    rows = "".join(f"<tr><td>{_e(t['horizon'])} {_e(h)}</td><td>{v['p10']:.1f} %</td><td><b>{v['p50']:.1f} %</b></td>"
-                   f"<td>{v['p90']:.1f} %</td></tr>" for h, v in fc["horizons"].items())
-    head = f"<tr><td>{_e(t['now'])}: {fc['present']['soh_pct']:.1f} %</td><td>{_e(t['p10'])}</td>" \
+    rows = "".join(f"<tr><td>{_e(t['horizon_y'].format(n=h.strip('+y')))}</td><td>{t.num(v['p10'])} %</td>"
+                   f"<td><b>{t.num(v['p50'])} %</b></td><td>{t.num(v['p90'])} %</td></tr>"
+                   for h, v in fc["horizons"].items())
+    head = f"<tr><td>{_e(t['now'])}: {t.num(fc['present']['soh_pct'])} %</td><td>{_e(t['p10'])}</td>" \
            f"<td>{_e(t['p50'])}</td><td>{_e(t['p90'])}</td></tr>"
-    drivers = "".join(f"<li>{_e(f['factor'])} ({_e(f['value'])}): {f['effect_pp']:+.1f} pp</li>" for f in fc["factors"])
     u = fc["usage"]
-    usage = f"{u['temp_c']:g} °C, SoC {u['soc_mean_pct']:g} %, {u['full_cycles_per_day']:g}/d ({u['basis']})"
-    basis = t["fc_basis"].format(prior=fc["prior"], chem=fc["chemistry"], usage=usage)
-    return (f'<table>{head}{rows}</table><p class="note">{_e(fc["present"]["basis"])}</p>'
-            f'<p class="note">{_e(t["drivers"])}</p><ul class="note">{drivers}</ul><p class="note">{_e(basis)}</p>')
+    drivers = "".join("<li>{}</li>".format(_e(t["effect"].format(
+        factor=name, value=value, pp=("+" if f["effect_pp"] >= 0 else "") + t.num(f["effect_pp"]))))
+        for f in fc["factors"] for name, value in [_factor(f, u, t)])
+    own = u["days_observed"] >= MIN_DAYS
+    basis = t["usage_own"] if own else t["usage_reference"].format(days=t.num(MIN_DAYS, None))
+    usage = t["usage"].format(temp=t.num(u["temp_c"], None), soc=t.num(u["soc_mean_pct"], None),
+                              cycles=t.num(u["full_cycles_per_day"], None), basis=basis)
+    chem = t.strings.get(f"chem_{fc['chemistry']}", fc["chemistry"])
+    text = t["fc_basis"].format(prior=fc["prior"], chem=chem, usage=usage)
+    present = _present(fc, payload["m"], payload["identity"], t)
+    return (f'<table>{head}{rows}</table><p class="note">{_e(present)}</p>'
+            f'<p class="note">{_e(t["drivers"])}</p><ul class="note">{drivers}</ul><p class="note">{_e(text)}</p>')
 
 
-def _warranty_html(w: dict[str, Any], t: dict[str, str]) -> str:
+def _warranty_html(payload: dict[str, Any], t: Language) -> str:
+    w, fc = payload.get("warranty", {}), payload.get("forecast", {})
     if w.get("decision") not in ("accept", "decline"):
         return ""
     color = "#0b6e4f" if w["decision"] == "accept" else "#a11"
-    rule = t["rule"].format(thr=f"{w['threshold_pct']:g}", h=f"{w['horizon_years']:g}", p=f"{w['min_probability']:g}",
-                            prob=f"{w['probability']:.2f}")
-    reasons = "".join(f"<li>{_e(r)}</li>" for r in w["reasons"])
+    h, thr, p = t.num(w["horizon_years"], None), t.num(w["threshold_pct"], None), t.num(w["min_probability"], None)
+    prob = t.num(w["probability"], 2)
+    rule = t["rule"].format(thr=thr, h=h, p=p, prob=prob)
+    if "drivers" not in w:  # an older payload: its reasons as written
+        reasons = [str(r) for r in w["reasons"]]
+    else:
+        by_key = {f.get("key"): f for f in fc.get("factors", [])}
+        reasons = [t["reason_rule"].format(thr=thr, h=h, prob=prob, p=p,
+                                           cmp=t["cmp_ge" if w["decision"] == "accept" else "cmp_lt"]),
+                   t["reason_present"].format(basis=_present(fc, payload["m"], payload["identity"], t))]
+        for key in w["drivers"]:
+            name, value = _factor(by_key[key], fc["usage"], t)
+            pp = t.num(-by_key[key]["effect_pp"])
+            reasons.append(t["reason_factor"].format(factor=name, value=value, h=h, pp=pp))
+    items = "".join(f"<li>{_e(r)}</li>" for r in reasons)
     return (f'<div class="big" style="color:{color}">{_e(t[w["decision"]])}</div><p>{_e(rule)}</p>'
-            f'<ul class="note">{reasons}</ul>')
+            f'<ul class="note">{items}</ul>')
 
 
-def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, digest_hex: str, qr_text: str) -> str:
-    """The HTML page for a certificate payload; ``qr_text`` is the signed claim (``qrclaim.encode_qr``).
-
-    Raises:
-        ValueError: unknown language.
-    """
-    if lang not in _T:
-        raise ValueError(f"language {lang!r}: choose {', '.join(LANGUAGES)}")
-    t, m, ident = _T[lang], payload["m"], payload["identity"]
+def render_certificate(payload: dict[str, Any], *, language: Language, key_id_hex: str, digest_hex: str,
+                       qr_text: str) -> str:
+    """The HTML page for a certificate payload in ``language``; ``qr_text`` is the signed claim
+    (``qrclaim.encode_qr``)."""
+    t, m, ident = language, payload["m"], payload["identity"]
     na = f'<span class="na">{_e(t["na"])}</span>'
     missing = f'<span class="na">{_e(t["missing"])}</span>'
 
     def num(key: str, unit: str) -> str:
-        return f"{round(m[key], 2):g} {unit}" if key in m else missing
-
-    from .passport import rfc3339  # local: keeps this module's imports to the page itself
+        return f"{t.num(round(m[key], 2), None)} {unit}" if key in m else missing
 
     cells = m.get("cells_v", [])
-    cells_note = t["cells_m"].format(n=len(cells), lo=f"{min(cells):.3f}", hi=f"{max(cells):.3f}",
+    cells_note = t["cells_m"].format(n=len(cells), lo=t.num(min(cells), 3), hi=t.num(max(cells), 3),
                                      mv=round((max(cells) - min(cells)) * 1000)) if cells else ""
     # alphanumeric mode (Base45's alphabet); level Q survives a crease or a smudge on the printed page
     qr = segno.make(qr_text, error="q", boost_error=False).svg_inline(scale=4, border=4, omitsize=True)
+    source = t.strings.get(f"source_{ident['rated_source']}", ident["rated_source"])
     identity_rows = "".join([
         _row(t["vehicle"], _e(ident["vehicle"])),
         _row(t["serial"], _e(payload.get("bat") or t["missing"])),
         _row(t["part"], _e(ident.get("part_number") or t["missing"])),
         _row(t["generation"], _e((ident.get("generation") or t["missing"]).upper())),
-        _row(t["rated"], f'{ident["rated_energy_kwh"]:g} kWh / {ident["rated_capacity_ah"]:g} Ah',
-             ident["rated_source"]),
+        _row(t["rated"], f'{t.num(ident["rated_energy_kwh"], None)} kWh / {t.num(ident["rated_capacity_ah"], None)} Ah',
+             source),
         _row(t["vin"], f'<code>{_e(ident.get("vin_hash") or t["missing"])}</code>'),
-        _row(t["inspected"], _e(rfc3339(payload["ts"] / 1000))),
+        _row(t["inspected"], _e(t.when(payload["ts"] / 1000))),
         _row(t["device"], f'{_e(payload["dev"])} · {_e(payload["sw"])} · ep {payload["ep"]} seq {payload["seq"]}'),
     ])
-    cap_note = t["cap_soh_m"].format(ah=m.get("capacity_ah", "?"), rated=ident["rated_capacity_ah"])
+    cap_note = t["cap_soh_m"].format(ah=t.num(m["capacity_ah"], None) if "capacity_ah" in m else "?",
+                                     rated=t.num(ident["rated_capacity_ah"], None))
     health = "".join(
         f'<div class="card"><div class="note">{_e(label)}</div><div class="big">{value}</div>'
         f'<div class="note">{_e(note)}</div></div>'
@@ -196,13 +256,18 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
         ])
     own = m.get("soh")
     if isinstance(own, dict) and "est_pct" in own:
-        note = t["own_soh_m"].format(lo=f"{own['lo_pct']:.1f}", hi=f"{own['hi_pct']:.1f}")
+        note = t["own_soh_m"].format(lo=t.num(own["lo_pct"]), hi=t.num(own["hi_pct"]))
         health = (f'<div class="card"><div class="note">{_e(t["own_soh"])}</div>'
-                  f'<div class="big">{own["est_pct"]:.1f} %</div><div class="note">{_e(note)}</div></div>') + health
+                  f'<div class="big">{t.num(own["est_pct"])} %</div><div class="note">{_e(note)}</div></div>') + health
     if "lbc_soh_pct" in m:
         health += (f'<div class="card"><div class="note">{_e(t["lbc_soh"])}</div>'
-                   f'<div class="big">{m["lbc_soh_pct"]:g} %</div></div>')
-    polls = ", ".join(f"{_e(k)}: {_e(v)}" for k, v in payload.get("polls", {}).items())
+                   f'<div class="big">{t.num(m["lbc_soh_pct"], None)} %</div></div>')
+    results = payload.get("polls", {})
+    failed = [name for name, result in results.items() if result != "ok"]
+    polls = _e(t["polls_m"].format(ok=len(results) - len(failed), n=len(results)))
+    if failed:  # the profile's names of the reads, for whoever looks into it
+        polls += f' · {_e(t["poll_failed"])}: <code>{_e(", ".join(failed))}</code>'
+    lang = t.code
     return f"""<!doctype html>
 <html lang="{lang}"><head><meta charset="utf-8"><meta name="viewport" content="width=device-width, initial-scale=1">
 <meta http-equiv="Content-Security-Policy" content="default-src 'none'; style-src 'unsafe-inline'">
@@ -215,9 +280,9 @@ def render_certificate(payload: dict[str, Any], *, lang: str, key_id_hex: str, d
 <h2>{_e(t["bars"])}: {num("capacity_bars", "/ 12")}</h2>{_bars_svg(m.get("capacity_bars"))}
 <h2>{_e(t["cells"])}</h2><p class="note">{_e(cells_note) if cells else missing}</p>{_cells_svg(cells)}
 <h2>{_e(t["temps"])}</h2>{_temps_svg(m.get("temps_c", [])) or missing}
-<h2>{_e(t["forecast"])}</h2>{_forecast_html(payload.get("forecast", {}), t) or
+<h2>{_e(t["forecast"])}</h2>{_forecast_html(payload, t) or
     f'<p>{na} <span class="note">{_e(t["na_reason"])}</span></p>'}
-<h2>{_e(t["warranty"])}</h2>{_warranty_html(payload.get("warranty", {}), t) or
+<h2>{_e(t["warranty"])}</h2>{_warranty_html(payload, t) or
     f'<p>{na} <span class="note">{_e(t["na_reason"])}</span></p>'}
 <h2>{_e(t["verify"])}</h2>
 <div class="card">

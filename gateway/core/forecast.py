@@ -211,7 +211,7 @@ def _factors(prior: Prior, chemistry: str, usage: Usage, soh_pct: float, horizon
                                 ("cycling", "dod_per_day", f"{usage.dod_per_day:.2f} cycles/day"),
                                 ("DC fast charging", "fast_share", f"{100 * usage.fast_share:.0f} % of charge")):
         changed = replace(REFERENCE, **{field_: getattr(usage, field_)})
-        factors.append({"factor": name, "value": value, "effect_pp": round(p50(changed) - base, 2)})
+        factors.append({"factor": name, "key": field_, "value": value, "effect_pp": round(p50(changed) - base, 2)})
     return sorted(factors, key=lambda f: f["effect_pp"])
 
 
@@ -228,4 +228,4 @@ def warranty(outlook: dict[str, Any], rule: WarrantyConfig, *, basis: str) -> di
                 f"{-f['effect_pp']:.1f} pp" for f in worst]
     return {"decision": "accept" if accept else "decline", "probability": round(probability, 3),
             "horizon_years": rule.horizon_years, "threshold_pct": rule.threshold_pct,
-            "min_probability": rule.min_probability, "reasons": reasons}
+            "min_probability": rule.min_probability, "reasons": reasons, "drivers": [f["key"] for f in worst]}

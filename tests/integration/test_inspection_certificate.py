@@ -28,6 +28,7 @@ from gateway.sim.demo import ecu_bus
 from gateway.sim.ecu import LbcResponder, run_ecu
 from tests.conftest import SCHEMA
 from tests.rig import wait_for
+from tests.unit.test_certificate_languages import ENGLISH_SENTENCES, visible
 
 CHROMIUM = find_browser()
 GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"
@@ -140,6 +141,8 @@ def test_japanese_page(tmp_path: Path) -> None:
     assert {oct(p.stat().st_mode & 0o777) for p in (tmp_path / "out").iterdir()} == {"0o600"}
     assert (tmp_path / "out").stat().st_mode & 0o777 == 0o700
     assert "承認" in page and "劣化予測" in page
+    text = visible(page)  # every sentence in Japanese, dates in Japanese form
+    assert [s for s in ENGLISH_SENTENCES if s in text] == [] and re.search(r"\d{4}年\d{1,2}月\d{1,2}日", text)
 
 
 def test_missing_ecu_exits_1_naming_it_and_writes_nothing(tmp_path: Path) -> None:

@@ -35,6 +35,9 @@ def test_certificate_page_shows_the_gateway_estimate_with_its_interval() -> None
     payload = {"m": {"soh": FIELDS["soh"], "soc_pct": 70.0}, "dev": "gw", "sw": "t", "ep": 1, "seq": 1,
                "ts": 1.7e12, "bat": None, "identity": {"vehicle": "Leaf", "rated_energy_kwh": 30.0,
                                                         "rated_capacity_ah": 79.0, "rated_source": "config"}}
+    from gateway.app.wiring import load_language
+
     for lang, label in (("en", "gateway estimate"), ("ja", "ゲートウェイ推定値")):
-        page = render_certificate(payload, lang=lang, key_id_hex="ab", digest_hex="cd", qr_text="BP1:X")
+        page = render_certificate(payload, language=load_language(lang), key_id_hex="ab", digest_hex="cd",
+                                  qr_text="BP1:X")
         assert label in page and "84.2 %" in page and "83.0-85.4" in page
