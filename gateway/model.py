@@ -184,6 +184,20 @@ class StoreResult:
     problems: list[tuple[str, str]] = field(default_factory=list)
 
 
+@dataclass(frozen=True, slots=True)
+class LogRow:
+    """One row of another tool's battery log (a LeafSpy CSV): values it decoded, not CAN frames. Units as
+    everywhere here; None where the row has no usable value."""
+
+    t: float                 # Unix time, s
+    capacity_ah: float | None  # the BMS's capacity (LeafSpy "AHr")
+    soh_pct: float | None    # the BMS's SOH
+    hx_pct: float | None
+    soc_pct: float | None
+    temp_c: float | None     # mean of the pack sensors
+    vin: str | None
+
+
 @dataclass
 class Counters:
     """Lifetime counters (PASSPORT.md), persisted with the chain position and carried in every passport.

@@ -111,6 +111,18 @@ def _parser() -> argparse.ArgumentParser:
                    help="language of certificate.html and .pdf (a file in gateway/data/lang each)")
     s.add_argument("--wait", type=float, default=5.0, metavar="S", help="how long to wait for the bus (default 5)")
 
+    s = sub.add_parser("import-log", help="import a vehicle's history from LeafSpy CSV logs into the forecast",
+                       description="Reads LeafSpy CSV logs (the Log_*.csv files LeafSpy Pro writes) and adds their "
+                                   "BMS capacity readings (AHr), one a week, to the SoH history the forecast uses, "
+                                   "kept apart from the device's own measurements: the forecast and the certificate "
+                                   "say which points were imported and from which logs. SOH, Hx, SoC and "
+                                   "temperatures are summarised in the import's record. All files or none; stop the "
+                                   "daemon on the same state_dir first. docs/soh.md.",
+                       epilog="example:\n  battery-gateway import-log ~/LeafSpy/Log_*.csv --config "
+                              "/etc/battery-gateway/gateway.toml", formatter_class=argparse.RawDescriptionHelpFormatter)
+    s.add_argument("files", nargs="+", metavar="LOG", help="LeafSpy CSV logs of this device's vehicle")
+    s.add_argument("--config", required=True, metavar="PATH")
+
     s = sub.add_parser("verify", help="verify envelopes and print their payloads as JSON; exit 1 if any fails",
                        description="Checks signatures, the hash chain and gaps per device, drops duplicates by "
                                    "(dev, ep, seq), and reports what is missing. Envelopes come from files, "
@@ -399,6 +411,26 @@ def _verify_qr(args: argparse.Namespace, qr_texts: list[tuple[str, str]]) -> int
     return 0 if genuine else 1
 
 
+def _cmd_import_log(args: argparse.Namespace) -> int:
+    from .importlog import import_logs
+    from .wiring import load_config
+
+    config = load_config(args.config)
+    results, sources = import_logs(config, args.files)
+    for (record, stats), name in zip(results, args.files, strict=True):
+        span = " to ".join(time.strftime("%Y-%m-%d", time.gmtime(record[k])) for k in ("from", "to"))
+        figures = [f"{label} {ends[0]:g} -> {ends[1]:g} {unit}" for label, key, unit in (
+            ("capacity", "capacity_ah", "Ah"), ("BMS SOH", "bms_soh_pct", "%"), ("Hx", "hx_pct", "%"))
+            if (ends := record[key])]
+        print(f"{name}: LeafSpy log, {stats.rows} rows ({stats.bad_rows} unreadable), {span}: "
+              f"{record['points_added']} weekly capacity points added; {', '.join(figures)}")
+        for example in stats.bad_examples:
+            print(f"  skipped {example}", file=sys.stderr)
+    print(f"history: {sources['device']} weekly points measured by this device, {sources['imported-log']} imported; "
+          "the next passport or inspection forecasts with them")
+    return 0
+
+
 def _cmd_trust_list(args: argparse.Namespace) -> int:
     from ..core.trustlist import open_trust_list
     from .trust import build_list, fingerprint, write_outputs
@@ -545,7 +577,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
              "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
              "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr, "ingest": _cmd_ingest,
-             "trust-list": _cmd_trust_list}
+             "trust-list": _cmd_trust_list, "import-log": _cmd_import_log}
 
 
 def main(argv: Sequence[str] | None = None) -> int:

@@ -13,6 +13,7 @@ wrong bits. Pure: values and times in, values out.
 
 from __future__ import annotations
 
+import hashlib
 from collections.abc import Callable
 from typing import Any
 
@@ -21,7 +22,7 @@ from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
 from .soh import OCV_CELL_V, SohEstimator
 
-__all__ = ["FAST_CHARGE_A", "MAX_PLAUSIBLE_SOH_PCT", "BatteryTracker"]
+__all__ = ["FAST_CHARGE_A", "MAX_PLAUSIBLE_SOH_PCT", "BatteryTracker", "vin_hash"]
 
 _CHARGING_A = 1.0  # pack_a above this counts as charging
 FAST_CHARGE_A = 40.0  # above this a Leaf is on a DC fast charger (on-board chargers give <= 30 A)
@@ -41,6 +42,12 @@ def _bin(value: float, edges: tuple[int, ...]) -> int:
         if value < edge:
             return i
     return len(edges)
+
+
+def vin_hash(salt: bytes, vin: str) -> str:
+    """The pseudonymous VIN (32 hex digits of SHA-256 over the device's salt and the VIN): the VIN itself
+    is never stored or sent."""
+    return hashlib.sha256(salt + vin.encode()).hexdigest()[:32]
 
 
 class BatteryTracker:

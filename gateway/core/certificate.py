@@ -62,6 +62,12 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
                 "part_number": tracker.texts.get("part_number"), "vin_hash": tracker.texts.get("vin_hash"),
                 "rated_energy_kwh": pack.energy_kwh, "rated_capacity_ah": pack.capacity_ah,
                 "rated_source": pack_source}
+    history = outlook["forecast"]["rate_factor"].get("history") if outlook else None
+    if history:
+        prov["forecast.rate_factor"] = {
+            "src": "imported-log", "method": "leafspy-import/1", "sw": sw,
+            "note": f"the vehicle's fade includes {history['imported-log']} weekly capacity points imported from "
+                    "another tool's log (LeafSpy), not measured by this device", "logs": history["logs"]}
     reason = "no present SoH: no gateway estimate, BMS capacity or BMS SOH was read"
     forecast = outlook["forecast"] if outlook else {"status": NOT_AVAILABLE, "reason": reason}
     warranty = outlook["warranty"] if outlook else {"status": NOT_AVAILABLE, "decision": None, "reason": reason}

@@ -51,6 +51,9 @@ def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule
                        history=tracker.soh.history(rated), extra_horizons=(rule.horizon_years,))
     decision = warranty(outlook, rule, basis=basis)
     del outlook["_samples"]
+    sources = tracker.soh.history_sources()
+    if sources["imported-log"]:  # the fade the forecast saw includes points this device did not measure
+        outlook["rate_factor"]["history"] = sources
     outlook["present"] = {"soh_pct": round(soh, 2), "sigma_pct": round(sigma, 2), "basis": basis,
                           "method": method}
     return {"forecast": outlook, "warranty": decision}

@@ -146,7 +146,12 @@ def _valid(s: dict[str, Any]) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
     try:
-        return (len(s["x"]) == 2 and all(map(num, s["x"])) and s["x"][0] > 0
+        imported = s.get("imported", {})
+        imported_ok = (all(len(h) == 2 and num(h[0]) and num(h[1]) and h[1] > 0 for h in imported.get("points", []))
+                       and all(isinstance(log, dict) for log in imported.get("logs", [])))
+        if "x" not in s:  # no estimate yet, perhaps a history imported before the first drive
+            return set(s) <= {"imported"} and imported_ok
+        return (imported_ok and len(s["x"]) == 2 and all(map(num, s["x"])) and s["x"][0] > 0
                 and len(s["p"]) == 2 and all(len(r) == 2 and all(map(num, r)) for r in s["p"])
                 and isinstance(s["n"], int) and s["n"] >= 0 and (s["t"] is None or num(s["t"]))
                 and all(len(h) == 2 and num(h[0]) and num(h[1]) for h in s.get("hist", []))
@@ -348,10 +353,28 @@ class SohEstimator:
             out["r_mohm"] = st["r_mohm"]
         return out
 
+    def _merged(self) -> list[tuple[float, float, bool]]:
+        """(t, capacity Ah, imported?) of the device's own weekly history and the points imported from
+        other tools' logs (``import-log``), oldest first; where both have a point within half a week, the
+        device's own measurement wins."""
+        own = [(t, cap, False) for t, cap in self.state.get("hist", [])]
+        imported = [(t, cap, True) for t, cap in self.state.get("imported", {}).get("points", [])
+                    if all(abs(t - o[0]) >= 3.5 * 86400 for o in own)]
+        return sorted(own + imported)
+
     def history(self, rated_ah: float) -> list[tuple[float, float]]:
-        """(days since the first entry, SoH %) at most weekly, oldest first."""
-        hist = self.state.get("hist", [])
-        return [((t - hist[0][0]) / 86400.0, 100.0 * cap / rated_ah) for t, cap in hist]
+        """(days since the first entry, SoH %) at most weekly, oldest first, imported points included."""
+        hist = self._merged()
+        return [((t - hist[0][0]) / 86400.0, 100.0 * cap / rated_ah) for t, cap, _ in hist]
+
+    def history_sources(self) -> dict[str, Any]:
+        """Where ``history`` comes from, for the forecast's provenance: how many points this device
+        measured, how many came from imported logs, and which logs."""
+        merged = self._merged()
+        imported = sum(1 for *_, is_imported in merged if is_imported)
+        logs = self.state.get("imported", {}).get("logs", [])
+        return {"device": len(merged) - imported, "imported-log": imported,
+                "logs": [{k: log.get(k) for k in ("source", "file", "rows", "from", "to")} for log in logs]}
 
     def details(self) -> dict[str, Any]:
         """What the estimate rests on, for the passport's provenance."""

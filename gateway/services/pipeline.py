@@ -10,13 +10,12 @@ message, so no ``(ep, seq)`` is ever handed out twice or skipped; the one way ou
 
 from __future__ import annotations
 
-import hashlib
 import logging
 from collections import Counter
 from collections.abc import Callable
 from typing import Any
 
-from ..core.battery import BatteryTracker
+from ..core.battery import BatteryTracker, vin_hash
 from ..core.config import PublishConfig
 from ..core.decoding import Decoder
 from ..core.passport import build_batch, build_passport, build_reading
@@ -154,8 +153,7 @@ class Pipeline:
         self._tracker.arrays.update(got.arrays)
         for name, text in got.texts.items():
             if name == "vin":  # pseudonymise at once: the VIN itself is never stored or sent
-                digest = hashlib.sha256(self._vin_salt + text.encode()).hexdigest()[:32]
-                self._tracker.texts["vin_hash"] = digest
+                self._tracker.texts["vin_hash"] = vin_hash(self._vin_salt, text)
             else:
                 self._tracker.texts[name] = text
         if got.generation:

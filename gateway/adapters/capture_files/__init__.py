@@ -38,6 +38,7 @@ from ...errors import CaptureError
 from ...model import Frame
 from ._python_can_formats import LIBRARY, read_with_python_can
 from ._text_formats import CHUNK, PARSERS, CaptureStats, parse_candump_l, parse_lines, read_lines, text_stream
+from .leafspy import is_leafspy
 
 __all__ = ["STDIN", "CaptureStats", "read_capture"]
 
@@ -183,6 +184,9 @@ class _Replayed(io.RawIOBase):
 # --- detection -----------------------------------------------------------------------------------
 
 def _detect(head: bytes, suffix: str, name: str) -> str:
+    if is_leafspy(head):
+        raise CaptureError("a LeafSpy log (values LeafSpy decoded, not CAN frames): import its history with "
+                           f"`battery-gateway import-log {name} --config PATH`", path=name)
     for magic, binary in _MAGIC:
         if head.startswith(magic):
             return binary

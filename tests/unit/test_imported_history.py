@@ -1,0 +1,67 @@
+"""A vehicle's history imported from another tool's log (core/imported.py) and how the SoH estimator
+merges it with its own (core/soh.py): weekly, idempotent, the device's own points first, always marked."""
+
+from __future__ import annotations
+
+import pytest
+
+from gateway.core.imported import WEEK_S, import_rows
+from gateway.core.soh import SohEstimator
+from gateway.model import LogRow
+
+T0 = 1_600_000_000.0
+DAY = 86_400.0
+
+
+def row(t: float, cap: float | None, soh: float | None = 90.0) -> LogRow:
+    return LogRow(t=t, capacity_ah=cap, soh_pct=soh, hx_pct=80.0, soc_pct=60.0, temp_c=15.0, vin="SJNFAAZE0U6064208")
+
+
+def test_one_point_a_week_the_last_reading_of_it_and_a_summary() -> None:
+    state: dict[str, object] = {}
+    rows = [row(T0 + h * 3600, 70.0 - h / 1000) for h in range(0, 24 * 21, 6)]  # three weeks, every 6 h
+    record = import_rows(state, rows, source="leafspy", file="Log_1.csv", vin_hash="ab")
+    points = state["imported"]["points"]  # type: ignore[index]
+    assert len(points) == len({int(r.t // WEEK_S) for r in rows}) == record["points_added"]
+    last_of_first_week = max((r for r in rows if int(r.t // WEEK_S) == int(rows[0].t // WEEK_S)), key=lambda r: r.t)
+    assert points[0] == [last_of_first_week.t, round(last_of_first_week.capacity_ah or 0, 4)]
+    assert record["capacity_ah"] == [70.0, round(rows[-1].capacity_ah or 0, 2)] and record["rows"] == len(rows)
+    assert record["soc_mean_pct"] == 60.0 and record["temp_mean_c"] == 15.0 and record["vin_hash"] == "ab"
+
+
+def test_importing_the_same_log_twice_adds_nothing() -> None:
+    state: dict[str, object] = {}
+    rows = [row(T0 + d * DAY, 70.0) for d in range(30)]
+    import_rows(state, rows, source="leafspy", file="a.csv", vin_hash=None)
+    again = import_rows(state, rows, source="leafspy", file="a.csv", vin_hash=None)
+    assert again["points_added"] == 0 and len(state["imported"]["logs"]) == 1  # type: ignore[index]
+
+
+def test_a_log_without_capacity_readings_is_refused() -> None:
+    with pytest.raises(ValueError, match="no row has a capacity"):
+        import_rows({}, [row(T0, None)], source="leafspy", file="a.csv", vin_hash=None)
+
+
+def test_the_estimator_merges_imported_points_and_prefers_its_own() -> None:
+    est = SohEstimator(rated_ah=79.0)
+    est.state["hist"] = [[T0 + 400 * DAY, 70.0]]
+    import_rows(est.state, [row(T0 + d * DAY, 79.0 - d / 50) for d in range(0, 401, 7)], source="leafspy",
+                file="a.csv", vin_hash=None)
+    history = est.history(79.0)
+    assert history[0] == (0.0, 100.0) and history[-1][1] == pytest.approx(100 * 70.0 / 79.0)
+    sources = est.history_sources()
+    assert sources["device"] == 1 and sources["imported-log"] == len(history) - 1  # the week of day 400 is ours
+    assert sources["logs"][0]["file"] == "a.csv"
+
+
+def test_a_damaged_imported_table_resets_the_state_instead_of_misleading() -> None:
+    est = SohEstimator(rated_ah=79.0, state={"x": [70.0, 0.0], "p": [[1, 0], [0, 1]], "n": 1, "t": None,
+                                             "imported": {"points": [["yesterday", 70.0]], "logs": []}})
+    assert "imported" not in est.state and est.rejected["state-reset"] == 1
+
+
+def test_a_history_imported_before_the_first_drive_survives_the_next_start() -> None:
+    state: dict[str, object] = {}
+    import_rows(state, [row(T0, 70.0)], source="leafspy", file="a.csv", vin_hash=None)
+    est = SohEstimator(rated_ah=79.0, state=state)
+    assert est.rejected["state-reset"] == 0 and est.history_sources()["imported-log"] == 1 and "x" in est.state
