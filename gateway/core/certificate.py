@@ -11,6 +11,7 @@ from __future__ import annotations
 from typing import Any
 
 from .battery import MAX_PLAUSIBLE_SOH_PCT, BatteryTracker
+from .imported import imported_note
 from .passport import build_passport, build_reading
 
 __all__ = ["NOT_AVAILABLE", "build_certificate"]
@@ -66,8 +67,7 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
     if history:
         prov["forecast.rate_factor"] = {
             "src": "imported-log", "method": "leafspy-import/1", "sw": sw,
-            "note": f"the vehicle's fade includes {history['imported-log']} weekly capacity points imported from "
-                    "another tool's log (LeafSpy), not measured by this device", "logs": history["logs"]}
+            "note": imported_note(history), "logs": history["logs"]}
     reason = "no present SoH: no gateway estimate, BMS capacity or BMS SOH was read"
     forecast = outlook["forecast"] if outlook else {"status": NOT_AVAILABLE, "reason": reason}
     warranty = outlook["warranty"] if outlook else {"status": NOT_AVAILABLE, "decision": None, "reason": reason}

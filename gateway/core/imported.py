@@ -11,10 +11,16 @@ from typing import Any
 
 from ..model import LogRow
 
-__all__ = ["MAX_POINTS", "WEEK_S", "import_rows"]
+__all__ = ["MAX_POINTS", "WEEK_S", "import_rows", "imported_note"]
 
 WEEK_S = 7 * 86_400
 MAX_POINTS = 520  # ten years of weekly points
+
+
+def imported_note(history: dict[str, Any]) -> str:
+    """The provenance note of a forecast whose history includes imported points (``history_sources``)."""
+    return (f"the vehicle's fade includes {history['imported-log']} weekly capacity points imported from another "
+            "tool's log (LeafSpy), not measured by this device")
 
 
 def _ends(values: list[float]) -> list[float] | None:

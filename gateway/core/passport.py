@@ -14,6 +14,7 @@ from typing import Any
 
 from ..model import SOC_BINS_PCT, TEMP_BINS_C
 from .battery import BatteryTracker
+from .imported import imported_note
 
 __all__ = ["PAYLOAD_VERSION", "READING_FIELDS", "RESOLUTION", "build_batch", "build_passport", "build_reading",
            "expand_batch", "rfc3339", "ts_ms"]
@@ -227,6 +228,9 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
         prov["ext.forecast"] = _src("", outlook["forecast"]["method"], "%", src="gateway-estimated",
                                     basis=f"prior {outlook['forecast']['prior']}; present SoH "
                                           f"{outlook['forecast']['present']['basis']}")
+        history = outlook["forecast"]["rate_factor"].get("history")
+        if history:  # the fade includes points another tool logged: say so where the forecast is published
+            prov["ext.forecast"]["note"] = imported_note(history)
         prov["ext.warranty"] = _src("", "warranty-rule/1", "", src="gateway-estimated",
                                     basis="P(SoH >= threshold at horizon) from the forecast draws")
     for p in prov.values():
