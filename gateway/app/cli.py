@@ -426,8 +426,9 @@ def _cmd_import_log(args: argparse.Namespace) -> int:
               f"{record['points_added']} weekly capacity points added; {', '.join(figures)}")
         for example in stats.bad_examples:
             print(f"  skipped {example}", file=sys.stderr)
-    print(f"history: {sources['device']} weekly points measured by this device, {sources['imported-log']} imported; "
-          "the next passport or inspection forecasts with them")
+    print(f"history: {sources['device']} weekly points measured by this device, {sources['imported-log']} imported. "
+          "The forecast uses imported points for the car whose VIN it reads, dated before the device's own, until "
+          "its own span 180 days; they can make the forecast worse, never better")
     return 0
 
 

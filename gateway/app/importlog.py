@@ -38,11 +38,13 @@ def import_logs(config: Config, files: list[str]) -> tuple[list[tuple[dict[str, 
             vins = {row.vin for row in rows if row.vin}
             if len(vins) > 1:
                 raise CaptureError(f"rows of {len(vins)} vehicles (VINs differ): one vehicle per log", path=name)
-            digest = vin_hash(salt, vins.pop()) if vins else None
-            if digest is not None and known and digest not in known:
+            if not vins:
+                raise CaptureError("no VIN in the log: it cannot be tied to a vehicle", path=name)
+            digest = vin_hash(salt, vins.pop())
+            if known and digest not in known:
                 raise CaptureError("another vehicle's log (its VIN differs from the logs imported before): a "
                                    "device keeps the history of one vehicle", path=name)
-            known |= {digest} - {None}
+            known.add(digest)
             try:
                 record = import_rows(counters.soh, rows, source="leafspy", file=Path(name).name, vin_hash=digest)
             except ValueError as exc:

@@ -51,8 +51,10 @@ class Language:
                                 mm=f"{t.minute:02d}")
 
 
-def _fields(text: str) -> set[str]:
-    return {name for _, name, _, _ in string.Formatter().parse(text) if name}
+def _fields(text: str) -> set[tuple[str, str, str]]:
+    """The ``{placeholders}`` of a text, with their format spec and conversion (a translation may move
+    them, not change them)."""
+    return {(name, spec or "", conv or "") for _, name, spec, conv in string.Formatter().parse(text) if name}
 
 
 def language_from_table(code: str, table: dict[str, Any], reference: dict[str, Any]) -> Language:
@@ -62,6 +64,8 @@ def language_from_table(code: str, table: dict[str, Any], reference: dict[str, A
     Raises:
         ValueError: naming the key that is missing, extra or has other placeholders.
     """
+    if not isinstance(table, dict):
+        raise ValueError("not a JSON object")
     strings, ref = table.get("strings"), reference["strings"]
     if not isinstance(strings, dict) or not all(isinstance(v, str) for v in strings.values()):
         raise ValueError("'strings' must map keys to texts")
@@ -69,15 +73,15 @@ def language_from_table(code: str, table: dict[str, Any], reference: dict[str, A
         raise ValueError(f"key {key!r} is {'missing' if key in ref else 'not in the English file'}")
     for key, text in strings.items():
         if _fields(text) != _fields(ref[key]):
-            raise ValueError(f"key {key!r}: placeholders {sorted(_fields(text))}, "
-                             f"English has {sorted(_fields(ref[key]))}")
+            raise ValueError(f"key {key!r}: placeholders {sorted(n for n, *_ in _fields(text))}, "
+                             f"English has {sorted(n for n, *_ in _fields(ref[key]))}")
     months = table.get("months")
     if not (isinstance(months, list) and len(months) == 12 and all(isinstance(m, str) for m in months)):
         raise ValueError("'months' must list 12 month names")
     date, decimal, name = table.get("date"), table.get("decimal"), table.get("name")
-    if not (isinstance(date, str) and _fields(date) <= {"y", "month", "d", "hh", "mm"} and isinstance(decimal, str)
-            and len(decimal) == 1 and isinstance(name, str)):
-        raise ValueError("'date' (with {y} {month} {d} {hh} {mm}), 'decimal' (one character) and 'name' are required")
+    if not (isinstance(date, str) and _fields(date) <= {(k, "", "") for k in ("y", "month", "d", "hh", "mm")}
+            and decimal in (".", ",") and isinstance(name, str)):
+        raise ValueError("'date' (with {y} {month} {d} {hh} {mm}), 'decimal' (. or ,) and 'name' are required")
     return Language(code, name, decimal, tuple(months), date, dict(strings))
 
 
@@ -187,6 +191,9 @@ def _forecast_html(payload: dict[str, Any], t: Language) -> str:
     chem = t.strings.get(f"chem_{fc['chemistry']}", fc["chemistry"])
     text = t["fc_basis"].format(prior=fc["prior"], chem=chem, usage=usage)
     present = _present(fc, payload["m"], payload["identity"], t)
+    history = fc.get("rate_factor", {}).get("history")
+    if history:
+        text += " " + t["imported_history"].format(n=history["imported-log"])
     return (f'<table>{head}{rows}</table><p class="note">{_e(present)}</p>'
             f'<p class="note">{_e(t["drivers"])}</p><ul class="note">{drivers}</ul><p class="note">{_e(text)}</p>')
 

@@ -140,21 +140,28 @@ def _loss_at(loss: list[float], years: Sequence[float], t: float) -> float:
 
 def forecast(prior: Prior, chemistry: str, usage: Usage, *, soh_pct: float, soh_sigma_pct: float,
              history: Sequence[tuple[float, float]] = (), horizons: Sequence[float] = (1.0, 3.0, 5.0),
-             extra_horizons: Sequence[float] = ()) -> dict[str, Any]:
+             extra_horizons: Sequence[float] = (), history_may_slow: bool = True) -> dict[str, Any]:
     """P10/P50/P90 of SoH at each horizon, the draws behind them, and the factors that drive the fade.
 
     Args:
         soh_pct, soh_sigma_pct: the present SoH and its 1-sigma uncertainty.
         history: (days since the first estimate, SoH %) of this vehicle, oldest first.
+        history_may_slow: False when the history includes points another tool logged (``import-log``):
+            then it may make the fade faster than the prior says, never slower (a doctored log must not
+            buy a better forecast).
     """
     loss = _loss(prior, chemistry, usage)
     mu = math.log(1.0 + FAST_CHARGE_FACTOR * usage.fast_share)
     sigma = RATE_SIGMA_LN
     observed = _observed_rate(loss, prior.years, history)
+    applied = False
     if observed is not None:  # combine the prior with the vehicle's own fade, in log space
         mu_obs, sigma_obs = observed
         w = sigma_obs ** 2 / (sigma_obs ** 2 + sigma ** 2)
-        mu, sigma = w * mu + (1 - w) * mu_obs, math.sqrt(1.0 / (1.0 / sigma ** 2 + 1.0 / sigma_obs ** 2))
+        combined = w * mu + (1 - w) * mu_obs
+        if history_may_slow or combined >= mu:  # else the prior stands, its spread too
+            mu, sigma = combined, math.sqrt(1.0 / (1.0 / sigma ** 2 + 1.0 / sigma_obs ** 2))
+            applied = True
     rng = random.Random(f"{chemistry}|{soh_pct:.3f}|{soh_sigma_pct:.3f}|{usage}|{history}")
     draws = [(min(100.0, rng.gauss(soh_pct, soh_sigma_pct)), math.exp(rng.gauss(mu, sigma))) for _ in range(_DRAWS)]
     out: dict[str, Any] = {"method": "blast-lite-prior/1", "prior": prior.generator, "chemistry": chemistry,
@@ -167,7 +174,7 @@ def forecast(prior: Prior, chemistry: str, usage: Usage, *, soh_pct: float, soh_
                                      "basis": "this vehicle's counters" if usage.days >= MIN_DAYS else
                                               f"reference vehicle (less than {MIN_DAYS:g} days of counters)"},
                            "rate_factor": {"median": round(math.exp(mu), 3), "sigma_ln": round(sigma, 3),
-                                           "from_history": observed is not None},
+                                           "from_history": applied},
                            "horizons": {}}
     samples: dict[float, list[float]] = {}
     for h in (*horizons, *extra_horizons):

@@ -47,11 +47,13 @@ def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule
     rated = tracker.pack()[0].capacity_ah
     usage = usage_from_counters(c, rated_ah=rated, soc_edges=SOC_BINS_PCT, temp_edges=TEMP_BINS_C,
                                 days=(now - c.since_ts) / 86400.0 if c.since_ts else 0.0)
+    vin = tracker.texts.get("vin_hash")  # imported logs count only for the car read now
+    sources = tracker.soh.history_sources(vin)
     outlook = forecast(prior, chemistry, usage, soh_pct=soh, soh_sigma_pct=sigma,
-                       history=tracker.soh.history(rated), extra_horizons=(rule.horizon_years,))
+                       history=tracker.soh.history(rated, vin), extra_horizons=(rule.horizon_years,),
+                       history_may_slow=not sources["imported-log"])
     decision = warranty(outlook, rule, basis=basis)
     del outlook["_samples"]
-    sources = tracker.soh.history_sources()
     if sources["imported-log"]:  # the fade the forecast saw includes points this device did not measure
         outlook["rate_factor"]["history"] = sources
     outlook["present"] = {"soh_pct": round(soh, 2), "sigma_pct": round(sigma, 2), "basis": basis,

@@ -41,7 +41,8 @@ def build_claim(payload: dict[str, Any], *, certificate_sha256: bytes) -> dict[s
     model, ``gen`` pack generation, ``rat`` [rated kWh, rated Ah] in tenths, ``bat`` pack serial, ``vin``
     pseudonymous VIN hash, ``soh`` present SoH {``p``, ``lo``, ``hi`` (80 % interval), ``m`` method} in
     tenths of %, ``bms`` the BMS's own SOH, ``f3`` forecast median at +3 years, ``w`` warranty decision
-    ("accept"/"decline") with ``wp`` its probability in %, ``cert`` SHA-256 of certificate.cose. A figure
+    ("accept"/"decline") with ``wp`` its probability in %, ``imp`` how many weekly points of the forecast's
+    history were imported from another tool's logs, ``cert`` SHA-256 of certificate.cose. A figure
     the inspection did not get is left out, never sent as a guess.
     """
     ident, m = payload["identity"], payload["m"]
@@ -74,6 +75,9 @@ def build_claim(payload: dict[str, Any], *, certificate_sha256: bytes) -> dict[s
     three = payload.get("forecast", {}).get("horizons", {}).get("+3y")
     if three:
         claim["f3"] = _tenths(three["p50"])
+    history = payload.get("forecast", {}).get("rate_factor", {}).get("history")
+    if history:  # the forecast's fade includes points another tool logged: the buyer is told
+        claim["imp"] = history["imported-log"]
     w = payload.get("warranty", {})
     if w.get("decision") in ("accept", "decline"):
         claim["w"] = w["decision"]

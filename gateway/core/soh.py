@@ -146,12 +146,9 @@ def _valid(s: dict[str, Any]) -> bool:
         return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
     try:
-        imported = s.get("imported", {})
-        imported_ok = (all(len(h) == 2 and num(h[0]) and num(h[1]) and h[1] > 0 for h in imported.get("points", []))
-                       and all(isinstance(log, dict) for log in imported.get("logs", [])))
         if "x" not in s:  # no estimate yet, perhaps a history imported before the first drive
-            return set(s) <= {"imported"} and imported_ok
-        return (imported_ok and len(s["x"]) == 2 and all(map(num, s["x"])) and s["x"][0] > 0
+            return set(s) <= {"imported"}
+        return (len(s["x"]) == 2 and all(map(num, s["x"])) and s["x"][0] > 0
                 and len(s["p"]) == 2 and all(len(r) == 2 and all(map(num, r)) for r in s["p"])
                 and isinstance(s["n"], int) and s["n"] >= 0 and (s["t"] is None or num(s["t"]))
                 and all(len(h) == 2 and num(h[0]) and num(h[1]) for h in s.get("hist", []))
@@ -159,6 +156,16 @@ def _valid(s: dict[str, Any]) -> bool:
                                        and num(s["ml"]["floor"]) and s["ml"]["floor"] >= 0)))
     except (KeyError, TypeError):
         return False
+
+
+def _valid_imported(record: Any) -> bool:
+    def num(v: Any) -> bool:
+        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+
+    return (isinstance(record, dict) and isinstance(record.get("points"), list) and isinstance(record.get("logs"), list)
+            and all(isinstance(p, list) and len(p) == 2 and num(p[0]) and num(p[1]) and p[1] > 0
+                    for p in record["points"])
+            and all(isinstance(log, dict) for log in record["logs"]))
 
 
 @dataclass
@@ -175,6 +182,9 @@ class SohEstimator:
 
     def __post_init__(self) -> None:
         s = self.state
+        if "imported" in s and not _valid_imported(s["imported"]):  # only the imported history goes
+            del s["imported"]
+            self.rejected["imported-reset"] += 1
         if s and not _valid(s):  # a damaged or foreign record: start over rather than crash or mislead
             s.clear()
             self.rejected["state-reset"] += 1
@@ -353,28 +363,40 @@ class SohEstimator:
             out["r_mohm"] = st["r_mohm"]
         return out
 
-    def _merged(self) -> list[tuple[float, float, bool]]:
+    def _merged(self, vin_hash: str | None) -> list[tuple[float, float, bool]]:
         """(t, capacity Ah, imported?) of the device's own weekly history and the points imported from
-        other tools' logs (``import-log``), oldest first; where both have a point within half a week, the
-        device's own measurement wins."""
+        other tools' logs (``import-log``), oldest first.
+
+        Imported points count only for the vehicle whose logs they came from (``vin_hash``, read from the
+        car now), only before the device's own first point, and not at all once the device's own points
+        span 180 days: the device's measurements always win, and a log cannot stand in for them.
+        """
         own = [(t, cap, False) for t, cap in self.state.get("hist", [])]
-        imported = [(t, cap, True) for t, cap in self.state.get("imported", {}).get("points", [])
-                    if all(abs(t - o[0]) >= 3.5 * 86400 for o in own)]
+        if own and own[-1][0] - own[0][0] >= 180 * 86400:
+            return own
+        record = self.state.get("imported", {})
+        logs = record.get("logs", [])
+        if vin_hash is None or not logs or any(log.get("vin_hash") != vin_hash for log in logs):
+            return own
+        first_own = own[0][0] if own else math.inf
+        imported = [(t, cap, True) for t, cap in record.get("points", []) if t < first_own - 3.5 * 86400]
         return sorted(own + imported)
 
-    def history(self, rated_ah: float) -> list[tuple[float, float]]:
-        """(days since the first entry, SoH %) at most weekly, oldest first, imported points included."""
-        hist = self._merged()
+    def history(self, rated_ah: float, vin_hash: str | None = None) -> list[tuple[float, float]]:
+        """(days since the first entry, SoH %) at most weekly, oldest first; imported points as ``_merged``
+        admits them for the vehicle ``vin_hash``."""
+        hist = self._merged(vin_hash)
         return [((t - hist[0][0]) / 86400.0, 100.0 * cap / rated_ah) for t, cap, _ in hist]
 
-    def history_sources(self) -> dict[str, Any]:
+    def history_sources(self, vin_hash: str | None = None) -> dict[str, Any]:
         """Where ``history`` comes from, for the forecast's provenance: how many points this device
-        measured, how many came from imported logs, and which logs."""
-        merged = self._merged()
+        measured, how many came from imported logs (their source, rows and dates; never the file name,
+        which LeafSpy makes from the VIN)."""
+        merged = self._merged(vin_hash)
         imported = sum(1 for *_, is_imported in merged if is_imported)
-        logs = self.state.get("imported", {}).get("logs", [])
+        logs = self.state.get("imported", {}).get("logs", []) if imported else []
         return {"device": len(merged) - imported, "imported-log": imported,
-                "logs": [{k: log.get(k) for k in ("source", "file", "rows", "from", "to")} for log in logs]}
+                "logs": [{k: log.get(k) for k in ("source", "rows", "from", "to")} for log in logs]}
 
     def details(self) -> dict[str, Any]:
         """What the estimate rests on, for the passport's provenance."""

@@ -3,14 +3,19 @@ forecast, marked as imported; ``replay`` recognises such a log instead of failin
 
 from __future__ import annotations
 
+import html
 import json
+import re
 import subprocess
 import sys
 import time
 from pathlib import Path
+from typing import Any
 
 import pytest
 
+from gateway.core.qrclaim import decode_qr
+from gateway.core.signing import open_envelope
 from gateway.sim.battery import LeafBattery
 from gateway.sim.ecu import LbcResponder
 from tests.conftest import SHARED
@@ -24,8 +29,10 @@ def cli(*args: str) -> subprocess.CompletedProcess[str]:
     return subprocess.run([sys.executable, "-m", "gateway", *args], capture_output=True, text=True, timeout=120)
 
 
-def write_log(path: Path, *, start: float, days: int, ah_from: float, ah_to: float,
-              vin: str = "SJNFAAZE0U6064208") -> Path:
+SIM_VIN = LbcResponder.__dataclass_fields__["vin"].default  # the VIN the simulated car answers with
+
+
+def write_log(path: Path, *, start: float, days: int, ah_from: float, ah_to: float, vin: str = SIM_VIN) -> Path:
     """A LeafSpy-format log: three rows a week, the capacity falling linearly."""
     lines = [HEADER]
     for day in range(0, days + 1, 2):
@@ -57,13 +64,7 @@ def test_a_real_leafspy_log_is_recognised_by_replay_and_imported(tmp_path: Path)
     assert "0 weekly points measured by this device, 1 imported" in again.stdout
 
 
-def test_imported_years_drive_the_forecast_and_say_so_in_the_certificate(tmp_path: Path) -> None:
-    config, port = bay.setup(tmp_path, "aze0")
-    now = time.time()
-    log = write_log(tmp_path / "Log_U6064208_2024.csv", start=now - 730 * 86_400, days=720, ah_from=76.0,
-                    ah_to=66.4)
-    done = cli("import-log", str(log), "--config", str(config))
-    assert done.returncode == 0, done.stderr
+def inspect_car(tmp_path: Path, config: Path, port: int) -> dict[str, Any]:
     battery = LeafBattery(generation="aze0", rated_kwh=30.0, rated_ah=79.0, soh_pct=84)
     ecu = bay.Ecu(port, battery, LbcResponder(battery))
     try:
@@ -71,14 +72,46 @@ def test_imported_years_drive_the_forecast_and_say_so_in_the_certificate(tmp_pat
     finally:
         ecu.close()
     assert out.returncode == 0, out.stderr
-    certificate = json.loads((tmp_path / "out" / "certificate.json").read_text())
+    certificate: dict[str, Any] = json.loads((tmp_path / "out" / "certificate.json").read_text())
+    return certificate
+
+
+def test_imported_years_of_this_car_drive_the_forecast_and_say_so_everywhere(tmp_path: Path) -> None:
+    config, port = bay.setup(tmp_path, "aze0")
+    now = time.time()
+    log = write_log(tmp_path / "Log_U0012345_2024.csv", start=now - 730 * 86_400, days=720, ah_from=76.0,
+                    ah_to=66.4)
+    done = cli("import-log", str(log), "--config", str(config))
+    assert done.returncode == 0, done.stderr
+    certificate = inspect_car(tmp_path, config, port)
     rate = certificate["forecast"]["rate_factor"]
     assert rate["from_history"] is True  # two years of the vehicle's own fade, not the prior alone
     assert rate["history"]["imported-log"] >= 100 and rate["history"]["device"] == 0
-    assert rate["history"]["logs"][0]["file"] == "Log_U6064208_2024.csv"
+    assert rate["history"]["logs"][0]["rows"] == 361 and "file" not in rate["history"]["logs"][0]  # no VIN tail
     prov = certificate["prov"]["forecast.rate_factor"]
     assert prov["src"] == "imported-log" and "not measured by this device" in prov["note"]
     assert rate["median"] > 1.0  # it faded faster than the prior's reference car
+    page = (tmp_path / "out" / "certificate.html").read_text()
+    assert f"includes {rate['history']['imported-log']} weekly points from another tool" in page
+    qr = re.search(r'id="qr-text">(BP1:[^<]+)<', page).group(1)  # type: ignore[union-attr]
+    assert open_envelope(decode_qr(html.unescape(qr))).payload["imp"] == rate["history"]["imported-log"]
+
+
+def test_a_doctored_log_cannot_buy_a_better_forecast_and_another_cars_log_counts_for_nothing(tmp_path: Path) -> None:
+    config, port = bay.setup(tmp_path, "aze0")
+    now = time.time()
+    # GIVEN a log claiming two years without fade (a seller's wish)
+    write_log(tmp_path / "flat.csv", start=now - 730 * 86_400, days=720, ah_from=67.0, ah_to=66.9)
+    assert cli("import-log", str(tmp_path / "flat.csv"), "--config", str(config)).returncode == 0
+    flat = inspect_car(tmp_path, config, port)["forecast"]["rate_factor"]
+    assert flat["median"] == 1.0 and flat["from_history"] is False and flat["history"]["imported-log"] > 0
+    # GIVEN another car's log on a fresh device (the car read now has another VIN)
+    config2, port2 = bay.setup(tmp_path / "b", "aze0")
+    log = write_log(tmp_path / "other.csv", start=now - 730 * 86_400, days=720, ah_from=76.0, ah_to=66.4,
+                    vin="SJNFAAZE0U6000001")
+    assert cli("import-log", str(log), "--config", str(config2)).returncode == 0
+    other = inspect_car(tmp_path / "b", config2, port2)
+    assert "history" not in other["forecast"]["rate_factor"] and "forecast.rate_factor" not in other["prov"]
 
 
 def test_another_vehicles_log_and_a_log_of_two_vehicles_are_refused_storing_nothing(tmp_path: Path) -> None:
@@ -95,4 +128,8 @@ def test_another_vehicles_log_and_a_log_of_two_vehicles_are_refused_storing_noth
     refused = cli("import-log", str(mixed), "--config", str(config))
     assert refused.returncode == 2 and "rows of 2 vehicles" in refused.stderr
     check = cli("import-log", str(first), "--config", str(config))
-    assert "0 weekly capacity points added" in check.stdout and "0 weekly points measured by this device" in check.stdout
+    assert "0 weekly capacity points added" in check.stdout
+    no_vin = tmp_path / "d.csv"
+    no_vin.write_text(first.read_text().replace(SIM_VIN, ""))
+    refused = cli("import-log", str(no_vin), "--config", str(config))
+    assert refused.returncode == 2 and "no VIN in the log" in refused.stderr

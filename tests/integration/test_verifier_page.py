@@ -329,6 +329,16 @@ def test_a_new_verdict_never_leaves_the_last_one_on_screen(site: Site, tmp_path:
         assert "State of health" not in result["text"] and "83.9 %" not in result["text"]  # no figures under revoked
 
 
+def test_a_forecast_with_imported_history_tells_the_buyer(site: Site, tmp_path: Path) -> None:
+    forecast = {**bay_certificate("gw-bay-1")["forecast"], "rate_factor": {"history": {"imported-log": 12}}}
+    with browser(tmp_path) as driver:
+        open_page(driver, site.page)
+        driver.find_element("id", "text").send_keys(site.qr("gw-bay-1", forecast=forecast))
+        driver.find_element("id", "check").click()
+        result = verdict(driver)
+    assert result["status"] == "genuine" and "12 weekly points from imported logs" in result["text"]
+
+
 def test_the_page_loads_nothing_and_allows_no_network(site: Site) -> None:
     page = site.page.read_text()
     csp = re.search(r'http-equiv="Content-Security-Policy" content="([^"]+)"', page)

@@ -42,26 +42,51 @@ def test_a_log_without_capacity_readings_is_refused() -> None:
         import_rows({}, [row(T0, None)], source="leafspy", file="a.csv", vin_hash=None)
 
 
-def test_the_estimator_merges_imported_points_and_prefers_its_own() -> None:
+def test_imported_points_count_only_for_their_vehicle_and_only_before_the_devices_own() -> None:
     est = SohEstimator(rated_ah=79.0)
     est.state["hist"] = [[T0 + 400 * DAY, 70.0]]
-    import_rows(est.state, [row(T0 + d * DAY, 79.0 - d / 50) for d in range(0, 401, 7)], source="leafspy",
-                file="a.csv", vin_hash=None)
-    history = est.history(79.0)
+    import_rows(est.state, [row(T0 + d * DAY, 79.0 - d / 50) for d in range(0, 420, 7)], source="leafspy",
+                file="Log_U6064208_1.csv", vin_hash="ab")
+    history = est.history(79.0, "ab")
     assert history[0] == (0.0, 100.0) and history[-1][1] == pytest.approx(100 * 70.0 / 79.0)
-    sources = est.history_sources()
-    assert sources["device"] == 1 and sources["imported-log"] == len(history) - 1  # the week of day 400 is ours
-    assert sources["logs"][0]["file"] == "a.csv"
+    sources = est.history_sources("ab")
+    assert sources["device"] == 1 and sources["imported-log"] == len(history) - 1
+    assert all(t < 396.5 for t, _ in history[:-1])  # nothing from the device's own time
+    assert sources["logs"] == [{"source": "leafspy", "rows": 60, "from": T0, "to": T0 + 413 * DAY}]  # no file name
+    for other in (None, "cd"):  # a car whose VIN was not read, or another car
+        assert est.history(79.0, other) == [(0.0, pytest.approx(100 * 70.0 / 79.0))]
+        assert est.history_sources(other)["imported-log"] == 0
+    est.state["hist"].insert(0, [T0 + 200 * DAY, 74.0])  # the device's own points span 200 days: its own only
+    assert est.history_sources("ab") == {"device": 2, "imported-log": 0, "logs": []}
 
 
-def test_a_damaged_imported_table_resets_the_state_instead_of_misleading() -> None:
+def test_an_imported_history_may_make_the_fade_faster_never_slower() -> None:
+    from gateway.app.wiring import load_prior
+    from gateway.core.forecast import REFERENCE, forecast
+
+    prior = load_prior()
+    slow = [(0.0, 90.0), (700.0, 89.9)]  # a doctored log: almost no fade in two years
+    fast = [(0.0, 95.0), (700.0, 85.0)]
+    kwargs = {"soh_pct": 85.0, "soh_sigma_pct": 2.0}
+    plain = forecast(prior, "lmo-leaf", REFERENCE, **kwargs)["rate_factor"]
+    assert forecast(prior, "lmo-leaf", REFERENCE, history=slow, **kwargs)["rate_factor"]["median"] < plain["median"]
+    clamped = forecast(prior, "lmo-leaf", REFERENCE, history=slow, history_may_slow=False, **kwargs)["rate_factor"]
+    assert clamped == plain and clamped["from_history"] is False
+    faster = forecast(prior, "lmo-leaf", REFERENCE, history=fast, history_may_slow=False, **kwargs)["rate_factor"]
+    assert faster["median"] > plain["median"] and faster["from_history"] is True
+
+
+def test_a_damaged_imported_table_goes_alone() -> None:
     est = SohEstimator(rated_ah=79.0, state={"x": [70.0, 0.0], "p": [[1, 0], [0, 1]], "n": 1, "t": None,
                                              "imported": {"points": [["yesterday", 70.0]], "logs": []}})
-    assert "imported" not in est.state and est.rejected["state-reset"] == 1
+    assert "imported" not in est.state and est.state["n"] == 1 and est.rejected["imported-reset"] == 1
+    for junk in ([], None, "x", {"points": None, "logs": []}):
+        est = SohEstimator(rated_ah=79.0, state={"imported": junk})
+        assert "imported" not in est.state and est.rejected["imported-reset"] == 1
 
 
 def test_a_history_imported_before_the_first_drive_survives_the_next_start() -> None:
     state: dict[str, object] = {}
-    import_rows(state, [row(T0, 70.0)], source="leafspy", file="a.csv", vin_hash=None)
+    import_rows(state, [row(T0, 70.0)], source="leafspy", file="a.csv", vin_hash="ab")
     est = SohEstimator(rated_ah=79.0, state=state)
-    assert est.rejected["state-reset"] == 0 and est.history_sources()["imported-log"] == 1 and "x" in est.state
+    assert est.rejected["state-reset"] == 0 and est.history_sources("ab")["imported-log"] == 1 and "x" in est.state

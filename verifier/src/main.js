@@ -32,7 +32,8 @@ const T = {
     vehicle: "Vehicle", gen: "Pack generation", rated: "Rated when new", bat: "Pack serial", soh: "State of health",
     sohm: { "gateway-estimate": "gateway estimate from counted charge", "capacity-ratio": "BMS capacity ÷ rated capacity", "bms-reported": "as reported by the battery ECU", unknown: "method not stated" },
     interval: "80 % interval {lo}–{hi} %", bms: "State of health (BMS)", f3: "Forecast in 3 years (median)",
-    w: "Warranty decision", accept: "ACCEPT", decline: "DECLINE", wp: "probability {p} %", iat: "Inspected",
+    w: "Warranty decision", accept: "ACCEPT", decline: "DECLINE", imp: "History from other tools",
+    impv: "{n} weekly points from imported logs (not measured by this device; they can only worsen the forecast)", wp: "probability {p} %", iat: "Inspected",
     ago: "{n} days ago", dev: "Inspection device", vin: "VIN (pseudonymised)", cert: "SHA-256 of certificate.cose", why: "Why",
     time: "checked in {ms} ms",
     r: {
@@ -63,7 +64,8 @@ const T = {
     vehicle: "車両", gen: "パック世代", rated: "新品時定格", bat: "バッテリーパック製造番号", soh: "SOH(健全性)",
     sohm: { "gateway-estimate": "充放電電荷量からのゲートウェイ推定値", "capacity-ratio": "BMS容量 ÷ 定格容量", "bms-reported": "バッテリーECUの報告値", unknown: "方法の記載なし" },
     interval: "80 %区間 {lo}–{hi} %", bms: "SOH(BMS値)", f3: "3年後の予測(中央値)",
-    w: "保証判定", accept: "承認", decline: "不承認", wp: "確率 {p} %", iat: "検査日時",
+    w: "保証判定", accept: "承認", decline: "不承認", imp: "他ツールの記録",
+    impv: "取り込んだ記録から {n} 週分(この機器の測定ではなく、予測を悪くすることはあっても良くはしません)", wp: "確率 {p} %", iat: "検査日時",
     ago: "{n}日前", dev: "検査機器", vin: "車台番号(仮名化)", cert: "certificate.cose の SHA-256", why: "理由",
     time: "確認時間 {ms} ms",
     r: {
@@ -258,6 +260,7 @@ function figures(c, now) {
   }
   if (isInt(c.bms)) row(t.bms, `${num(c.bms)} %`);
   if (isInt(c.f3)) row(t.f3, `${num(c.f3)} %`);
+  if (isInt(c.imp) && c.imp > 0) row(t.imp, esc(fmt(t.impv, { n: c.imp })));
   if ((c.w === "accept" || c.w === "decline") && isInt(c.wp)) row(t.w, `<b>${esc(t[c.w])}</b> <small>${esc(fmt(t.wp, { p: c.wp }))}</small>`);
   row(t.iat, `${esc(local(c.iat))} <small>(${esc(fmt(t.ago, { n: Math.max(0, Math.floor((now - c.iat) / 86400)) }))})</small>`);
   row(t.dev, esc(c.dev));

@@ -2,7 +2,7 @@
 ``Date/Time,Lat,Long,Elv,Speed,Gids,SOC,AHr,...``. Units as LeafSpy writes them: ``AHr`` and ``SOC`` in
 1/10,000 (740504 = 74.0504 Ah), ``SOH`` and ``Hx`` in %, ``Pack T1 C``..``Pack T4 C`` in °C or ``none``,
 ``epoch time`` in Unix seconds (``Date/Time`` is the phone's local time, so it is used only when the
-epoch column is missing).
+epoch column is missing). A row dated before 2010 or in the future is unreadable.
 
 A row that cannot be read is counted and skipped (the first three kept, with their line numbers); a value
 out of any plausible range is left out of its row.
@@ -13,6 +13,8 @@ from __future__ import annotations
 import csv
 import io
 import math
+import time
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from datetime import datetime
 from pathlib import Path
@@ -48,11 +50,25 @@ def _number(text: str | None, scale: float = 1.0, *, low: float, high: float) ->
     return value if math.isfinite(value) and low <= value <= high else None
 
 
-def _time(row: dict[str, str]) -> float:
-    epoch = _number(row.get("epoch time"), low=946_684_800, high=4_102_444_800)  # 2000..2100
+_FIRST_LEAF = 1_262_304_000  # 2010-01-01: no Leaf logged anything before
+
+
+def _time(row: dict[str, str], now: float) -> float:
+    epoch = _number(row.get("epoch time"), low=_FIRST_LEAF, high=now + 86_400)
     if epoch is not None:
         return epoch
-    return datetime.strptime(row["Date/Time"], "%d/%m/%Y %H:%M").timestamp()
+    t = datetime.strptime(row["Date/Time"], "%d/%m/%Y %H:%M").timestamp()  # the gateway's zone, not the phone's
+    if not _FIRST_LEAF <= t <= now + 86_400:
+        raise ValueError(f"dated {row['Date/Time']}: before 2010 or in the future")
+    return t
+
+
+def _rows(reader: csv.DictReader[str], path: str) -> Iterator[tuple[int, dict[str, str]]]:
+    try:
+        for row in reader:
+            yield reader.line_num, row
+    except csv.Error as exc:
+        raise CaptureError(f"unreadable CSV: {exc}", path=path, line=reader.line_num) from exc
 
 
 def read_leafspy(path: str | Path, stats: LeafSpyStats | None = None) -> list[LogRow]:
@@ -67,17 +83,21 @@ def read_leafspy(path: str | Path, stats: LeafSpyStats | None = None) -> list[Lo
     except OSError as exc:
         raise CaptureError(f"cannot read: {exc.strerror or exc}", path=str(path)) from exc
     reader = csv.DictReader(io.StringIO(text))
-    missing = [name for name in ("Date/Time", *_NEEDED) if name not in (reader.fieldnames or [])]
+    try:
+        missing = [name for name in ("Date/Time", *_NEEDED) if name not in (reader.fieldnames or [])]
+    except csv.Error as exc:
+        raise CaptureError(f"not a LeafSpy log: {exc}", path=str(path)) from exc
     if missing:
         raise CaptureError(f"not a LeafSpy log: no column {', '.join(missing)}", path=str(path))
     rows = []
-    for line, row in enumerate(reader, start=2):
+    now = time.time()
+    for line, row in _rows(reader, str(path)):
         try:
             temps = [v for v in (_number(row.get(f"Pack T{i} C"), low=-40, high=85) for i in range(1, 5))
                      if v is not None]
             vin = (row.get("VIN") or "").strip()
             rows.append(LogRow(
-                t=_time(row), capacity_ah=_number(row["AHr"], 10_000, low=1, high=1000),
+                t=_time(row, now), capacity_ah=_number(row["AHr"], 10_000, low=1, high=1000),
                 soh_pct=_number(row["SOH"], low=1, high=120), hx_pct=_number(row["Hx"], low=1, high=200),
                 soc_pct=_number(row["SOC"], 10_000, low=0, high=100),
                 temp_c=round(sum(temps) / len(temps), 2) if temps else None,
