@@ -141,10 +141,12 @@ class _Segment:
     temp_ok: bool = True
 
 
-def _valid(s: dict[str, Any]) -> bool:
-    def num(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
+def _finite(v: Any) -> bool:
+    return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
 
+
+def _valid(s: dict[str, Any]) -> bool:
+    num = _finite
     try:
         if "x" not in s:  # no estimate yet, perhaps a history imported before the first drive
             return set(s) <= {"imported"}
@@ -159,9 +161,7 @@ def _valid(s: dict[str, Any]) -> bool:
 
 
 def _valid_imported(record: Any) -> bool:
-    def num(v: Any) -> bool:
-        return isinstance(v, int | float) and not isinstance(v, bool) and math.isfinite(v)
-
+    num = _finite
     return (isinstance(record, dict) and isinstance(record.get("points"), list) and isinstance(record.get("logs"), list)
             and all(isinstance(p, list) and len(p) == 2 and num(p[0]) and num(p[1]) and p[1] > 0
                     for p in record["points"])
