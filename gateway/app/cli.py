@@ -115,7 +115,7 @@ def _parser() -> argparse.ArgumentParser:
                        description="Reads LeafSpy CSV logs (the Log_*.csv files LeafSpy Pro writes) and adds their "
                                    "BMS capacity readings (AHr), one a week, to the SoH history the forecast uses, "
                                    "kept apart from the device's own measurements: the forecast and the certificate "
-                                   "say which points were imported and from which logs. SOH, Hx, SoC and "
+                                   "say how many points were imported and from which dates. SOH, Hx, SoC and "
                                    "temperatures are summarised in the import's record. All files or none; stop the "
                                    "daemon on the same state_dir first. docs/soh.md.",
                        epilog="example:\n  battery-gateway import-log ~/LeafSpy/Log_*.csv --config "

@@ -19,7 +19,6 @@ from __future__ import annotations
 
 import base64
 import datetime as dt
-import hashlib
 import json
 import time
 import tomllib
@@ -32,9 +31,18 @@ from cryptography.hazmat.primitives.asymmetric import ec
 from ..adapters.files import read_package_text
 from ..adapters.fs import read_regular, safe_dir, write_atomic
 from ..adapters.keystore import load_private_key, load_public_key
-from ..core.qrclaim import CLAIM_VERSION, decode_qr
-from ..core.signing import Signer, spki_der, verify_envelope
-from ..core.trustlist import TrustEntry, TrustList, Verdict, build_trust_list, judge_claim, open_plain, open_trust_list
+from ..core.qrclaim import decode_qr
+from ..core.signing import Signer, key_id, spki_der, verify_envelope
+from ..core.trustlist import (
+    TrustEntry,
+    TrustList,
+    Verdict,
+    build_trust_list,
+    is_claim,
+    judge_claim,
+    open_plain,
+    open_trust_list,
+)
 from ..errors import ConfigError, EnvelopeError
 from ..model import DEVICE_ID
 
@@ -83,9 +91,9 @@ def _entries(spec_path: Path, spec: dict[str, Any]) -> list[TrustEntry]:
 
 
 def fingerprint(key: ec.EllipticCurvePublicKey) -> str:
-    """What a buyer compares with the operator's published one: SHA-256 of the key's SubjectPublicKeyInfo,
-    first 8 bytes, in groups of four hex digits (the page shows the same)."""
-    digest = hashlib.sha256(spki_der(key)).hexdigest()[:16]
+    """What a buyer compares with the operator's published one: the first 8 bytes of the key id (SHA-256 of
+    its SubjectPublicKeyInfo), in groups of four hex digits (the page shows the same)."""
+    digest = key_id(key)[:8].hex()
     return " ".join(digest[i:i + 4] for i in range(0, 16, 4))
 
 
@@ -188,7 +196,7 @@ def qr_verdict(text: str, *, trust: TrustList | EnvelopeError | None,
         claim = verify_envelope(env, key)
     except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
-    if not (claim.get("v") == CLAIM_VERSION and type(claim.get("iat")) is int):
+    if not is_claim(claim):
         return Verdict("not-genuine", "signed, but not a version 1 health claim", claim)
     return Verdict("genuine", f"signed by {dev}'s key (no trust list: validity and revocation not checked)",
                    claim)

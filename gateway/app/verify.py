@@ -13,6 +13,7 @@ from pathlib import Path
 
 from cryptography.hazmat.primitives.asymmetric import ec
 
+from ..adapters.fs import read_regular
 from ..adapters.keystore import load_public_key
 from ..adapters.mqtt import PahoSubscriber
 from ..core.qrclaim import PREFIX
@@ -75,15 +76,13 @@ def split_qr_texts(names: list[str]) -> tuple[list[tuple[str, str]], list[str]]:
         if name.startswith(PREFIX):
             texts.append(("QR text", name))
             continue
-        path = Path(name)
         try:
-            if path.is_file() and path.stat().st_size <= 8192:
-                head = path.read_bytes()
-                if head.lstrip().startswith(PREFIX.encode()):
-                    texts.append((name, head.decode("ascii", "replace")))
-                    continue
+            head = read_regular(name, max_bytes=8192)
         except OSError:
-            pass  # envelopes_from_files names it
+            head = b""  # not a small regular file: envelopes_from_files reads or names it
+        if head.lstrip().startswith(PREFIX.encode()):
+            texts.append((name, head.decode("ascii", "replace")))
+            continue
         rest.append(name)
     return texts, rest
 

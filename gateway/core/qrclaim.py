@@ -20,7 +20,7 @@ from ..errors import EnvelopeError
 from .soh import SohSettings
 
 __all__ = ["CLAIM_VERSION", "MAX_ENVELOPE", "MAX_TEXT", "PREFIX", "build_claim", "decode_qr", "encode_qr",
-           "readable", "strip_qr"]
+           "readable"]
 
 PREFIX = "BP1:"
 CLAIM_VERSION = 1
@@ -57,10 +57,7 @@ def build_claim(payload: dict[str, Any], *, certificate_sha256: bytes) -> dict[s
     if payload.get("bat"):
         claim["bat"] = payload["bat"][:_MAX_TEXT_FIELD]
     if ident.get("vin_hash"):
-        try:
-            claim["vin"] = bytes.fromhex(ident["vin_hash"])
-        except ValueError:
-            claim["vin"] = ident["vin_hash"]
+        claim["vin"] = bytes.fromhex(ident["vin_hash"])  # hex, from battery.vin_hash
     present = payload.get("forecast", {}).get("present")
     own = m.get("soh") if isinstance(m.get("soh"), dict) else None
     if own and "est_pct" in own:
@@ -97,11 +94,6 @@ def encode_qr(envelope: bytes) -> str:
     return PREFIX + encoded.decode("ascii")
 
 
-def strip_qr(text: str) -> str:
-    """The QR text without the spaces and line ends around it (only ASCII ones: the page does the same)."""
-    return text.strip(" \t\r\n")
-
-
 def decode_qr(text: str) -> bytes:
     """The COSE_Sign1 bytes inside a QR text.
 
@@ -110,7 +102,7 @@ def decode_qr(text: str) -> bytes:
             included, nothing after it), or inflating past ``MAX_ENVELOPE`` (a small QR that would unpack
             into megabytes).
     """
-    text = strip_qr(text)
+    text = text.strip(" \t\r\n")  # only ASCII ones, as the page: a byte-order mark is not a space
     if len(text) > MAX_TEXT:
         raise EnvelopeError(f"{len(text)} characters: more than a QR code holds ({MAX_TEXT})")
     if not text.startswith(PREFIX):

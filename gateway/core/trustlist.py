@@ -31,8 +31,8 @@ from ..errors import EnvelopeError
 from .qrclaim import CLAIM_VERSION, decode_qr
 from .signing import Envelope, key_id, open_envelope, spki_der, verify_envelope
 
-__all__ = ["FUTURE_SLACK_S", "LIST_VERSION", "TrustEntry", "TrustList", "Verdict", "build_trust_list", "judge_claim",
-           "open_plain", "open_trust_list"]
+__all__ = ["FUTURE_SLACK_S", "LIST_VERSION", "TrustEntry", "TrustList", "Verdict", "build_trust_list", "is_claim",
+           "judge_claim", "open_plain", "open_trust_list"]
 
 LIST_VERSION = 1
 FUTURE_SLACK_S = 86_400  # a device clock a day ahead is a clock, not a forgery
@@ -130,6 +130,11 @@ def _is_int(value: Any) -> bool:
     return type(value) is int and -(2**53) < value < 2**53
 
 
+def is_claim(payload: dict[str, Any]) -> bool:
+    """A version 1 health claim: ``v`` 1 and an integer ``iat`` (the rest is read as far as it is there)."""
+    return payload.get("v") == CLAIM_VERSION and _is_int(payload.get("iat"))
+
+
 def _plain(value: Any) -> None:
     if _is_int(value) or type(value) in (str, bytes):
         return
@@ -194,7 +199,7 @@ def judge_claim(qr_text: str, *, trust: TrustList | EnvelopeError, now: int) -> 
         claim = verify_envelope(env, entry["key"])
     except EnvelopeError as exc:
         return Verdict("not-genuine", str(exc))
-    if not (claim.get("v") == CLAIM_VERSION and _is_int(claim.get("iat"))):
+    if not is_claim(claim):
         return Verdict("not-genuine", "signed, but not a version 1 health claim", claim)
     if claim.get("dev") != entry["dev"]:
         return Verdict("not-genuine", f"signed by {entry['dev']}'s key but names device {claim.get('dev')!r}",
