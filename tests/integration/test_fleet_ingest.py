@@ -18,6 +18,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
+from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -119,6 +120,11 @@ def trust(directory: Path, dev: str, key: ec.EllipticCurvePublicKey) -> None:
     (directory / f"{dev}.pem").write_bytes(key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
 
 
+def outbox_rows(r: Rig) -> int:
+    with closing(sqlite3.connect(r.tmp / "state" / "state.db", timeout=10)) as state:
+        return int(state.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
+
+
 def stored(db: str) -> dict[tuple[str, int, int], bytes]:
     with psycopg.connect(db) as conn:
         return {(d, e, s): bytes(h) for d, e, s, h in conn.execute("SELECT dev, ep, seq, digest FROM messages")}
@@ -198,6 +204,10 @@ def test_every_signed_message_is_stored_once_through_node_and_worker_kills(
         light = {g.device_id for g in fleet}
         wait_for(lambda: sum(1 for d, *_ in stored(db) if d in light) >= sum(len(g.produced) for g in fleet), 120,
                  "every light gateway's reading in the db")
+        while cars:  # the cars go quiet, then each daemon's outbox empties before it is stopped: the drain
+            cars.pop().close()  # on SIGTERM is bounded (5 s), and a backlog after the node kill may outlast it
+        for r in rigs:
+            wait_for(lambda r=r: outbox_rows(r) == 0, 120, f"{r.device}'s outbox to empty")
         assert [stop_daemon(d) for d in daemons] == [0, 0]
     finally:
         for car in cars:
