@@ -49,10 +49,15 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
             prov["m.capacity_soh_pct"] = {"src": "calculated", "method": "capacity-ratio/1", "sw": sw,
                                           "basis": basis, "note": f"left out: {ratio:.0f} % means the rated "
                                           "capacity is wrong; set vehicle.rated_capacity_ah"}
+    profile = tracker.profile
     if "hx_pct" in m:
         prov["m.hx_pct"] = {"src": "bms-reported", "method": "leaf-hx", "unit": "%", "sw": sw,
-                            "signal": signals.get("hx_pct", ""),
+                            "signal": signals.get("hx_pct", ""), "validation": profile.validation_of("hx_pct"),
                             "note": "a battery ECU health figure of the Leaf; not SOH and not SOCE"}
+    if "bms_soh_pct" in m:
+        prov["m.bms_soh_pct"] = {"src": "bms-reported", "method": "bms-soh", "unit": "%", "sw": sw,
+                                 "signal": signals.get("bms_soh_pct", ""),
+                                 "validation": profile.validation_of("bms_soh_pct")}
     doc = None
     passport_prov: dict[str, Any] = {}
     if not tracker.missing():
@@ -62,7 +67,8 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
     identity = {"vehicle": profile_title, "generation": tracker.generation or None,
                 "part_number": tracker.texts.get("part_number"), "vin_hash": tracker.texts.get("vin_hash"),
                 "rated_energy_kwh": pack.energy_kwh, "rated_capacity_ah": pack.capacity_ah,
-                "rated_source": pack_source}
+                "rated_source": pack_source, "profile": profile.name,
+                "checked_against": list(dict.fromkeys(c.name for c in profile.captures))}
     history = outlook["forecast"]["rate_factor"].get("history") if outlook else None
     if history:
         prov["forecast.rate_factor"] = {

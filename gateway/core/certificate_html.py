@@ -241,6 +241,9 @@ def render_certificate(payload: dict[str, Any], *, language: Language, key_id_he
     source = t.strings.get(f"source_{ident['rated_source']}", ident["rated_source"])
     identity_rows = "".join([
         _row(t["vehicle"], _e(ident["vehicle"])),
+        _row(t["profile"], f'<code>{_e(ident["profile"])}</code>',  # older certificates name no profile
+             t["validation_checked"].format(captures=", ".join(ident["checked_against"]))
+             if ident["checked_against"] else t["validation_docs"]) if "profile" in ident else "",
         _row(t["serial"], _e(payload.get("bat") or t["missing"])),
         _row(t["part"], _e(ident.get("part_number") or t["missing"])),
         _row(t["generation"], _e((ident.get("generation") or t["missing"]).upper())),
@@ -256,7 +259,8 @@ def render_certificate(payload: dict[str, Any], *, language: Language, key_id_he
         f'<div class="card"><div class="note">{_e(label)}</div><div class="big">{value}</div>'
         f'<div class="note">{_e(note)}</div></div>'
         for label, value, note in [
-            (t["bms_soh"], num("bms_soh_pct", "%"), t["bms_soh_m"]),
+            (t["bms_soh"], num("bms_soh_pct", "%"),
+             t["bms_soh_m"].format(signal=payload.get("prov", {}).get("m.bms_soh_pct", {}).get("signal", "?"))),
             (t["cap_soh"], num("capacity_soh_pct", "%"), cap_note),
             (t["hx"], num("hx_pct", "%"), t["hx_m"]),
             (t["soc"], num("soc_pct", "%"), ""),

@@ -141,6 +141,12 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
     if tracker.missing():
         raise ValueError(f"battery state incomplete: {', '.join(tracker.missing())}")
     v, t, c = tracker.values, tracker.times, tracker.counters
+    profile = tracker.profile
+
+    def bms(field: str, method: str, unit: str, **extra: Any) -> dict[str, Any]:
+        """Provenance of a value the BMS reported: its signal, and how sure the profile is of that signal."""
+        return _src(signals.get(field, ""), method, unit, validation=profile.validation_of(field), **extra)
+
     stamp = rfc3339(now)
     temp, temp_from = _temperature(tracker)
     pack, pack_source = tracker.pack()
@@ -168,24 +174,24 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
         "NumberOfFullCycles": {**counted, "unit": "1", "method": "gateway-fec/1",
                                "basis": f"(Ah charged + Ah discharged) / 2 / {pack.capacity_ah} Ah "
                                         f"(rated capacity, {pack_source}); counted on this device only"},
-        "StateOfCharge": _src(signals.get("soc_pct", ""), "bms-soc", "%"),
-        "TemperatureInformation": _src(signals.get(temp_from, signals.get("temp_c_min", "")), "bms-temperature", "degC",
-                                       extremes=limits, time_unit="min", derived=temp_from),
+        "StateOfCharge": bms("soc_pct", "bms-soc", "%"),
+        "TemperatureInformation": bms(temp_from if temp_from in signals else "temp_c_min", "bms-temperature", "degC",
+                                      extremes=limits, time_unit="min", derived=temp_from),
         "EnergyThroughput": {**counted, "unit": "kWh"},
         "CapacityThroughput": {**counted, "unit": "Ah"},
     }
     if "full_energy_kwh" in v:
         doc["RemainingEnergy"] = {"RemainingEnergyValue": v["full_energy_kwh"],
                                   "LastUpdate": rfc3339(t["full_energy_kwh"])}
-        prov["RemainingEnergy"] = _src(signals.get("full_energy_kwh", ""), "bms-full-capacity", "kWh",
-                                       note="the BMS's full usable energy, not measured by the UN GTR 22 "
-                                            "certification procedure")
+        prov["RemainingEnergy"] = bms("full_energy_kwh", "bms-full-capacity", "kWh",
+                                      note="the BMS's full usable energy, not measured by the UN GTR 22 "
+                                           "certification procedure")
     if "capacity_ah" in v:
         doc["RemainingCapacity"] = {"RemainingCapacityValue": v["capacity_ah"],
                                     "LastUpdate": rfc3339(t["capacity_ah"])}
-        prov["RemainingCapacity"] = _src(signals.get("capacity_ah", ""), "bms-capacity", "Ah",
-                                         note="in Ah as DIN DKE SPEC 99100 §6.7.2.3 defines it (the model's "
-                                              "unit says kWh)")
+        prov["RemainingCapacity"] = bms("capacity_ah", "bms-capacity", "Ah",
+                                        note="in Ah as DIN DKE SPEC 99100 §6.7.2.3 defines it (the model's "
+                                             "unit says kWh)")
     events = [{"NegativeEventValue": e["kind"], "LastUpdate": rfc3339(e["ts"])} for e in c.events]
     if events:
         doc["NegativeEvents"] = events
@@ -194,6 +200,7 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
                                            f"{tracker.profile.cell_v_max} V per cell"}
     ext: dict[str, Any] = {
         "reason": reason,
+        "profile": {"name": profile.name, "validation": profile.validation},
         "rated_energy_kwh": pack.energy_kwh,
         "rated_capacity_ah": pack.capacity_ah,
         "rated_source": pack_source,
@@ -205,9 +212,9 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
     }
     if "bms_soh_pct" in v:  # a missing or "no value" BMS SOH is left out, never taken as 0
         ext["bms_soh_pct"] = v["bms_soh_pct"]
-        prov["ext.bms_soh_pct"] = _src(signals.get("bms_soh_pct", ""), "bms-soh", "%",
-                                       note="the BMS's own SOH; not SOCE (EU 2023/1542 Annex VII), so it has "
-                                            "no slot in ProductCondition")
+        prov["ext.bms_soh_pct"] = bms("bms_soh_pct", "bms-soh", "%",
+                                      note="the BMS's own SOH; not SOCE (EU 2023/1542 Annex VII), so it has "
+                                           "no slot in ProductCondition")
     if "capacity_bars" in v:
         ext["capacity_bars"] = v["capacity_bars"]
     soh = tracker.soh_estimate()

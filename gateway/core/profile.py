@@ -17,7 +17,9 @@ from ..model import FIELDS
 from .forecast import CHEMISTRIES
 from .polls import ARRAY_FIELDS, PollSpec, parse_polls
 
-__all__ = ["PackVariant", "Profile", "SignalMap", "parse_profile"]
+__all__ = ["DOCUMENTATION_ONLY", "CaptureCheck", "PackVariant", "Profile", "SignalMap", "parse_profile"]
+
+DOCUMENTATION_ONLY = "from documentation only"
 
 # "complete" may name a field or a group: "temperature" (any pack temperature), "rated_pack" (the car's own
 # data tell which of the profile's packs it carries: BatteryTracker.pack_evidence)
@@ -50,6 +52,19 @@ class PackVariant:
 
 
 @dataclass(frozen=True, slots=True)
+class CaptureCheck:
+    """A real capture the profile was checked against: the file (relative to the shared can-data folder)
+    and the values its replay must give (``tests/integration/test_profile_validation.py`` replays it)."""
+
+    file: str
+    expect: tuple[tuple[str, float], ...]
+
+    @property
+    def name(self) -> str:
+        return self.file.rsplit("/", 1)[-1]
+
+
+@dataclass(frozen=True, slots=True)
 class Profile:
     """A parsed vehicle profile. ``dbc`` names the DBC files (found by ``adapters/files.py``)."""
 
@@ -71,6 +86,20 @@ class Profile:
     temp_high_c: float = 40.0
     polls: tuple[PollSpec, ...] = ()
     chemistry: str = "lmo-leaf"  # the forecast prior's table (gateway/data/soh_prior.json)
+    sources: tuple[str, ...] = ()  # where the profile's facts come from
+    captures: tuple[CaptureCheck, ...] = ()  # real captures its decoding is checked against
+
+    def validation_of(self, field: str) -> str:
+        """How sure the profile is of ``field``: the real capture that checks it, or documentation only."""
+        names = [c.name for c in self.captures if any(f == field for f, _ in c.expect)]
+        return f"checked against real capture {', '.join(names)}" if names else DOCUMENTATION_ONLY
+
+    @property
+    def validation(self) -> str:
+        """The profile's status as a whole: checked against real captures (naming them), or documentation only."""
+        if not self.captures:
+            return DOCUMENTATION_ONLY
+        return f"checked against real capture {', '.join(dict.fromkeys(c.name for c in self.captures))}"
 
     @property
     def frame_ids(self) -> frozenset[int]:
@@ -143,7 +172,8 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
     """
     problems: list[str] = []
     known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "gids_zero_soc_pct",
-             "cells_series", "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include", "chemistry"}
+             "cells_series", "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include", "chemistry",
+             "validation"}
     problems.extend(f"{k}: unknown key" for k in sorted(set(data) - known))
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -183,6 +213,7 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
     chemistry = data.get("chemistry", "lmo-leaf")
     if chemistry not in CHEMISTRIES:
         problems.append(f"chemistry: expected one of {', '.join(CHEMISTRIES)}, got {chemistry!r}")
+    sources, captures = _parse_validation(data.get("validation", {}), problems)
     if problems:
         raise ConfigError([f"profile {name or '?'}: {p}" for p in problems])
     return Profile(
@@ -194,7 +225,33 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
         cells_series=int(numbers["cells_series"]), cell_v_min=float(numbers["cell_v_min"]),
         cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
         temp_high_c=float(numbers["temp_high_c"]), polls=polls, chemistry=str(chemistry),
+        sources=sources, captures=captures,
     )
+
+
+def _parse_validation(raw: Any, problems: list[str]) -> tuple[tuple[str, ...], tuple[CaptureCheck, ...]]:
+    """``[validation]``: ``sources`` (text) and ``[[validation.capture]]`` (``file``, ``expect``)."""
+    if not isinstance(raw, Mapping) or set(raw) - {"sources", "capture"}:
+        problems.append("validation: expected a table with sources and [[validation.capture]]")
+        return (), ()
+    sources = _list(raw, "sources", problems)
+    if not all(isinstance(s, str) and s for s in sources):
+        problems.append("validation.sources: expected a list of texts")
+        sources = []
+    captures = []
+    for i, c in enumerate(_list(raw, "capture", problems)):
+        key = f"validation.capture[{i}]"
+        expect = c.get("expect") if isinstance(c, Mapping) else None
+        file = c.get("file") if isinstance(c, Mapping) else None
+        if not isinstance(file, str) or not file or file.startswith("/") or ".." in file.split("/") \
+                or not isinstance(expect, Mapping) or not expect or set(c) - {"file", "expect"}:
+            problems.append(f"{key}: expected file (a path under the shared can-data folder) and expect "
+                            "(a table of canonical field = value)")
+            continue
+        bad = [k for k, v in expect.items() if k not in FIELDS or isinstance(v, bool) or not isinstance(v, int | float)]
+        problems.extend(f"{key}.expect.{k}: expected a canonical field = number" for k in bad)
+        captures.append(CaptureCheck(file, tuple((str(k), float(v)) for k, v in expect.items())))
+    return tuple(sources), tuple(captures)
 
 
 def _parse_packs(raw: list[Any], problems: list[str]) -> list[PackVariant]:

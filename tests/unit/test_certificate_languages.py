@@ -31,7 +31,9 @@ def payload() -> dict[str, Any]:
         "dev": "gw-bay-1", "sw": "battery-gateway/t", "ep": 1, "seq": 7, "ts": 1_796_315_755_761, "bat": "S1",
         "m": {"bms_soh_pct": 88.0, "capacity_ah": 154.88, "capacity_soh_pct": 88.0, "soc_pct": 70.5},
         "identity": {"vehicle": "Nissan Leaf ZE1 (2018+, 40/62 kWh)", "generation": "ze1", "vin_hash": "ab",
-                     "rated_energy_kwh": 62.0, "rated_capacity_ah": 176.0, "rated_source": "detected"},
+                     "rated_energy_kwh": 62.0, "rated_capacity_ah": 176.0, "rated_source": "detected",
+                     "profile": "leaf-ze1", "checked_against": ["EV-CANeplus2.log"]},
+        "prov": {"m.bms_soh_pct": {"signal": "0x5BC LB_Capacity_Deterioration_Rate"}},
         "polls": {"lbc-group-01": "ok", "vcm-vin": "timeout"},
         "forecast": {"prior": "blast-lite 1.1.1", "chemistry": "nmc-gr", "usage": usage, "factors": factors,
                      "present": {"soh_pct": 88.0, "sigma_pct": 2.0, "method": "capacity-ratio",
@@ -70,6 +72,19 @@ def test_japanese_says_every_sentence_in_japanese_with_its_own_dates() -> None:
     assert "温度(32 °C)により3年後の中央値が 2.1 ポイント低下" in text
     assert "急速充電(充電量の 40 %)により" in text and "2 件中 1 件応答 · 応答なし:  vcm-vin" in text
     assert "English reasons the page must not copy" not in text
+    assert "実車のCANログ EV-CANeplus2.log で検証済みの解読" in text
+    assert "バッテリーECUの報告値 (0x5BC LB_Capacity_Deterioration_Rate)" in text
+
+
+def test_the_page_says_how_sure_the_profile_is_with_the_profiles_own_signal() -> None:
+    doc = payload()
+    doc["identity"] = {**doc["identity"], "profile": "kona-64", "checked_against": []}
+    doc["prov"] = {"m.bms_soh_pct": {"signal": "0x7E4 22 01 05 (bms-did-0105)"}}
+    for lang, words in (("en", "decoding from documentation only"), ("ja", "文書のみに基づく解読")):
+        text = visible(render_certificate(doc, language=load_language(lang), key_id_hex="ab", digest_hex="cd",
+                                          qr_text="BP1:X"))
+        assert words in text and "0x7E4 22 01 05 (bms-did-0105)" in text
+        assert "0x5BC" not in text and "検証済み" not in text and "checked against real" not in text
 
 
 def test_german_is_a_data_file_with_decimal_commas() -> None:
