@@ -62,6 +62,7 @@ FIELDS: dict[str, FieldSpec] = {
     "gids": FieldSpec("gids", 0.0, 1022.0, "remaining energy in GIDs (Leaf)"),
     "gids_full": FieldSpec("gids", 1.0, 1022.0, "full-capacity GIDs (Leaf 30 kWh and later)"),
     "full_energy_kwh": FieldSpec("kWh", 0.1, 200.0, "full usable energy as the BMS reports it"),
+    "bol_energy_kwh": FieldSpec("kWh", 0.1, 200.0, "full energy of this pack when new, as the BMS reports it (Tesla)"),
     "capacity_bars": FieldSpec("bars", 0.0, 12.0, "capacity bars on the dash (Leaf)"),
     "capacity_bars_ze0": FieldSpec("bars", 0.0, 12.0, "capacity bars in the ZE0 layout of 0x5BC (low nibble of "
                                    "d[2]); taken as capacity_bars on a car whose battery ECU sends no 0x59E"),

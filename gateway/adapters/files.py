@@ -22,7 +22,9 @@ from .fs import read_regular
 __all__ = ["BUILTIN_PROFILES", "builtin_dbc_dir", "certificate_languages", "check_json_file", "load_dbc", "missing_dbc",
            "read_config", "read_package_json", "read_package_text", "read_profile"]
 
-BUILTIN_PROFILES = ("leaf-ze0", "leaf-aze0", "leaf-ze1", "kia-eniro-64")
+# Every profile file of the package; files with "_" in their name are shared parts they include
+BUILTIN_PROFILES = tuple(sorted(p.name.removesuffix(".toml") for p in resources.files("gateway.profiles").iterdir()
+                                if p.name.endswith(".toml") and "_" not in p.name))
 
 
 _MAX_TOML_BYTES = 1 << 20  # a config or profile is a few kB

@@ -17,7 +17,7 @@ import hashlib
 from collections.abc import Callable
 from typing import Any
 
-from ..model import SOC_BINS_PCT, TEMP_BINS_C, Counters, SegmentModel
+from ..model import FIELDS, SOC_BINS_PCT, TEMP_BINS_C, Counters, SegmentModel
 from .polls import ARRAY_FIELDS
 from .profile import PackVariant, Profile
 from .soh import OCV_CELL_V, SohEstimator
@@ -123,9 +123,15 @@ class BatteryTracker:
             self._held[layout][canonical] = (ts, value)
 
     def _store(self, ts: float, name: str, value: float) -> None:
-        """Record one value and advance what depends on it."""
+        """Record one value and advance what depends on it (the profile's derived fields too)."""
         self.values[name] = value
         self.times[name] = ts
+        for d in self.profile.derive:
+            if name in (d.numerator, d.denominator) and d.numerator in self.values and self.values.get(d.denominator):
+                derived = round(d.scale * self.values[d.numerator] / self.values[d.denominator], 2)
+                spec = FIELDS[d.field]
+                if spec.lo <= derived <= spec.hi:  # e.g. a new pack's full energy a little above its BOL energy:
+                    self._store(ts, d.field, derived)  # no SoH of 101 %, the last plausible one stays
         if name == "pack_a":
             self._integrate(ts, value)
             self.soh.on_current(ts, value, self.values.get("pack_v"))

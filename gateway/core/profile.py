@@ -17,7 +17,7 @@ from ..model import FIELDS
 from .forecast import CHEMISTRIES
 from .polls import ARRAY_FIELDS, PollSpec, parse_polls
 
-__all__ = ["DOCUMENTATION_ONLY", "CaptureCheck", "PackVariant", "Profile", "SignalMap", "parse_profile"]
+__all__ = ["DOCUMENTATION_ONLY", "CaptureCheck", "Derived", "PackVariant", "Profile", "SignalMap", "parse_profile"]
 
 DOCUMENTATION_ONLY = "from documentation only"
 
@@ -49,6 +49,21 @@ class PackVariant:
     energy_kwh: float
     capacity_ah: float
     upgrade: bool = False
+
+
+@dataclass(frozen=True, slots=True)
+class Derived:
+    """A canonical field the BMS does not send but two it sends give: ``scale * numerator / denominator``
+    (Tesla's energy-based SoH: 100 x nominal full-pack energy / the pack's energy when new)."""
+
+    field: str
+    numerator: str
+    denominator: str
+    scale: float = 100.0
+
+    def describe(self, sources: Mapping[str, str]) -> str:
+        return (f"{self.scale:g} x {self.numerator} / {self.denominator} ({sources.get(self.numerator, '?')}; "
+                f"{sources.get(self.denominator, '?')})")
 
 
 @dataclass(frozen=True, slots=True)
@@ -86,6 +101,7 @@ class Profile:
     temp_high_c: float = 40.0
     polls: tuple[PollSpec, ...] = ()
     chemistry: str = "lmo-leaf"  # the forecast prior's table (gateway/data/soh_prior.json)
+    derive: tuple[Derived, ...] = ()
     sources: tuple[str, ...] = ()  # where the profile's facts come from
     captures: tuple[CaptureCheck, ...] = ()  # real captures its decoding is checked against
 
@@ -122,6 +138,8 @@ class Profile:
                 for f in layout.fields:
                     for name in (f.name, *ARRAY_FIELDS.get(f.name, ())):
                         sources.setdefault(name, source)
+        for d in self.derive:
+            sources.setdefault(d.field, d.describe(sources))
         return sources
 
 
@@ -173,7 +191,7 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
     problems: list[str] = []
     known = {"name", "title", "dbc", "signal", "pack", "complete", "crc8", "wh_per_gid", "gids_zero_soc_pct",
              "cells_series", "cell_v_min", "cell_v_max", "temp_low_c", "temp_high_c", "poll", "include", "chemistry",
-             "validation"}
+             "validation", "derive"}
     problems.extend(f"{k}: unknown key" for k in sorted(set(data) - known))
     name = data.get("name")
     if not isinstance(name, str) or not name:
@@ -214,6 +232,7 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
     if chemistry not in CHEMISTRIES:
         problems.append(f"chemistry: expected one of {', '.join(CHEMISTRIES)}, got {chemistry!r}")
     sources, captures = _parse_validation(data.get("validation", {}), problems)
+    derive = _parse_derive(_list(data, "derive", problems), problems)
     if problems:
         raise ConfigError([f"profile {name or '?'}: {p}" for p in problems])
     return Profile(
@@ -225,8 +244,25 @@ def parse_profile(data: Mapping[str, Any]) -> Profile:
         cells_series=int(numbers["cells_series"]), cell_v_min=float(numbers["cell_v_min"]),
         cell_v_max=float(numbers["cell_v_max"]), temp_low_c=float(numbers["temp_low_c"]),
         temp_high_c=float(numbers["temp_high_c"]), polls=polls, chemistry=str(chemistry),
-        sources=sources, captures=captures,
+        derive=derive, sources=sources, captures=captures,
     )
+
+
+def _parse_derive(raw: list[Any], problems: list[str]) -> tuple[Derived, ...]:
+    """``[[derive]]``: ``field``, ``ratio = [numerator, denominator]`` (canonical fields), ``scale``."""
+    out = []
+    for i, d in enumerate(raw):
+        ratio = d.get("ratio") if isinstance(d, Mapping) else None
+        scale = d.get("scale", 100.0) if isinstance(d, Mapping) else None
+        if not isinstance(d, Mapping) or set(d) - {"field", "ratio", "scale"} or d.get("field") not in FIELDS \
+                or not isinstance(ratio, list) or len(ratio) != 2 or not all(r in FIELDS for r in ratio) \
+                or d["field"] in ratio or isinstance(scale, bool) or not isinstance(scale, int | float) \
+                or not math.isfinite(scale) or scale == 0:
+            problems.append(f"derive[{i}]: expected field, ratio = [numerator, denominator] (canonical fields "
+                            "other than field) and a non-zero scale")
+            continue
+        out.append(Derived(d["field"], ratio[0], ratio[1], float(scale)))
+    return tuple(out)
 
 
 def _parse_validation(raw: Any, problems: list[str]) -> tuple[tuple[str, ...], tuple[CaptureCheck, ...]]:

@@ -83,3 +83,47 @@ def test_the_passport_says_per_value_how_sure_the_profile_is() -> None:
     assert prov["TemperatureInformation"]["validation"] == DOCUMENTATION_ONLY  # no capture states a temperature
     assert ext["profile"]["name"] == "leaf-ze1" and ext["profile"]["validation"].startswith("checked against")
     assert "validation" not in prov["NumberOfFullCycles"]  # counted on the device: no profile decoding
+
+
+# Profiles written from a published DBC (documentation): our DBC decodes every bit the same, except where it
+# says so (a sign turned to + = charging, mV to V). Own signal -> (published signal, factor).
+PUBLISHED = {
+    "tesla_model3_bms.dbc": ("joshwardell-model3dbc/Model3CAN.dbc", {
+        "BMS_PackVoltage": ("BattVoltage132", 1), "BMS_SmoothCurrent": ("SmoothBattCurrent132", 1),
+        "BMS_SocMin": ("SOCmin292", 1), "BMS_SocUi": ("SOCUI292", 1), "BMS_SocMax": ("SOCmax292", 1),
+        "BMS_SocAvg": ("SOCave292", 1), "BMS_BeginningOfLifeEnergy": ("BattBeginningOfLifeEnergy292", 1),
+        "BMS_MinPackTemperature": ("BMSminPackTemperature", 1), "BMS_MaxPackTemperature": ("BMSmaxPackTemperature", 1),
+        "BMS_CellMinMaxMux": ("BattCellMultiplexer332", 1), "BMS_BrickVoltageMax": ("BattCellBrickVoltageMax332", 1),
+        "BMS_BrickVoltageMin": ("BattCellBrickVoltageMin332", 1),
+        "BMS_NominalFullPackEnergy": ("BMS_nominalFullPackEnergy", 1),
+        "BMS_NominalEnergyRemaining": ("BMS_nominalEnergyRemaining", 1)}),
+    "foxbms2_pack.dbc": ("foxBMS-foxbms-2/foxbms.dbc", {
+        "MinimumCellTemperature": ("MinimumCellTemperature", 1),
+        "MaximumCellTemperature": ("MaximumCellTemperature", 1),
+        "MaximumCellVoltage": ("MaximumCellVoltage", 0.001), "MinimumCellVoltage": ("MinimumCellVoltage", 0.001),
+        "BatteryVoltage": ("BatteryVoltage", 1), "Current": ("Current", -1), "MinimumSoc": ("MinimumSoc", 1),
+        "MaximumSoc": ("MaximumSoc", 1), "Soh": ("Soh", 1), "Energy": ("Energy", 1)}),
+}
+
+
+@pytest.mark.parametrize("own", sorted(PUBLISHED))
+def test_a_dbc_written_from_a_published_one_decodes_every_bit_alike(own: str) -> None:
+    import random
+
+    import cantools
+
+    published, names = PUBLISHED[own]
+    ours = cantools.database.load_file(str(REPO / "dbc" / own), strict=True)
+    theirs = cantools.database.load_file(str(capture_path(published)), strict=False)
+    rng = random.Random(7)
+    for msg in ours.messages:
+        assert {s.name for s in msg.signals} <= set(names), f"{msg.name}: a signal without its published twin"
+        for _ in range(200):
+            data = bytearray(rng.randbytes(msg.length))
+            if msg.is_multiplexed():  # the mux values our DBC defines
+                data[0] = (data[0] & ~3) | 1
+            got = ours.decode_message(msg.frame_id, bytes(data))
+            want = theirs.decode_message(msg.frame_id, bytes(data), decode_choices=False)
+            for name, value in got.items():
+                other, factor = names[name]
+                assert value == pytest.approx(want[other] * factor, abs=1e-9), (msg.name, name)
