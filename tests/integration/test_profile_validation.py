@@ -23,7 +23,9 @@ PROFILES = sorted(p.stem for p in (REPO / "gateway" / "profiles").glob("*.toml")
 # Every real capture of a vehicle's battery ECU in ../shared/can-data, by the profiles that may read it
 # (README section 2 and field-captures/). Not listed: QC-CAN (CHAdeMO, no battery ECU frames), the Taycan and
 # Santa Fe PHEV (no profile), the LeafSpy CSV (decoded values: import-log), the ZE1 start-up logs that never
-# see a whole battery state, and the e-NV200 start-up crtd (corrupted on purpose: test_replay_real_captures).
+# see a whole battery state, the e-NV200 start-up crtd (corrupted on purpose: test_replay_real_captures), and the
+# three Kona captures: the bench ASC files hold only tester-present and a relay command, the Car Scanner CSV
+# only OBD-II scans (no 22 01 0x request to the BMS).
 VEHICLE_CAPTURES = {
     "leaf": ["dalathegreat-EV-CANlogs/ZE0w24kWhstock.log", "damienmaguire-LeafLogs/leaf_on_wotind_off.txt",
              "damienmaguire-LeafLogs/pumpbrake5timesinpark.csv",
@@ -33,6 +35,7 @@ VEHICLE_CAPTURES = {
              "dalathegreat-EV-CANlogs/EV-CANeplus2.log", "dalathegreat-EV-CANlogs/EV-CANeplus3.log",
              "dalathegreat-EV-CANlogs/62kWh-Battery-only-EVcan.txt",
              "dalathegreat-EV-CANlogs/EV_can-bus_from_62_ZE1_QCcharging.txt"],
+    "kia-eniro": ["dalathegreat-EV-CANlogs/37501-Q4151+BatteryEmulator.csv"],
 }
 CHECKS = [(name, check) for name in PROFILES for check in load_profile(name)[0].captures]
 CONFIG = parse_config({}, sections=("vehicle", "publish"))

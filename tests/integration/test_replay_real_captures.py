@@ -114,11 +114,16 @@ def test_someone_elses_polls_are_reassembled_to_the_documented_values(relative: 
     assert run.counts()["isotp_sequence"] == 0
 
 
-def test_kia_battery_soh_from_uds_did_0105_with_a_data_only_profile() -> None:
+def test_kia_battery_gives_a_passport_from_uds_dids_0101_and_0105_with_a_data_only_profile() -> None:
     bodies, run = replay("dalathegreat-EV-CANlogs/37501-Q4151+BatteryEmulator.csv", "kia-eniro-64")
-    readings = [b for b in bodies if b["kind"] == "reading"]
-    assert readings and all(b["m"]["bms_soh_pct"] == 100.0 for b in readings)
-    assert run.counts()["diag:bms-did-0105-soh"] == 3
+    sohs = {b["m"]["bms_soh_pct"] for b in bodies if b["kind"] == "reading" and "bms_soh_pct" in b["m"]}
+    assert sohs == {100.0}
+    assert run.counts()["diag:bms-did-0105-soh"] == 3 and run.counts()["diag:bms-did-0101"] == 3
+    passport = last(bodies, "passport")
+    assert passport["doc"]["StateOfCharge"]["StateOfChargeValue"] == 53.0
+    assert passport["doc"]["TemperatureInformation"]["MeasuredTemp"] == 11.0  # mean of 10 and 12 degC
+    assert passport["ext"]["bms_soh_pct"] == 100.0 and passport["ext"]["rated_energy_kwh"] == 64.0
+    assert passport["prov"]["StateOfCharge"]["signal"] == "0x7E4 22 01 01 (bms-did-0101)"
 
 
 def test_corrupted_reassembly_gives_no_hx_at_all() -> None:
