@@ -27,8 +27,8 @@ from paho.mqtt.properties import Properties
 from gateway.adapters.keystore import load_public_key
 from gateway.core.signing import verify_envelope
 from gateway.sim.battery import LeafBattery
-from gateway.sim.demo import ecu_bus
-from gateway.sim.ecu import LbcResponder, run_ecu
+from gateway.sim.demo import SimCar, ecu_bus
+from gateway.sim.ecu import REQUEST_IDS, LbcResponder, run_ecu
 
 GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local: never leaves this host
 
@@ -122,13 +122,19 @@ class Subscriber:
 
 
 class Car:
-    """The simulated battery ECU (broadcast frames and ISO-TP replies) on udp_multicast, in a thread."""
+    """The simulated battery ECU (broadcast frames and ISO-TP replies) on udp_multicast, in a thread: a Leaf, or
+    any profile's car (``sim_car``)."""
 
-    def __init__(self, rig: Rig, battery: LeafBattery, duration_s: float = 30.0, hx_pct: float = 85.0) -> None:
+    def __init__(self, rig: Rig, battery: LeafBattery | SimCar, duration_s: float = 30.0,
+                 hx_pct: float = 85.0) -> None:
         self.stop = threading.Event()
-        self.responder = LbcResponder(battery, hx_pct=hx_pct)
-        self.bus = ecu_bus(interface="udp_multicast", channel=GROUP, port=rig.can_port)
-        self.thread = threading.Thread(target=run_ecu, args=(battery, self.bus),
+        self.responder: Any
+        if isinstance(battery, SimCar):
+            broadcaster, self.responder, ids = battery.broadcaster, battery.responder, battery.request_ids
+        else:
+            broadcaster, self.responder, ids = battery, LbcResponder(battery, hx_pct=hx_pct), REQUEST_IDS
+        self.bus = ecu_bus(interface="udp_multicast", channel=GROUP, port=rig.can_port, request_ids=ids)
+        self.thread = threading.Thread(target=run_ecu, args=(broadcaster, self.bus),
                                        kwargs={"duration_s": duration_s, "stop": self.stop.is_set,
                                                "responder": self.responder})
         self.thread.start()

@@ -221,15 +221,25 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--device", required=True, metavar="ID")
     s.add_argument("--out", required=True, metavar="FILE", help="where to write the envelope; - for stdout")
 
-    s = sub.add_parser("demo", help="simulated Leaf -> daemon -> local broker -> verifying subscriber")
+    s = sub.add_parser("demo", help="simulated Leaf (or --profile's car) -> daemon -> local broker -> verifying "
+                                    "subscriber")
     s.add_argument("--duration", type=float, default=20.0, metavar="S", help="seconds to run (default 20)")
+    s.add_argument("--profile", default="leaf-aze0", metavar="P",
+                   help="the simulated car: a built-in profile (battery-gateway profiles lists them) or a profile "
+                        ".toml (default leaf-aze0)")
 
-    s = sub.add_parser("simulate", help="a simulated Leaf battery ECU on a CAN bus (for tests and demos)")
+    s = sub.add_parser("simulate", help="a simulated battery ECU of any profile on a CAN bus (for tests and demos)",
+                       description="Sends the profile's broadcast frames (through its own DBC files) and answers its "
+                                   "polls from a small pack model. The Leaf profiles use the Leaf simulator written "
+                                   "from leaf_formulas.md.")
     s.add_argument("--interface", default="udp_multicast")
     s.add_argument("--channel", default="ff11:7079:7468:6f6e:6465:6d6f:6d63:6173",
                    help="bus channel (default: an interface-local IPv6 multicast group, never leaves this host)")
     s.add_argument("--port", type=int, default=43113, help="udp_multicast port")
-    s.add_argument("--generation", choices=("ze0", "aze0", "ze1"), default="aze0")
+    s.add_argument("--profile", metavar="P", help="the car: a built-in profile or a profile .toml "
+                                                  "(default: the Leaf of --generation)")
+    s.add_argument("--generation", choices=("ze0", "aze0", "ze1"), default="aze0",
+                   help="the Leaf's generation when no --profile is given (default aze0)")
     s.add_argument("--soh", type=int, default=85, metavar="PCT")
     s.add_argument("--soc", type=float, default=70.0, metavar="PCT")
     s.add_argument("--duration", type=float, default=60.0, metavar="S")
@@ -508,16 +518,20 @@ def _cmd_inspect(args: argparse.Namespace) -> int:
 def _cmd_demo(args: argparse.Namespace) -> int:
     _without_mf4()
     from ..sim.demo import run_demo
+    from .wiring import load_profile
 
-    return run_demo(duration_s=args.duration)
+    profile, databases = load_profile(args.profile)
+    return run_demo(profile=profile, databases=databases, profile_ref=args.profile, duration_s=args.duration)
 
 
 def _cmd_simulate(args: argparse.Namespace) -> int:
     _without_mf4()
     from ..sim.demo import simulate
+    from .wiring import load_profile
 
-    return simulate(interface=args.interface, channel=args.channel, port=args.port, generation=args.generation,
-                    soh_pct=args.soh, soc_pct=args.soc, duration_s=args.duration)
+    profile, databases = load_profile(args.profile or f"leaf-{args.generation}")
+    return simulate(interface=args.interface, channel=args.channel, port=args.port, profile=profile,
+                    databases=databases, soh_pct=args.soh, soc_pct=args.soc, duration_s=args.duration)
 
 
 def _describe(body: dict[str, Any]) -> str:

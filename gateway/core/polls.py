@@ -29,6 +29,9 @@ __all__ = ["ARRAY_FIELDS", "TEXT_FIELDS", "VEHICLE_STATES", "ByteField", "DiagVa
            "PollSpec", "decode_reply", "parse_polls"]
 
 VEHICLE_STATES = ("off", "awake", "driving", "charging")
+# "off" in a poll's every_s: the probe that tells a car whose battery ECU only answers polls (no broadcast frames
+# say it woke up) that it is on; a reply wakes the state machine
+OFF_PROBE_MIN_S = 30.0
 # Arrays and what the gateway derives from them (min, max) into canonical fields.
 ARRAY_FIELDS: dict[str, tuple[str, str]] = {"cells_v": ("cell_v_min", "cell_v_max"),
                                             "temps_c": ("temp_c_min", "temp_c_max")}
@@ -199,6 +202,9 @@ def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
     if not isinstance(every, Mapping) or any(k not in VEHICLE_STATES or not isinstance(v, int | float) or v <= 0
                                               for k, v in every.items()):
         problems.append(f"{key}.every_s: expected {{state = seconds}} with states {', '.join(VEHICLE_STATES)}")
+        every = {}
+    elif every.get("off", OFF_PROBE_MIN_S) < OFF_PROBE_MIN_S:  # a sleeping car is asked seldom: one frame each
+        problems.append(f"{key}.every_s.off: at least {OFF_PROBE_MIN_S:g} s (a car that is off is asked seldom)")
         every = {}
     raw_layouts = raw.get("layout", [])
     layouts = [_parse_layout(lay, f"{key}.layout[{j}]", problems)

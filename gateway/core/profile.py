@@ -123,6 +123,15 @@ class Profile:
         return frozenset(s.frame_id for s in self.signals) | self.response_ids
 
     @property
+    def silence_floor_s(self) -> float:
+        """How long without a frame means "off" at least: for a car read only by polls, three of its quickest
+        poll intervals while awake (its replies are its only frames); 0 for a car that broadcasts."""
+        if self.signals:
+            return 0.0
+        awake = [s for p in self.polls for state, s in p.every_s.items() if state != "off"]
+        return 3.0 * min(awake) if awake else 0.0
+
+    @property
     def response_ids(self) -> frozenset[int]:
         """CAN ids on which the polled ECUs answer."""
         return frozenset(p.response_id for p in self.polls)

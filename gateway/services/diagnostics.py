@@ -74,9 +74,7 @@ class DiagService:
         return finished
 
     def due(self, now: float, state: str) -> PollSpec | None:
-        """The first poll due in ``state`` (never in ``off``)."""
-        if state == "off":
-            return None
+        """The first poll due in ``state``; in ``off`` only a profile's probe (a poll with ``off`` in ``every_s``)."""
         for spec in self.specs:
             if state in spec.every_s and now >= self._next.get(spec.name, 0.0):
                 return spec

@@ -50,6 +50,7 @@ class Pipeline:
         """
         self._decoder, self._tracker, self._signer = decoder, tracker, signer
         self._device_id, self._sw, self._policy = device_id, sw, policy
+        self._silence_s = max(policy.silence_s, decoder.profile.silence_floor_s)  # a polled-only car: its poll pace
         self.counts: Counter[str] = Counter()
         self._sink = sink
         self._chain = chain
@@ -202,7 +203,7 @@ class Pipeline:
         if self._next_reading is None and (not self._tracker.missing()
                                            or now - self._first_ts >= self._first_reading_after_s):
             self._next_reading = now
-        if self._last_frame_ts is not None and not self._asleep and now - self._last_frame_ts >= p.silence_s:
+        if self._last_frame_ts is not None and not self._asleep and now - self._last_frame_ts >= self._silence_s:
             self._asleep = True
             log.info("no battery frames for %.0f s: car off or asleep", now - self._last_frame_ts)
             self._tracker.soh.end_session()  # before the key-off passport, so it carries the session

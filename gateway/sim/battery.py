@@ -15,7 +15,7 @@ from dataclasses import dataclass, field
 from ..core.decoding import crc8
 from ..model import Frame
 
-__all__ = ["LeafBattery", "encode_1db", "encode_1dc", "encode_5bc", "encode_5c0", "encode_55b", "encode_59e"]
+__all__ = ["LeafBattery", "SimPack", "encode_1db", "encode_1dc", "encode_5bc", "encode_5c0", "encode_55b", "encode_59e"]
 
 _BARS_TO_CODE = {12: 15, 11: 13, 10: 12, 9: 11, 8: 10, 7: 8, 6: 7, 5: 6, 4: 5, 3: 3, 2: 2, 1: 1, 0: 0}
 
@@ -92,10 +92,9 @@ def _drive(t: float) -> float:
 
 
 @dataclass
-class LeafBattery:
-    """A Leaf pack with a simple model: Coulomb-counted SOC, linear OCV, 0.1 ohm internal resistance."""
+class SimPack:
+    """A pack with a simple model: Coulomb-counted SOC, linear OCV, 0.1 ohm internal resistance."""
 
-    generation: str = "aze0"  # ze0 | aze0 | ze1
     rated_kwh: float = 30.0
     rated_ah: float = 79.0
     soh_pct: int = 85
@@ -105,10 +104,7 @@ class LeafBattery:
     current: Callable[[float], float] = field(default=_drive)  # amps at t seconds, + = charging
     cells: int = 96
     resistance_ohm: float = 0.1
-    wh_per_gid: float = 80.0
-    gids_zero_soc_pct: float = 8.0  # the real LBC's GIDs reach 0 at about 8 % SoC (leaf-*.toml gids_zero_soc_pct)
-    report_soh: bool = True  # False: the BMS SOH field says "no value" (0), as some packs do
-    tick_s: float = 0.01     # 0x1DB period; longer ticks make long synthetic captures small
+    tick_s: float = 0.01     # time step of frames(); longer ticks make long synthetic captures small
 
     def voltage(self, amps: float) -> float:
         """Terminal voltage: OCV(SOC) + I * R."""
@@ -117,6 +113,23 @@ class LeafBattery:
     @property
     def full_kwh(self) -> float:
         return self.rated_kwh * self.soh_pct / 100.0
+
+    def step(self, t: float) -> float:
+        """The current at ``t`` seconds, with the SoC advanced by one tick of it."""
+        amps = self.current(t)
+        capacity_ah = self.rated_ah * self.soh_pct / 100.0
+        self.soc_pct = min(100.0, max(0.0, self.soc_pct + amps * self.tick_s / 3600.0 / capacity_ah * 100.0))
+        return amps
+
+
+@dataclass
+class LeafBattery(SimPack):
+    """A Leaf pack (``SimPack``) and the frames its LBC broadcasts (0x1DB every ``tick_s``, 10 ms)."""
+
+    generation: str = "aze0"  # ze0 | aze0 | ze1
+    wh_per_gid: float = 80.0
+    gids_zero_soc_pct: float = 8.0  # the real LBC's GIDs reach 0 at about 8 % SoC (leaf-*.toml gids_zero_soc_pct)
+    report_soh: bool = True  # False: the BMS SOH field says "no value" (0), as some packs do
 
     def bars(self) -> int:
         return max(0, min(12, round((self.soh_pct - 30) / 70 * 12)))
@@ -129,12 +142,10 @@ class LeafBattery:
     def frames(self, duration_s: float, *, start_ts: float = 0.0) -> Iterator[Frame]:
         """Every frame the LBC sends in ``duration_s``, with timestamps from ``start_ts`` (``tick_s`` apart)."""
         ticks = round(duration_s / self.tick_s)
-        capacity_ah = self.rated_ah * self.soh_pct / 100.0
         for k in range(ticks):
             t = k * self.tick_s
             ts = start_ts + t
-            amps = self.current(t)
-            self.soc_pct = min(100.0, max(0.0, self.soc_pct + amps * self.tick_s / 3600.0 / capacity_ah * 100.0))
+            amps = self.step(t)
             yield Frame(ts, 0x1DB, encode_1db(amps, self.voltage(amps), counter=k))
             yield Frame(ts, 0x1DC, encode_1dc(80.0, 40.0, 6.6))
             if k % 10 == 0:

@@ -1,5 +1,5 @@
-"""``battery-gateway demo``: simulated Leaf battery ECU on a CAN bus -> the daemon (a real subprocess)
--> a local MQTT broker -> a subscriber that verifies every envelope and prints it.
+"""``battery-gateway demo``: a simulated battery ECU (a Leaf, or any profile's car) on a CAN bus -> the daemon
+(a real subprocess) -> a local MQTT broker -> a subscriber that verifies every envelope and prints it.
 
 The bus is python-can's ``udp_multicast`` on an interface-local IPv6 group (ff11::/16): frames never
 leave this host. The run ends by itself after ``duration_s`` (or on Ctrl-C): the simulated car
@@ -17,6 +17,7 @@ import sys
 import tempfile
 import threading
 import time
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
@@ -24,39 +25,68 @@ from ..adapters.can_bus import PythonCanBus
 from ..adapters.fs import write_atomic
 from ..adapters.keystore import generate_key
 from ..adapters.mqtt import PahoSubscriber, port_open
+from ..core.profile import Profile
 from ..core.signing import verify_envelope
 from ..core.summary import describe
 from ..errors import EnvelopeError, PublishError
-from .battery import LeafBattery
+from .battery import LeafBattery, SimPack
 from .broker import LocalBroker
-from .ecu import REQUEST_IDS, LbcResponder, run_ecu
+from .ecu import REQUEST_IDS, Broadcaster, LbcResponder, Responder, run_ecu
+from .profile_bms import ProfileBms
 
-__all__ = ["DEMO_GROUP", "run_demo", "simulate"]
+__all__ = ["DEMO_GROUP", "SimCar", "run_demo", "sim_car", "simulate"]
 
 DEMO_GROUP = "ff11:7079:7468:6f6e:6465:6d6f:6d63:6173"  # interface-local scope: stays on this host
+LEAF_GENERATIONS = {"leaf-ze0": "ze0", "leaf-aze0": "aze0", "leaf-ze1": "ze1"}
+LEAF_PACKS = {"ze0": (24.0, 66.0), "aze0": (30.0, 79.0), "ze1": (62.0, 176.0)}
 
 
-def ecu_bus(*, interface: str, channel: str, port: int) -> PythonCanBus:
+@dataclass
+class SimCar:
+    """A simulated car: what broadcasts its battery frames, what answers its polls, the ids it listens on."""
+
+    broadcaster: Broadcaster
+    responder: Responder
+    request_ids: frozenset[int]
+    title: str
+
+
+def sim_car(profile: Profile, databases: list[Any], *, soh_pct: int, soc_pct: float, hx_pct: float = 82.6) -> SimCar:
+    """The car of ``profile``: a Leaf's own simulator (written from leaf_formulas.md) for the Leaf profiles,
+    else ``ProfileBms`` over the profile's default pack."""
+    generation = LEAF_GENERATIONS.get(profile.name)
+    if generation:
+        kwh, ah = LEAF_PACKS[generation]
+        leaf = LeafBattery(generation=generation, rated_kwh=kwh, rated_ah=ah, soh_pct=soh_pct, soc_pct=soc_pct)
+        return SimCar(leaf, LbcResponder(leaf, hx_pct=hx_pct), REQUEST_IDS,
+                      f"Leaf {generation.upper()} {kwh:g} kWh (BMS SOH {soh_pct} %, SoC {soc_pct:g} %)")
+    pack = next(p for p in profile.packs if not p.upgrade)
+    bms = ProfileBms(profile, databases, SimPack(rated_kwh=pack.energy_kwh, rated_ah=pack.capacity_ah,
+                                                 soh_pct=soh_pct, soc_pct=soc_pct, cells=profile.cells_series))
+    return SimCar(bms, bms, bms.request_ids,
+                  f"{profile.title}, {pack.energy_kwh:g} kWh (SoH {soh_pct} %, SoC {soc_pct:g} %)")
+
+
+def ecu_bus(*, interface: str, channel: str, port: int, request_ids: frozenset[int] = REQUEST_IDS) -> PythonCanBus:
     """The simulated ECU's side of the bus: it listens to the diagnostic request ids.
 
     Raises:
         BusError: the interface cannot be opened.
     """
-    return PythonCanBus(interface=interface, channel=channel, bitrate=500000, frame_ids=REQUEST_IDS,
+    return PythonCanBus(interface=interface, channel=channel, bitrate=500000, frame_ids=request_ids,
                         udp_multicast_port=port)
 
 
-def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pct: int, soc_pct: float,
-             duration_s: float) -> int:
-    """Run the simulated battery ECU on a bus until ``duration_s`` or SIGTERM/SIGINT."""
+def simulate(*, interface: str, channel: str, port: int, profile: Profile, databases: list[Any], soh_pct: int,
+             soc_pct: float, duration_s: float) -> int:
+    """Run the simulated battery ECU of ``profile`` on a bus until ``duration_s`` or SIGTERM/SIGINT."""
     stop = threading.Event()
     signal.signal(signal.SIGTERM, lambda *_: stop.set())
-    rated = {"ze0": (24.0, 66.0), "aze0": (30.0, 79.0), "ze1": (62.0, 176.0)}[generation]
-    battery = LeafBattery(generation=generation, rated_kwh=rated[0], rated_ah=rated[1], soh_pct=soh_pct,
-                          soc_pct=soc_pct)
-    bus = ecu_bus(interface=interface, channel=channel, port=port)
+    car = sim_car(profile, databases, soh_pct=soh_pct, soc_pct=soc_pct)
+    bus = ecu_bus(interface=interface, channel=channel, port=port, request_ids=car.request_ids)
+    print(f"simulate: {car.title} on {interface} {channel}", file=sys.stderr)
     try:
-        sent = run_ecu(battery, bus, duration_s=duration_s, stop=stop.is_set, responder=LbcResponder(battery))
+        sent = run_ecu(car.broadcaster, bus, duration_s=duration_s, stop=stop.is_set, responder=car.responder)
     except KeyboardInterrupt:
         sent = 0
     finally:
@@ -65,7 +95,7 @@ def simulate(*, interface: str, channel: str, port: int, generation: str, soh_pc
     return 0
 
 
-def _config(tmp: Path, *, mqtt_port: int, can_port: int) -> Path:
+def _config(tmp: Path, *, mqtt_port: int, can_port: int, profile: str) -> Path:
     path = tmp / "gateway.toml"
     text = f"""# written by battery-gateway demo
 [device]
@@ -79,7 +109,7 @@ channel = "{DEMO_GROUP}"
 udp_multicast_port = {can_port}
 
 [vehicle]
-profile = "leaf-aze0"
+profile = "{profile}"
 
 [mqtt]
 host = "127.0.0.1"
@@ -93,8 +123,13 @@ silence_s = 2
     return path
 
 
-def run_demo(*, duration_s: float = 20.0) -> int:
-    """The whole chain on this machine; prints every verified message. Returns 0 when all verified."""
+def run_demo(*, profile: Profile, databases: list[Any], profile_ref: str = "leaf-aze0",
+             duration_s: float = 20.0) -> int:
+    """The whole chain on this machine; prints every verified message. Returns 0 when all verified.
+
+    Args:
+        profile_ref: what the daemon's ``vehicle.profile`` says (a built-in name or a path) for ``profile``.
+    """
     out = sys.stdout
     with tempfile.TemporaryDirectory(prefix="bgw-demo-") as tmpdir:
         tmp = Path(tmpdir)
@@ -112,15 +147,17 @@ def run_demo(*, duration_s: float = 20.0) -> int:
             mqtt_port = broker.port
             print(f"demo: started mosquitto on 127.0.0.1:{mqtt_port}", file=out)
         can_port = random.randint(40000, 49999)  # two demos at once do not hear each other's car
-        config = _config(tmp, mqtt_port=mqtt_port, can_port=can_port)
+        config = _config(tmp, mqtt_port=mqtt_port, can_port=can_port, profile=profile_ref)
+        car = sim_car(profile, databases, soh_pct=85, soc_pct=72.0)
         try:
-            return _run(tmp, config, key.public_key(), mqtt_port, can_port, duration_s)
+            return _run(tmp, config, key.public_key(), mqtt_port, can_port, duration_s, car)
         finally:
             if broker is not None:
                 broker.stop()
 
 
-def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int, duration_s: float) -> int:
+def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int, duration_s: float,
+         car: SimCar) -> int:
     sub = PahoSubscriber(host="127.0.0.1", port=mqtt_port, topic="bp/v1/demo-leaf/#", client_id="demo-backend")
     sub.wait_ready()
     log_path = tmp / "daemon.log"
@@ -129,14 +166,12 @@ def _run(tmp: Path, config: Path, public_key: Any, mqtt_port: int, can_port: int
         daemon = subprocess.Popen([sys.executable, "-m", "gateway", "run", "--config", str(config)],
                                   stderr=log_file, stdout=log_file, env=env)
     drive_s = max(2.0, duration_s * 0.6)
-    battery = LeafBattery(generation="aze0", rated_kwh=30.0, rated_ah=79.0, soh_pct=85, soc_pct=72.0)
-    print(f"demo: simulated Leaf AZE0 30 kWh (BMS SOH 85 %, SoC 72 %) drives for {drive_s:.0f} s, then switches "
-          f"off; the daemon (pid {daemon.pid}) publishes a reading every 2 s", file=sys.stdout)
+    print(f"demo: simulated {car.title} drives for {drive_s:.0f} s, then switches off; the daemon "
+          f"(pid {daemon.pid}) publishes a reading every 2 s", file=sys.stdout)
     stop = threading.Event()
-    bus = ecu_bus(interface="udp_multicast", channel=DEMO_GROUP, port=can_port)
-    sim = threading.Thread(target=run_ecu, args=(battery, bus), daemon=True,
-                           kwargs={"duration_s": drive_s, "stop": stop.is_set,
-                                   "responder": LbcResponder(battery, hx_pct=82.6)})
+    bus = ecu_bus(interface="udp_multicast", channel=DEMO_GROUP, port=can_port, request_ids=car.request_ids)
+    sim = threading.Thread(target=run_ecu, args=(car.broadcaster, bus), daemon=True,
+                           kwargs={"duration_s": drive_s, "stop": stop.is_set, "responder": car.responder})
     start = time.monotonic()
     counts = {"reading": 0, "passport": 0, "rejected": 0}
     sim.start()

@@ -14,14 +14,14 @@ byte less than the generation's layout), ``once-silent`` (silent the first time 
 from __future__ import annotations
 
 import time
-from collections.abc import Callable
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Protocol
 
 from ..model import Frame
 from .battery import LeafBattery
 
-__all__ = ["REQUEST_IDS", "EcuBus", "LbcResponder", "run_ecu", "segment"]
+__all__ = ["REQUEST_IDS", "Broadcaster", "EcuBus", "LbcResponder", "Responder", "run_ecu", "segment"]
 
 REQUEST_IDS = frozenset({0x79B, 0x797})  # the LBC's and the VCM's request ids: the ECU bus's filters
 
@@ -144,6 +144,18 @@ def segment(message: bytes) -> list[bytes]:
     return frames
 
 
+class Broadcaster(Protocol):
+    """What sends the broadcast frames: ``LeafBattery`` or ``ProfileBms``."""
+
+    def frames(self, duration_s: float) -> Iterator[Frame]: ...
+
+
+class Responder(Protocol):
+    """What answers diagnostic requests: ``LbcResponder`` or ``ProfileBms``."""
+
+    def on_frame(self, can_id: int, data: bytes) -> list[tuple[int, bytes]]: ...
+
+
 class EcuBus(Protocol):
     """The bus the simulated ECU sits on (``adapters.can_bus.PythonCanBus`` listening to the request ids)."""
 
@@ -152,8 +164,8 @@ class EcuBus(Protocol):
     def send(self, can_id: int, data: bytes) -> None: ...
 
 
-def run_ecu(battery: LeafBattery, bus: EcuBus, *, duration_s: float, stop: Callable[[], bool],
-            responder: LbcResponder | None = None, broadcast: bool = True) -> int:
+def run_ecu(battery: Broadcaster, bus: EcuBus, *, duration_s: float, stop: Callable[[], bool],
+            responder: Responder | None = None, broadcast: bool = True) -> int:
     """Broadcast the battery's frames in real time and answer diagnostic requests. Returns frames sent."""
     start = time.time()
     frames = iter(battery.frames(duration_s)) if broadcast else iter(())

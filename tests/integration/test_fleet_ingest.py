@@ -18,7 +18,6 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import closing
 from pathlib import Path
 
 import psycopg
@@ -31,7 +30,7 @@ from gateway.sim.battery import LeafBattery
 from gateway.sim.broker import LocalBroker
 from gateway.sim.fleet import LightGateway
 from gateway.sim.fleetstack import NatsCluster, find_nats_server, find_postgres_bin
-from tests.rig import Car, Rig, new_rig, set_mqtt, start_daemon, stop_daemon, wait_for
+from tests.rig import Car, Rig, new_rig, outbox_rows, set_mqtt, start_daemon, stop_daemon, wait_for
 
 pytestmark = [pytest.mark.broker, pytest.mark.slow,
               pytest.mark.skipif(find_postgres_bin() is None, reason="PostgreSQL not installed (make setup)")]
@@ -118,11 +117,6 @@ def worker_log(name: str, log_dir: Path) -> str:
 def trust(directory: Path, dev: str, key: ec.EllipticCurvePublicKey) -> None:
     directory.mkdir(exist_ok=True)
     (directory / f"{dev}.pem").write_bytes(key.public_bytes(Encoding.PEM, PublicFormat.SubjectPublicKeyInfo))
-
-
-def outbox_rows(r: Rig) -> int:
-    with closing(sqlite3.connect(r.tmp / "state" / "state.db", timeout=10)) as state:
-        return int(state.execute("SELECT COUNT(*) FROM outbox").fetchone()[0])
 
 
 def stored(db: str) -> dict[tuple[str, int, int], bytes]:

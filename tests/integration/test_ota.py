@@ -257,7 +257,7 @@ def test_update_resumes_interrupted_download_installs_and_commits_on_health(
     bundle = build_bundle(wheelhouse, rig.tmp, version="9.1.0")
     repo.add_release(TARGET, bundle, version="9.1.0", counter=2)
     config_before = rig.config.read_bytes()
-    car = Car(rig, LeafBattery("aze0", soh_pct=85, soc_pct=70.0), duration_s=120)
+    car = Car(rig, LeafBattery(generation="aze0", soh_pct=85, soc_pct=70.0), duration_s=120)
     sup = Supervisor(device.releases, rig.config, rig.tmp / "daemon.log")
     try:
         before = signed(rig, sub.collect(lambda got: any(t == "reading" for t, *_ in got), 20))
@@ -297,7 +297,7 @@ def test_release_that_never_becomes_healthy_is_rolled_back(rig: Rig, server: Rep
     device = Device(rig, server, repo, probation_s=20)
     bundle = build_hanging_bundle(rig.tmp, version="9.2.0")
     repo.add_release(TARGET, bundle, version="9.2.0", counter=2)
-    car = Car(rig, LeafBattery("aze0", soh_pct=85, soc_pct=70.0), duration_s=120)
+    car = Car(rig, LeafBattery(generation="aze0", soh_pct=85, soc_pct=70.0), duration_s=120)
     sup = Supervisor(device.releases, rig.config, rig.tmp / "daemon.log")
     try:
         out = device.update(timeout_s=600)

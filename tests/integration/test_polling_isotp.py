@@ -15,13 +15,15 @@ import pytest
 
 from gateway.adapters.can_bus import PythonCanBus
 from gateway.adapters.isotp import MAX_PENDING, IsoTpDiagClient, KernelIsoTpDiagClient, open_diag_client
+from gateway.app.wiring import load_profile
 from gateway.core.battery import BatteryTracker
 from gateway.errors import BusError
 from gateway.model import Frame
 from gateway.services.diagnostics import DiagService
 from gateway.services.pipeline import Pipeline
-from gateway.sim.battery import LeafBattery
+from gateway.sim.battery import LeafBattery, SimPack
 from gateway.sim.ecu import REQUEST_IDS, LbcResponder, run_ecu
+from gateway.sim.profile_bms import ProfileBms
 from tests.pipelines import memory_pipeline
 
 
@@ -172,3 +174,43 @@ def test_a_request_the_bus_refuses_is_an_outcome_not_a_crash() -> None:
     outcome = client.poll()
     assert outcome is not None and outcome[:2] == ("error", "can_send") and "0x79B" in str(outcome[2])
     assert not client.busy  # the next poll can go when it is due
+
+
+def test_a_car_read_only_by_polls_is_found_on_by_a_seldom_probe_and_then_polled() -> None:
+    # GIVEN a Kona/e-Niro, whose battery ECU only answers polls: no broadcast frame says it is on
+    channel = f"bgw-{uuid.uuid4()}"
+    parts = memory_pipeline("kia-eniro-64")
+    profile, databases = load_profile("kia-eniro-64")
+    bms = ProfileBms(profile, databases, SimPack(rated_kwh=64.0, rated_ah=180.0, soh_pct=91, cells=98))
+    source = PythonCanBus(interface="virtual", channel=channel, bitrate=500000, frame_ids=profile.frame_ids)
+    ecu_bus = PythonCanBus(interface="virtual", channel=channel, bitrate=500000, frame_ids=bms.request_ids)
+    stop = threading.Event()
+    ecu = threading.Thread(target=run_ecu, args=(bms, ecu_bus),
+                           kwargs={"duration_s": 30, "stop": stop.is_set, "responder": bms, "broadcast": False})
+    ecu.start()
+    try:
+        diag = DiagService(profile.polls, IsoTpDiagClient(source.send), on_reply=parts.pipe.on_diag_reply,
+                           vehicle_state=parts.pipe.vehicle_state, retry_s=1.0)
+        rig = Rig(parts.pipe, parts.tracker, diag, source, bms)  # type: ignore[arg-type]
+        assert parts.pipe.vehicle_state() == "off"
+        rig.run(2.0)
+        # THEN the probe (22 01 01, allowed in "off") found it on, and the SOH poll followed at once
+        assert bms.requests[:2] == [bytes([0x22, 0x01, 0x01]), bytes([0x22, 0x01, 0x05])]
+        assert parts.pipe.vehicle_state() == "awake" and not parts.tracker.missing()
+        assert parts.tracker.values["bms_soh_pct"] == 91.0
+        # and a car read only by polls is not called off between two of them (3 x its quickest interval)
+        assert profile.silence_floor_s == 6.0
+    finally:
+        stop.set()
+        ecu.join(5)
+        ecu_bus.close()
+        source.close()
+
+
+def test_a_sleeping_car_is_asked_at_most_every_30_s() -> None:
+    from gateway.core.polls import parse_polls
+
+    problems: list[str] = []
+    parse_polls([{"name": "p", "request_id": 0x7E4, "response_id": 0x7EC, "request": [0x22, 0x01, 0x01],
+                  "every_s": {"off": 5, "awake": 5}, "layout": [{"length": 1, "fields": []}]}], problems)
+    assert problems == ["poll[0].every_s.off: at least 30 s (a car that is off is asked seldom)"]
