@@ -32,8 +32,9 @@ class PythonCanBus:
         Raises:
             BusError: the interface or channel cannot be opened.
         """
-        filters: list[can.typechecking.CanFilter] = [
-            {"can_id": i, "can_mask": 0x7FF, "extended": False} for i in sorted(frame_ids)]
+        filters: list[can.typechecking.CanFilter] = [  # an id above 0x7FF is a 29-bit one
+            {"can_id": i, "can_mask": 0x1FFFFFFF if i > 0x7FF else 0x7FF, "extended": i > 0x7FF}
+            for i in sorted(frame_ids)]
         options: dict[str, Any] = {"port": udp_multicast_port} if interface == "udp_multicast" else {}
         try:
             # socketcan ignores bitrate (systemd-networkd sets it on the interface); slcan, pcan... use it.

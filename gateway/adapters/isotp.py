@@ -1,4 +1,6 @@
-"""can-isotp -> ``DiagClient``: one diagnostic request at a time over ISO-TP (normal 11-bit addressing).
+"""can-isotp -> ``DiagClient``: one diagnostic request at a time over ISO-TP (normal addressing with 11-bit or
+29-bit ids, an id above 0x7FF being 29-bit; extended addressing, the ECU's address in each frame's first byte,
+when a poll names one).
 
 Two transports, one behaviour:
 
@@ -51,6 +53,16 @@ _KINDS: dict[type[Exception], str] = {
     isotp.ConsecutiveFrameTimeoutError: "isotp_timeout", isotp.InvalidCanDataError: "isotp_length"}
 
 
+def _address(request_id: int, response_id: int, ext: tuple[int, int] | None) -> isotp.Address:
+    """can-isotp's address: 29-bit when an id needs it; extended addressing when ``ext`` (target, source)."""
+    wide = max(request_id, response_id) > 0x7FF
+    if ext is None:
+        mode = isotp.AddressingMode.Normal_29bits if wide else isotp.AddressingMode.Normal_11bits
+        return isotp.Address(mode, txid=request_id, rxid=response_id)
+    mode = isotp.AddressingMode.Extended_29bits if wide else isotp.AddressingMode.Extended_11bits
+    return isotp.Address(mode, txid=request_id, rxid=response_id, target_address=ext[0], source_address=ext[1])
+
+
 class _OneRequest:
     """What both transports share: one request in flight, the time its reply is due, and the "response
     pending" replies (NRC 0x78) that move that time on."""
@@ -79,17 +91,18 @@ class IsoTpDiagClient(_OneRequest):
 
     def __init__(self, send: Callable[[int, bytes], None], *, padding: int = 0x00) -> None:
         self._send = send
+        self._ext: tuple[int, int] | None = None
         self._padding = padding
-        self._stacks: dict[tuple[int, int], isotp.TransportLayer] = {}
+        self._stacks: dict[tuple[int, int, tuple[int, int] | None], isotp.TransportLayer] = {}
         self._rx: deque[isotp.CanMessage] = deque()
         self._error: tuple[str, str] | None = None
 
-    def _stack(self, request_id: int, response_id: int) -> isotp.TransportLayer:
-        key = (request_id, response_id)
+    def _stack(self, request_id: int, response_id: int, ext: tuple[int, int] | None) -> isotp.TransportLayer:
+        key = (request_id, response_id, ext)
         if key not in self._stacks:
             self._stacks[key] = isotp.TransportLayer(
                 rxfn=self._rxfn, txfn=self._txfn, error_handler=self._on_error,
-                address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=request_id, rxid=response_id),
+                address=_address(request_id, response_id, ext),
                 params={"stmin": 0, "blocksize": 0, "tx_padding": self._padding, "tx_data_min_length": 8,
                         "rx_flowcontrol_timeout": 1000, "rx_consecutive_frame_timeout": 1000})
         return self._stacks[key]
@@ -109,7 +122,8 @@ class IsoTpDiagClient(_OneRequest):
     def close(self) -> None:
         """Nothing to release: the bus belongs to the caller."""
 
-    def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float) -> None:
+    def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float,
+              ext: tuple[int, int] | None = None) -> None:
         """Send one request; its outcome comes from ``poll``.
 
         Raises:
@@ -118,9 +132,10 @@ class IsoTpDiagClient(_OneRequest):
         if self._active is not None:
             raise RuntimeError("a diagnostic request is already in flight")
         self._rx.clear()
-        stack = self._stack(request_id, response_id)
+        stack = self._stack(request_id, response_id, ext)
         stack.reset()
         self._active, self._error, self._pending = (request_id, response_id), None, 0
+        self._ext = ext
         self._deadline = time.monotonic() + timeout_s
         stack.send(request)
         self._process(stack)
@@ -135,13 +150,14 @@ class IsoTpDiagClient(_OneRequest):
     def feed(self, frame: Frame) -> None:
         """A frame seen on a response id. Ignored unless a request to that ECU is in flight."""
         if self._active is not None and frame.can_id == self._active[1]:
-            self._rx.append(isotp.CanMessage(arbitration_id=frame.can_id, data=frame.data))
+            self._rx.append(isotp.CanMessage(arbitration_id=frame.can_id, data=frame.data,
+                                             extended_id=frame.can_id > 0x7FF))
 
     def poll(self) -> DiagOutcome | None:
         """Drive the transport; return the outcome once the request is done, else None."""
         if self._active is None:
             return None
-        stack = self._stacks[self._active]
+        stack = self._stacks[(*self._active, self._ext)]
         self._process(stack)
         outcome: DiagOutcome | None = None
         if self._error is not None:
@@ -180,14 +196,13 @@ class KernelIsoTpDiagClient(_OneRequest):
         self._failed: DiagOutcome | None = None
         self._bind(0x7DF, 0x7E8).close()  # fail now, not at the first poll, when the kernel cannot do it
 
-    def _bind(self, request_id: int, response_id: int) -> isotp.socket:
+    def _bind(self, request_id: int, response_id: int, ext: tuple[int, int] | None = None) -> isotp.socket:
         s: isotp.socket | None = None
         try:
             s = isotp.socket(timeout=None)
             s.set_opts(txpad=self._padding)
             s.set_fc_opts(bs=0, stmin=0)
-            s.bind(self._channel, isotp.Address(isotp.AddressingMode.Normal_11bits, txid=request_id,
-                                                rxid=response_id))
+            s.bind(self._channel, _address(request_id, response_id, ext))
             s.real_socket().setblocking(False)
         except (OSError, ValueError, NotImplementedError, AttributeError) as exc:  # AttributeError: no AF_CAN
             if s is not None:
@@ -195,7 +210,8 @@ class KernelIsoTpDiagClient(_OneRequest):
             raise BusError(f"can: no kernel ISO-TP socket on {self._channel} ({exc})") from exc
         return s
 
-    def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float) -> None:
+    def start(self, request_id: int, response_id: int, request: bytes, *, timeout_s: float,
+              ext: tuple[int, int] | None = None) -> None:
         """Send one request; its outcome (a refused send included) comes from ``poll``.
 
         Raises:
@@ -205,7 +221,7 @@ class KernelIsoTpDiagClient(_OneRequest):
             raise RuntimeError("a diagnostic request is already in flight")
         self._active, self._deadline, self._pending = (request_id, response_id), time.monotonic() + timeout_s, 0
         try:
-            self._socket = self._bind(request_id, response_id)
+            self._socket = self._bind(request_id, response_id, ext)
             self._socket.send(request)
         except (BusError, OSError) as exc:
             self._failed = ("error", "can_send", f"request on 0x{request_id:03X}: {exc}")

@@ -65,6 +65,7 @@ def replay_capture(capture: str, *, config: Config, profile: str | None, bus: in
     parts = assemble(config, key, sink=stream, chain=ChainPosition(), counters=Counters(),
                      device_id=config.device.id or "replay", vin_salt=os.urandom(16))
     replies = parts.profile.response_ids - parts.decoder.frame_ids  # an id that is both is decoded as broadcast
-    replay = Replay(parts.pipeline, stream, response_ids=replies, bus=bus, progress=progress)
+    ext = {p.response_id: p.ext_address[1] for p in parts.profile.polls if p.ext_address}
+    replay = Replay(parts.pipeline, stream, response_ids=replies, bus=bus, progress=progress, ext=ext)
     frames = read_capture(capture, want=parts.profile.frame_ids, stats=stats)
     return ReplayRun(parts, replay, replay.run(frames))

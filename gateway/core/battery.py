@@ -66,7 +66,7 @@ class BatteryTracker:
         polled = {f.name for p in profile.polls for lay in p.layouts for f in lay.fields}
         polled |= {derived for name in polled & set(ARRAY_FIELDS) for derived in ARRAY_FIELDS[name]}
         self._polled_only = polled - {s.field for s in profile.signals}
-        self.max_gap_s = max_gap_s
+        self.max_gap_s = max(max_gap_s, 1.5 * profile.poll_pace_s)  # a car read only by polls: its pace
         self.values: dict[str, float] = {}
         self.times: dict[str, float] = {}
         self.arrays: dict[str, list[float]] = {}  # polled: cells_v, temps_c
@@ -80,6 +80,7 @@ class BatteryTracker:
         self.last_ts: float | None = None
         self._last_current: tuple[float, float] | None = None  # (ts, amps)
         self._deep = self._over = False
+        self._pack_cells = any(p.cells_series for p in profile.packs)
         self.soh = SohEstimator(rated_ah=self.pack()[0].capacity_ah, state=self.counters.soh,
                                 ocv=OCV_CELL_V.get(profile.chemistry), cells_series=profile.cells_series,
                                 model=soh_model)
@@ -134,6 +135,7 @@ class BatteryTracker:
                     self._store(ts, d.field, derived)  # no SoH of 101 %, the last plausible one stays
         if name == "pack_a":
             self._integrate(ts, value)
+            self.soh.cells_series = self.cells_series()
             self.soh.on_current(ts, value, self.values.get("pack_v"))
         elif name == "pack_v":
             self._check_voltage_events(ts, value)
@@ -185,10 +187,16 @@ class BatteryTracker:
                 else:
                     c.min_low_temp_idle += minutes
 
+    def cells_series(self) -> int:
+        """Cells in series of the rated pack (a profile may list packs of different series counts)."""
+        if not self._pack_cells:
+            return self.profile.cells_series
+        return self.pack()[0].cells_series or self.profile.cells_series
+
     def _check_voltage_events(self, ts: float, volts: float) -> None:
-        p = self.profile
-        low, high = p.cell_v_min * p.cells_series, p.cell_v_max * p.cells_series
-        hysteresis = 0.05 * p.cells_series  # 50 mV per cell before an event can fire again
+        p, cells = self.profile, self.cells_series()
+        low, high = p.cell_v_min * cells, p.cell_v_max * cells
+        hysteresis = 0.05 * cells  # 50 mV per cell before an event can fire again
         if volts < low and not self._deep:
             self._deep = True
             self.counters.deep_discharge_events += 1
@@ -283,7 +291,8 @@ class BatteryTracker:
         """The configured capacity with the energy it implies: the nominal voltage of the nearest pack."""
         ah = float(self._configured_ah or 0.0)
         nearest = min(self.profile.packs, key=lambda p: abs(p.capacity_ah - ah))
-        return PackVariant(round(ah * nearest.energy_kwh / nearest.capacity_ah, 1), ah, nearest.upgrade)
+        return PackVariant(round(ah * nearest.energy_kwh / nearest.capacity_ah, 1), ah, nearest.upgrade,
+                           nearest.cells_series)
 
     def _holds_reported(self, pack: PackVariant) -> bool:
         """True when ``pack`` is not smaller than the energy and capacity the battery ECU reports."""

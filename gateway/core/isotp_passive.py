@@ -1,6 +1,7 @@
 """Passive ISO-TP reassembly: rebuild the diagnostic replies someone else's tester asked for, from the
-frames seen on the bus (normal 11-bit addressing). Used by ``replay``; the daemon polls actively
-through can-isotp instead.
+frames seen on the bus (normal addressing, 11- or 29-bit ids; extended addressing on the ids ``ext`` names: their
+frames start with the tester's address, and frames for another address are not part of the reply). Used by
+``replay``; the daemon polls actively through can-isotp instead.
 
 Invariant: strict. A message is handed out only when its single or first frame announced a length and
 consecutive frames arrived with sequence numbers 1, 2, ... 15, 0, 1 ... without a gap, duplicate or
@@ -14,6 +15,7 @@ so the same reply seen twice on two buses counts as duplicated frames. Pure.
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 
 from ..errors import DecodeError
@@ -33,9 +35,10 @@ class _Partial:
 class PassiveIsoTp:
     """Reassembles messages on a set of CAN ids."""
 
-    def __init__(self, ids: frozenset[int], *, max_gap_s: float = 1.0) -> None:
+    def __init__(self, ids: frozenset[int], *, max_gap_s: float = 1.0, ext: Mapping[int, int] | None = None) -> None:
         self.ids = ids
         self.max_gap_s = max_gap_s
+        self._ext = dict(ext or {})  # CAN id -> the address byte its reply frames start with
         self._partial: dict[int, _Partial] = {}
 
     def feed(self, frame: Frame) -> bytes | None:
@@ -45,6 +48,11 @@ class PassiveIsoTp:
             DecodeError: the frame broke a message in progress, or is malformed.
         """
         data, cid = frame.data, frame.can_id
+        full = 8
+        if cid in self._ext:  # extended addressing: the first byte says for whom
+            if not data or data[0] != self._ext[cid]:
+                return None
+            data, full = data[1:], 7
         if not data:
             raise DecodeError(f"0x{cid:03X}: empty ISO-TP frame", frame_id=cid, kind="isotp_length")
         pci = data[0] >> 4
@@ -58,10 +66,10 @@ class PassiveIsoTp:
         if pci == 1:  # first frame
             broken = self._partial.pop(cid, None)
             length = (data[0] & 0x0F) << 8 | (data[1] if len(data) > 1 else 0)
-            if length < 8 or len(data) < 8:
+            if length < full or len(data) < full:
                 raise DecodeError(f"0x{cid:03X}: first frame with length {length}", frame_id=cid,
                                   kind="isotp_length")
-            self._partial[cid] = _Partial(length, bytearray(data[2:8]), 1, frame.ts)
+            self._partial[cid] = _Partial(length, bytearray(data[2:full]), 1, frame.ts)
             if broken is not None:
                 raise DecodeError(f"0x{cid:03X}: new first frame before the last message was complete",
                                   frame_id=cid, kind="isotp_sequence")

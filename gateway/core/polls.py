@@ -76,19 +76,21 @@ class Filler:
 
 @dataclass(frozen=True, slots=True)
 class Layout:
-    """Fields of a reply payload of exactly ``length`` bytes; ``generation`` names the pack it identifies.
-
-    With a ``filler``, the layout applies only to replies that carry it.
+    """Fields of a reply payload of exactly ``length`` bytes (``at_least``: of ``length`` bytes or more, for an
+    ECU whose replies are known only up to their last documented field); ``generation`` names the pack it
+    identifies. With a ``filler``, the layout applies only to replies that carry it.
     """
 
     length: int
     fields: tuple[ByteField, ...]
     generation: str = ""
     filler: Filler | None = None
+    at_least: bool = False
 
     def fits(self, payload: bytes) -> bool:
         """True when this layout decodes ``payload`` (its length, and its filler if it has one)."""
-        return len(payload) == self.length and (self.filler is None or self.filler.found_in(payload))
+        size_ok = len(payload) >= self.length if self.at_least else len(payload) == self.length
+        return size_ok and (self.filler is None or self.filler.found_in(payload))
 
 
 @dataclass(frozen=True, slots=True)
@@ -102,6 +104,7 @@ class PollSpec:
     every_s: Mapping[str, float]
     layouts: tuple[Layout, ...]
     timeout_s: float = 1.0
+    ext_address: tuple[int, int] | None = None  # extended addressing: (target, source) first bytes (BMW)
 
     @property
     def positive_header(self) -> bytes:
@@ -180,11 +183,19 @@ def _parse_layout(lay: Any, key: str, problems: list[str]) -> Layout | None:
     if not isinstance(lay, Mapping) or not isinstance(lay.get("fields", []), list):
         problems.append(f"{key}: expected a table with a list of fields")
         return None
-    problems.extend(f"{key}.{k}: unknown key" for k in sorted(set(lay) - {"length", "generation", "fields", "filler"}))
+    problems.extend(f"{key}.{k}: unknown key" for k in sorted(set(lay) - {"length", "at_least", "generation", "fields",
+                                                                          "filler"}))
     fields = [_parse_field(f, f"{key}.fields[{k}]", problems) for k, f in enumerate(lay.get("fields", []))]
     length = _int(lay.get("length"), f"{key}.length", problems, 1, 4095)
+    for k, fld in enumerate(fields):
+        end = fld.at + (fld.count - 1) * fld.stride + fld.size if fld is not None else 0
+        if end > length:
+            problems.append(f"{key}.fields[{k}]: bytes up to {end - 1} are outside the {length}-byte payload")
+    at_least = lay.get("at_least", False)
+    if not isinstance(at_least, bool):
+        problems.append(f"{key}.at_least: expected true or false")
     return Layout(length, tuple(f for f in fields if f is not None), str(lay.get("generation", "")),
-                  _parse_filler(lay.get("filler"), f"{key}.filler", length, problems))
+                  _parse_filler(lay.get("filler"), f"{key}.filler", length, problems), at_least is True)
 
 
 def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
@@ -192,7 +203,7 @@ def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
     if not isinstance(raw, Mapping):
         problems.append(f"{key}: expected a table")
         return None
-    known = {"name", "request_id", "response_id", "request", "every_s", "layout", "timeout_s"}
+    known = {"name", "request_id", "response_id", "request", "every_s", "layout", "timeout_s", "ext_address"}
     problems.extend(f"{key}.{k}: unknown key" for k in sorted(set(raw) - known))
     request = raw.get("request")
     if not (isinstance(request, list) and request and all(isinstance(b, int) and 0 <= b <= 255 for b in request)):
@@ -213,12 +224,19 @@ def _parse_poll(i: int, raw: Any, problems: list[str]) -> PollSpec | None:
     if isinstance(timeout, bool) or not isinstance(timeout, int | float) or not 0.05 <= timeout <= 30:
         problems.append(f"{key}.timeout_s: expected seconds 0.05..30, got {timeout!r}")
         timeout = 1.0
+    ext = raw.get("ext_address")
+    if ext is not None and not (isinstance(ext, list) and len(ext) == 2
+                                and all(isinstance(b, int) and not isinstance(b, bool) and 0 <= b <= 255 for b in ext)):
+        problems.append(f"{key}.ext_address: expected [target, source] bytes, e.g. [0x07, 0xF1]")
+        ext = None
+    if ext is not None and len(request) > 6:
+        problems.append(f"{key}.request: at most 6 bytes with extended addressing (one single frame)")
     return PollSpec(name=str(raw.get("name", f"poll-{i}")),
                     request_id=_int(raw.get("request_id"), f"{key}.request_id", problems, 0, 0x1FFFFFFF),
                     response_id=_int(raw.get("response_id"), f"{key}.response_id", problems, 0, 0x1FFFFFFF),
                     request=bytes(request), every_s=dict(every),
                     layouts=tuple(lay for lay in layouts if lay is not None),
-                    timeout_s=float(timeout))
+                    timeout_s=float(timeout), ext_address=(ext[0], ext[1]) if ext else None)
 
 
 def parse_polls(raw: Any, problems: list[str]) -> tuple[PollSpec, ...]:
@@ -286,9 +304,11 @@ def decode_reply(spec: PollSpec, reply: bytes) -> DiagValues:
 
 
 def _layout_for(spec: PollSpec, payload: bytes) -> Layout | None:
-    """The layout that decodes ``payload``: one whose filler the payload carries, else one without a filler."""
-    fitting = [lay for lay in spec.layouts if lay.fits(payload)]
-    return next((lay for lay in fitting if lay.filler is not None), fitting[0] if fitting else None)
+    """The layout that decodes ``payload``: one whose filler the payload carries, else one of its exact length,
+    else one it is at least as long as."""
+    fitting = sorted((lay for lay in spec.layouts if lay.fits(payload)), key=lambda lay: (lay.filler is None,
+                                                                                            lay.at_least))
+    return fitting[0] if fitting else None
 
 
 def _array(f: ByteField, payload: bytes) -> list[float]:

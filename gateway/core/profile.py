@@ -43,12 +43,14 @@ class PackVariant:
     """A pack the vehicle can carry: its energy and capacity when new.
 
     ``upgrade`` marks a pack the car was not sold with but is fitted with in the field (a ZE0 with a 30 kWh
-    pack behind a CAN bridge); never the default, only detected or configured.
+    pack behind a CAN bridge); never the default, only detected or configured. ``cells_series``: this pack's
+    cells in series where they differ from the profile's (VW MEB: 84, 96 or 108); 0 = the profile's.
     """
 
     energy_kwh: float
     capacity_ah: float
     upgrade: bool = False
+    cells_series: int = 0
 
 
 @dataclass(frozen=True, slots=True)
@@ -123,13 +125,14 @@ class Profile:
         return frozenset(s.frame_id for s in self.signals) | self.response_ids
 
     @property
-    def silence_floor_s(self) -> float:
-        """How long without a frame means "off" at least: for a car read only by polls, three of its quickest
-        poll intervals while awake (its replies are its only frames); 0 for a car that broadcasts."""
+    def poll_pace_s(self) -> float:
+        """For a car read only by polls (its replies are its only frames): its quickest poll interval while
+        awake; 0 for a car that broadcasts. Its silence means "off" after 3 of them, and its current is
+        integrated over gaps up to 1.5 of them."""
         if self.signals:
             return 0.0
         awake = [s for p in self.polls for state, s in p.every_s.items() if state != "off"]
-        return 3.0 * min(awake) if awake else 0.0
+        return min(awake) if awake else 0.0
 
     @property
     def response_ids(self) -> frozenset[int]:
@@ -304,15 +307,18 @@ def _parse_packs(raw: list[Any], problems: list[str]) -> list[PackVariant]:
     packs: list[PackVariant] = []
     for i, p in enumerate(raw):
         try:
-            unknown = set(p) - {"energy_kwh", "capacity_ah", "upgrade"}
-            if unknown or not isinstance(p.get("upgrade", False), bool):
+            unknown = set(p) - {"energy_kwh", "capacity_ah", "upgrade", "cells_series"}
+            cells = p.get("cells_series", 0)
+            if unknown or not isinstance(p.get("upgrade", False), bool) or isinstance(cells, bool) \
+                    or not isinstance(cells, int):
                 raise ValueError(f"unknown keys {sorted(unknown)}")
-            pack = PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"]), p.get("upgrade", False))
-            if not (0 < pack.energy_kwh < 1000 and 0 < pack.capacity_ah < 5000):
+            pack = PackVariant(float(p["energy_kwh"]), float(p["capacity_ah"]), p.get("upgrade", False), cells)
+            if not (0 < pack.energy_kwh < 1000 and 0 < pack.capacity_ah < 5000 and 0 <= cells < 1000):
                 raise ValueError("out of range")
             packs.append(pack)
         except (KeyError, TypeError, ValueError, OverflowError, AttributeError):
-            problems.append(f"pack[{i}]: needs energy_kwh and capacity_ah numbers (and upgrade = true/false)")
+            problems.append(f"pack[{i}]: needs energy_kwh and capacity_ah numbers (and upgrade = true/false, "
+                            "cells_series = an integer)")
     if not any(not p.upgrade for p in packs):
         problems.append("pack: list at least one pack the car was sold with (energy_kwh, capacity_ah)")
     return packs

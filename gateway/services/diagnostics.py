@@ -52,7 +52,8 @@ class DiagService:
 
     def request(self, spec: PollSpec) -> None:
         """Send ``spec``'s request now (``inspect``); the outcome arrives through ``step``."""
-        self.client.start(spec.request_id, spec.response_id, spec.request, timeout_s=spec.timeout_s)
+        self.client.start(spec.request_id, spec.response_id, spec.request, timeout_s=spec.timeout_s,
+                          ext=spec.ext_address)
         self._inflight = spec
 
     def step(self, now: float, *, schedule: bool = True) -> tuple[PollSpec, str] | None:

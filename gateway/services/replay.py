@@ -13,7 +13,7 @@ from __future__ import annotations
 
 import logging
 from collections import Counter, deque
-from collections.abc import Callable, Iterable, Iterator
+from collections.abc import Callable, Iterable, Iterator, Mapping
 from typing import Protocol
 
 from ..core.isotp_passive import PassiveIsoTp
@@ -84,14 +84,16 @@ class Replay:
     """Feeds a capture's frames to a ``FrameConsumer`` and yields what it puts on ``stream``."""
 
     def __init__(self, consumer: FrameConsumer, stream: MessageStream, *, response_ids: frozenset[int],
-                 bus: int | None = None, progress: Callable[[], None] | None = None) -> None:
+                 bus: int | None = None, progress: Callable[[], None] | None = None,
+                 ext: Mapping[int, int] | None = None) -> None:
         """Args:
             response_ids: CAN ids of poll replies, reassembled passively and handed to ``on_diag_reply``.
+            ext: response ids with extended addressing -> the address byte their frames start with.
             bus: keep only frames from this bus number (CRTD/GVRET/candump channel), all when None.
             progress: called every 4,096 frames (the caller knows how far the reader is).
         """
         self._consumer, self._stream = consumer, stream
-        self._passive = PassiveIsoTp(response_ids)
+        self._passive = PassiveIsoTp(response_ids, ext=ext)
         self._bus, self._progress = bus, progress
         self.counts: Counter[str] = Counter()  # poll replies that could not be reassembled, by kind
 

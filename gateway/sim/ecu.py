@@ -132,15 +132,18 @@ class LbcResponder:
         return [*first, (reply_id, frames[0])]
 
 
-def segment(message: bytes) -> list[bytes]:
-    """Split a message into ISO-TP frames (single, or first + consecutive), padded with 00 to 8 bytes."""
-    if len(message) <= 7:
-        return [bytes([len(message)]) + message.ljust(7, b"\x00")]
-    frames = [bytes([0x10 | len(message) >> 8, len(message) & 0xFF]) + message[:6]]
-    rest, sn = message[6:], 1
+def segment(message: bytes, *, address: int | None = None) -> list[bytes]:
+    """Split a message into ISO-TP frames (single, or first + consecutive), padded with 00 to 8 bytes; with
+    extended addressing, each frame starts with ``address``."""
+    head = b"" if address is None else bytes([address])
+    room = 7 - len(head)  # data bytes after the PCI byte
+    if len(message) <= room:
+        return [head + bytes([len(message)]) + message.ljust(room, b"\x00")]
+    frames = [head + bytes([0x10 | len(message) >> 8, len(message) & 0xFF]) + message[:room - 1]]
+    rest, sn = message[room - 1:], 1
     while rest:
-        frames.append(bytes([0x20 | sn]) + rest[:7].ljust(7, b"\x00"))
-        rest, sn = rest[7:], (sn + 1) & 0x0F
+        frames.append(head + bytes([0x20 | sn]) + rest[:room].ljust(room, b"\x00"))
+        rest, sn = rest[room:], (sn + 1) & 0x0F
     return frames
 
 

@@ -6,13 +6,15 @@ path (daemon -> broker -> verify). It proves that a profile's data reach a signe
 profile decodes the real car right is what the real captures check (tests/integration/test_profile_validation.py).
 The Leaf has its own simulator (``battery.py``, ``ecu.py``), written byte by byte from leaf_formulas.md.
 
-Pure apart from the clock-free generator ``frames`` and the ISO-TP answers of ``on_frame``; not thread-safe.
+The pack model advances with the broadcast frames (``frames`` is timed by its caller); a car that only
+answers polls advances by ``clock`` when it is asked. Not thread-safe.
 """
 
 from __future__ import annotations
 
 import contextlib
-from collections.abc import Iterator
+import time
+from collections.abc import Callable, Iterator
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -36,8 +38,11 @@ class ProfileBms:
     serial: str = "SIM0000000001"
     vin: str = "SIMVIN00000000001"
     period_s: float = 0.1
+    clock: Callable[[], float] = time.monotonic  # a polled-only car's time
     requests: list[bytes] = field(default_factory=list)  # requests answered, in order
     _amps: float = 0.0
+    _t: float = 0.0  # the pack model's time, s
+    _t0: float | None = None
     _pending: list[bytes] = field(default_factory=list)
     _pending_id: int = 0
 
@@ -68,13 +73,22 @@ class ProfileBms:
         by_frame: dict[int, list[SignalMap]] = {}
         for sm in self.profile.signals:
             by_frame.setdefault(sm.frame_id, []).append(sm)
-        step = self.pack.tick_s = self.period_s
+        if not by_frame:
+            return  # a car that only answers polls: nothing to send, and no ticks to run ahead of time
+        step = self.period_s
         for k in range(round(duration_s / step)):
-            self._amps = self.pack.step(k * step)
+            self._advance(k * step)
             values = self.values()
             for frame_id, maps in sorted(by_frame.items()):
                 for data in self._encode(messages[frame_id], maps, values):
                     yield Frame(start_ts + k * step, frame_id, data)
+
+    def _advance(self, t: float) -> None:
+        """Step the pack model to ``t`` seconds."""
+        self.pack.tick_s = self.period_s
+        while self._t <= t:
+            self._amps = self.pack.step(self._t)
+            self._t += self.period_s
 
     def _encode(self, message: Any, maps: list[SignalMap], values: dict[str, float]) -> Iterator[bytes]:
         """One frame per case: the profile's ``when`` conditions and the DBC multiplexer value a signal needs."""
@@ -100,6 +114,13 @@ class ProfileBms:
         """Frames to send in answer to one received frame (a single-frame request or a flow control)."""
         if can_id not in self.request_ids or not data:
             return []
+        ext = next((p.ext_address for p in self.profile.polls if p.request_id == can_id and p.ext_address), None)
+        if ext is not None:  # extended addressing: the frame names the ECU it is for
+            if data[0] != ext[0]:
+                return []
+            data = data[1:]
+            if not data:
+                return []
         if data[0] >> 4 == 3:
             frames, self._pending = self._pending, []
             return [(self._pending_id, f) for f in frames]
@@ -110,9 +131,13 @@ class ProfileBms:
         spec = next((p for p in self.profile.polls if p.request_id == can_id and p.request == request), None)
         if spec is None:
             reply_id = next(p.response_id for p in self.profile.polls if p.request_id == can_id)
-            return [(reply_id, bytes([0x03, 0x7F, request[0], 0x31, 0, 0, 0, 0]))]  # request out of range
+            refusal = bytes([0x7F, request[0], 0x31])  # request out of range
+            return [(reply_id, segment(refusal, address=ext[1] if ext else None)[0])]
         self.requests.append(request)
-        frames = segment(spec.positive_header + self._payload(spec))
+        if not self.profile.signals:  # no broadcast drives the pack model: the time since the first request does
+            self._t0 = self.clock() if self._t0 is None else self._t0
+            self._advance(self.clock() - self._t0)
+        frames = segment(spec.positive_header + self._payload(spec), address=ext[1] if ext else None)
         self._pending, self._pending_id = frames[1:], spec.response_id
         return [(spec.response_id, frames[0])]
 

@@ -199,7 +199,7 @@ def test_a_car_read_only_by_polls_is_found_on_by_a_seldom_probe_and_then_polled(
         assert parts.pipe.vehicle_state() == "awake" and not parts.tracker.missing()
         assert parts.tracker.values["bms_soh_pct"] == 91.0
         # and a car read only by polls is not called off between two of them (3 x its quickest interval)
-        assert profile.silence_floor_s == 6.0
+        assert profile.poll_pace_s == 2.0 and parts.tracker.max_gap_s == 3.0
     finally:
         stop.set()
         ecu.join(5)

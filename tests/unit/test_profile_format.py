@@ -1,5 +1,6 @@
-"""Fields a profile derives from two the BMS sends (Tesla's energy-based SoH), through real cantools encoding
-and decoding of the project's DBC file, and the checks on the ``[[derive]]`` key."""
+"""The profile format's extensions: fields derived from two the BMS sends (Tesla's energy-based SoH, through real
+cantools encoding and decoding of the project's DBC file), pack-level cells in series, layouts known only up to
+their last field, extended addressing; and the checks that refuse each one malformed, naming it."""
 
 from __future__ import annotations
 
@@ -62,3 +63,50 @@ def test_a_bad_derive_is_refused_naming_it(derive: dict[str, object], culprit: s
            "pack": [{"energy_kwh": 10, "capacity_ah": 30}], "derive": [derive]}
     with pytest.raises(ConfigError, match=re.escape(culprit)):
         parse_profile(doc)
+
+
+def poll_doc(**poll: object) -> dict[str, object]:
+    base = {"name": "p", "request_id": 0x6F1, "response_id": 0x607, "request": [0x22, 0xDD, 0x68],
+            "every_s": {"awake": 5}, "layout": [{"length": 2, "fields": [{"name": "pack_v", "at": 0, "size": 2}]}]}
+    return {"name": "x", "pack": [{"energy_kwh": 10, "capacity_ah": 30}], "poll": [{**base, **poll}]}
+
+
+@pytest.mark.parametrize("poll,culprit", [
+    ({"ext_address": [0x07]}, "poll[0].ext_address"),
+    ({"ext_address": [0x07, 256]}, "poll[0].ext_address"),
+    ({"ext_address": [0x07, 0xF1], "request": [0x22, 1, 2, 3, 4, 5, 6]}, "poll[0].request: at most 6 bytes"),
+    ({"layout": [{"length": 2, "at_least": "yes", "fields": []}]}, "poll[0].layout[0].at_least"),
+    ({"layout": [{"length": 2, "fields": [{"name": "pack_v", "at": 1, "size": 2}]}]},
+     "poll[0].layout[0].fields[0]: bytes up to 2 are outside the 2-byte payload"),
+    ({"layout": [{"length": 7, "fields": [{"name": "cells_v", "kind": "array", "at": 0, "size": 2, "count": 4,
+                                            "stride": 2}]}]},
+     "poll[0].layout[0].fields[0]: bytes up to 7 are outside"),
+])
+def test_a_bad_poll_addressing_or_layout_is_refused_naming_it(poll: dict[str, object], culprit: str) -> None:
+    with pytest.raises(ConfigError, match=re.escape(culprit)):
+        parse_profile(poll_doc(**poll))
+
+
+def test_a_layout_known_up_to_its_last_field_takes_longer_replies_but_an_exact_one_first() -> None:
+    from gateway.core.polls import decode_reply
+
+    doc = poll_doc(request=[0x21, 0x01], layout=[
+        {"length": 2, "at_least": True, "fields": [{"name": "pack_v", "at": 0, "size": 2, "scale": 0.1}]},
+        {"length": 4, "fields": [{"name": "soc_pct", "at": 3, "size": 1}]}])
+    spec = parse_profile(doc).polls[0]
+    assert dict(decode_reply(spec, bytes.fromhex("6101 0E35")).values) == {"pack_v": 363.7}
+    assert dict(decode_reply(spec, bytes.fromhex("6101 0E35 AABB CC")).values) == {"pack_v": 363.7}
+    assert dict(decode_reply(spec, bytes.fromhex("6101 0E35 AA40")).values) == {"soc_pct": 64.0}  # exact wins
+    with pytest.raises(Exception, match="matches no layout"):
+        decode_reply(spec, bytes.fromhex("6101 0E"))
+
+
+def test_a_pack_with_its_own_cells_in_series_sets_the_overcharge_limit() -> None:
+    meb, _ = load_profile("vw-meb")
+    default = BatteryTracker(meb)
+    assert default.cells_series() == 108
+    configured = BatteryTracker(meb, rated_capacity_ah=234.0)  # the 77 kWh pack: 96 in series
+    assert configured.pack()[0].energy_kwh == 77.0 and configured.cells_series() == 96
+    for tracker in (default, configured):
+        tracker.update(1.0, [("pack_v", 440.0)])  # 4.07 V per cell on 108, 4.58 V on 96
+    assert default.counters.overcharge_events == 0 and configured.counters.overcharge_events == 1

@@ -1,6 +1,6 @@
-"""The Hyundai/Kia poll layouts against real replies quoted in public sources (a few dozen bytes each, as
-facts): an ELM327 log of an Ioniq 28 and the 2015 Soul EV test vector of SoulEVSpy. The e-Niro 64 is checked
-against a whole real capture (tests/integration/test_profile_validation.py)."""
+"""Poll layouts against real replies quoted in public sources (a few dozen bytes each, as facts): an ELM327 log
+of an Ioniq 28, the 2015 Soul EV test vector of SoulEVSpy, and an ELM327 session with a BMW i3's battery ECU.
+The e-Niro 64 is checked against a whole real capture (tests/integration/test_profile_validation.py)."""
 
 from __future__ import annotations
 
@@ -45,3 +45,12 @@ def test_soul_ev_reads_the_same_layout_and_no_soh_from_its_deterioration_bytes()
 def test_a_reply_of_another_length_gives_no_value() -> None:
     with pytest.raises(DecodeError, match="matches no layout"):
         decode("hyundai-ioniq-28", "bms-21-01", IONIQ_2101[:-1])
+
+
+def test_bmw_i3_pack_voltage_from_a_real_reply_with_extended_addressing() -> None:
+    # 607 F1 05 62 DD 68 99 BE: the SME (address 0x07) answers the tester (0xF1) in one single frame
+    frame = bytes.fromhex("F1 05 62 DD 68 99 BE".replace(" ", ""))
+    spec = next(p for p in load_profile("bmw-i3")[0].polls if p.name == "sme-dd68-voltage")
+    assert spec.ext_address == (0x07, 0xF1) and frame[0] == spec.ext_address[1]
+    reply = frame[2:2 + frame[1]]
+    assert dict(decode_reply(spec, reply).values) == {"pack_v": 393.58}
