@@ -149,6 +149,14 @@ def _parser() -> argparse.ArgumentParser:
     s.add_argument("--protocol", choices=("5", "3.1.1"), default="5",
                    help="with --mqtt: MQTT version (3.1.1 for brokers without MQTT 5, e.g. NATS; default 5)")
 
+    s = sub.add_parser("profiles", help="the cars the gateway reads: each built-in profile, how it reads the car "
+                                        "and how sure it is",
+                       description="Lists the built-in vehicle profiles (set one as vehicle.profile). 'checked "
+                                   "against' names the real captures whose replay checks the profile; "
+                                   "'documentation only' means its facts come from public tables alone.")
+    s.add_argument("--markdown", action="store_true", help="the vehicles x signals x status table "
+                                                           "(docs/profiles.md)")
+
     s = sub.add_parser("trust-list", help="operator: sign the list of trusted inspection devices and build the "
                                           "offline verifier page",
                        formatter_class=argparse.RawDescriptionHelpFormatter,
@@ -442,6 +450,16 @@ def _cmd_import_log(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_profiles(args: argparse.Namespace) -> int:
+    from ..adapters.files import BUILTIN_PROFILES
+    from .profiles import markdown, summary
+    from .wiring import load_profile
+
+    profiles = [load_profile(name)[0] for name in BUILTIN_PROFILES]
+    print(markdown(profiles) if args.markdown else summary(profiles), end="")
+    return 0
+
+
 def _cmd_trust_list(args: argparse.Namespace) -> int:
     from ..core.trustlist import open_trust_list
     from .trust import build_list, fingerprint, write_outputs
@@ -592,7 +610,7 @@ def _cmd_replay(args: argparse.Namespace) -> int:
 _COMMANDS = {"run": _cmd_run, "check-config": _cmd_check_config, "keygen": _cmd_keygen, "replay": _cmd_replay,
              "verify": _cmd_verify, "inspect": _cmd_inspect, "demo": _cmd_demo, "simulate": _cmd_simulate,
              "update": _cmd_update, "command": _cmd_command, "csr": _cmd_csr, "ingest": _cmd_ingest,
-             "trust-list": _cmd_trust_list, "import-log": _cmd_import_log}
+             "trust-list": _cmd_trust_list, "import-log": _cmd_import_log, "profiles": _cmd_profiles}
 
 
 def main(argv: Sequence[str] | None = None) -> int:
