@@ -18,7 +18,6 @@ import time
 from collections import Counter
 
 from .. import __version__
-from ..adapters.can_bus import PythonCanBus
 from ..adapters.health import HealthFile
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import PahoPublisher
@@ -32,7 +31,7 @@ from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
 from .commands import CommandIntake
-from .wiring import Assembly, assemble, drain, open_bus, open_diag, open_store, open_uplink, vin_salt
+from .wiring import Assembly, Bus, assemble, drain, open_bus, open_diag, open_store, open_uplink, vin_salt
 
 __all__ = ["run_daemon"]
 
@@ -144,13 +143,13 @@ class _Daemon:
         self.forwarder = Forwarder(store, publisher, window=config.mqtt.max_inflight)
         self.notifier = SystemdNotifier.from_environment()
         self.watchdog = _Watchdog(self.notifier)
-        self.source: PythonCanBus | None = None
+        self.source: Bus | None = None
         self.diag: DiagService | None = None
 
     def run(self, stop: threading.Event) -> None:
         """Open the bus, say ready, and run the loop until ``stop``. Raises TransportError (bus gone)."""
         pipeline, profile = self.parts.pipeline, self.parts.profile
-        self.source = source = open_bus(self.config, profile.frame_ids)
+        self.source = source = open_bus(self.config, profile)
         self.diag = diag = DiagService(profile.polls, open_diag(self.config, source), on_reply=pipeline.on_diag_reply,
                                        vehicle_state=pipeline.vehicle_state)
         self.notifier.notify("READY=1")
@@ -160,7 +159,7 @@ class _Daemon:
         while not stop.is_set():
             self._step(source, diag)
 
-    def _step(self, source: PythonCanBus, diag: DiagService) -> None:
+    def _step(self, source: Bus, diag: DiagService) -> None:
         pipeline = self.parts.pipeline
         frame = source.recv(0.005 if diag.client.busy else self.config.can.receive_timeout_s)
         if frame is not None:

@@ -16,7 +16,6 @@ from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
 
-from ..adapters.can_bus import PythonCanBus
 from ..adapters.fs import safe_dir, write_atomic
 from ..adapters.keystore import load_private_key
 from ..adapters.mqtt import port_open
@@ -33,7 +32,19 @@ from ..model import ChainPosition, Counters, OutgoingMessage
 from ..services.diagnostics import DiagService
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
-from .wiring import SW, Assembly, assemble, drain, load_language, open_bus, open_diag, open_store, open_uplink, vin_salt
+from .wiring import (
+    SW,
+    Assembly,
+    Bus,
+    assemble,
+    drain,
+    load_language,
+    open_bus,
+    open_diag,
+    open_store,
+    open_uplink,
+    vin_salt,
+)
 
 __all__ = ["InspectionResult", "poll_once", "run_inspection"]
 
@@ -81,7 +92,7 @@ def run_inspection(config: Config, *, out_dir: str, lang: str, wait_s: float = 5
         chain, counters = store.load()
         parts = assemble(config, key, sink=DroppingSink(), chain=chain, counters=counters,
                          device_id=config.device.id, vin_salt=vin_salt(config.device.state_dir))
-        source = open_bus(config, parts.profile.frame_ids)
+        source = open_bus(config, parts.profile)
         try:
             polls = _inspect_bus(config, parts, source, wait_s=wait_s, progress=progress)
         finally:
@@ -166,7 +177,7 @@ def _hex(value: object) -> str:
     raise TypeError(type(value).__name__)
 
 
-def poll_once(diag: DiagService, source: PythonCanBus, pipeline: Pipeline, spec: PollSpec) -> str:
+def poll_once(diag: DiagService, source: Bus, pipeline: Pipeline, spec: PollSpec) -> str:
     """Send one poll and read the bus (replies to ``diag``, the rest to the pipeline) until it finishes.
 
     Returns:
@@ -182,7 +193,7 @@ def poll_once(diag: DiagService, source: PythonCanBus, pipeline: Pipeline, spec:
             return finished[1]
 
 
-def _wait_for_broadcast(source: PythonCanBus, diag: DiagService, pipeline: Pipeline, *, wait_s: float,
+def _wait_for_broadcast(source: Bus, diag: DiagService, pipeline: Pipeline, *, wait_s: float,
                         progress: Callable[[str], None]) -> bool:
     """Read the bus until one full cycle of broadcast frames was seen, or ``wait_s``. True if any came."""
     deadline = time.monotonic() + wait_s
@@ -197,7 +208,7 @@ def _wait_for_broadcast(source: PythonCanBus, diag: DiagService, pipeline: Pipel
     return settle_until is not None
 
 
-def _inspect_bus(config: Config, parts: Assembly, source: PythonCanBus, *, wait_s: float,
+def _inspect_bus(config: Config, parts: Assembly, source: Bus, *, wait_s: float,
                  progress: Callable[[str], None]) -> dict[str, str]:
     client = open_diag(config, source)
     try:
@@ -208,7 +219,7 @@ def _inspect_bus(config: Config, parts: Assembly, source: PythonCanBus, *, wait_
         client.close()
 
 
-def _poll_every_group(config: Config, parts: Assembly, source: PythonCanBus, diag: DiagService, *, wait_s: float,
+def _poll_every_group(config: Config, parts: Assembly, source: Bus, diag: DiagService, *, wait_s: float,
                       progress: Callable[[str], None]) -> dict[str, str]:
     profile, pipeline = parts.profile, parts.pipeline
     progress(f"waiting for the battery ECU on {config.can.interface} {config.can.channel} ...")

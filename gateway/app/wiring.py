@@ -17,6 +17,7 @@ from cryptography.hazmat.primitives.asymmetric import ec
 
 from .. import __version__
 from ..adapters.can_bus import PythonCanBus
+from ..adapters.elm327 import Elm327
 from ..adapters.files import (
     certificate_languages,
     check_json_file,
@@ -46,8 +47,22 @@ from ..ports import MessageSink
 from ..services.forwarder import Forwarder
 from ..services.pipeline import Pipeline
 
-__all__ = ["SW", "Assembly", "assemble", "check_files", "drain", "load_config", "load_prior", "load_profile",
-           "open_bus", "open_diag", "open_store", "open_uplink", "vin_salt"]
+__all__ = [
+    "SW",
+    "Assembly",
+    "Bus",
+    "assemble",
+    "check_files",
+    "drain",
+    "load_config",
+    "load_prior",
+    "load_profile",
+    "open_bus",
+    "open_diag",
+    "open_store",
+    "open_uplink",
+    "vin_salt",
+]
 
 log = logging.getLogger(__name__)
 
@@ -177,18 +192,33 @@ def assemble(config: Config, key: ec.EllipticCurvePrivateKey, *, sink: MessageSi
     return Assembly(profile, decoder, tracker, signer, outlook, pipeline)
 
 
-def open_bus(config: Config, frame_ids: frozenset[int]) -> PythonCanBus:
-    """The CAN interface, with ``frame_ids`` (the profile's broadcast and reply ids) as filters.
+Bus = PythonCanBus | Elm327
+
+
+def open_bus(config: Config, profile: Profile) -> Bus:
+    """The CAN interface, with the profile's broadcast and reply ids as filters; an ELM327 dongle for
+    ``interface = "elm327"`` (it monitors the broadcast ids in turn).
 
     Raises:
         BusError: the interface cannot be opened.
+        ConfigError: the profile needs what the ELM327 transport does not offer (29-bit ids, extended addressing).
     """
+    if config.can.interface == "elm327":
+        wide = [p.name for p in profile.polls if p.ext_address or max(p.request_id, p.response_id) > 0x7FF]
+        if wide:
+            raise ConfigError(f"can.interface: elm327 polls with 11-bit ids only; profile {profile.name} needs "
+                              f"29-bit ids or extended addressing for {', '.join(wide)} (use a CAN interface)")
+        return Elm327(config.can.channel, bitrate=config.can.bitrate,
+                      broadcast_ids={s.frame_id for s in profile.signals})
     return PythonCanBus(interface=config.can.interface, channel=config.can.channel, bitrate=config.can.bitrate,
-                        frame_ids=frame_ids, udp_multicast_port=config.can.udp_multicast_port)
+                        frame_ids=profile.frame_ids, udp_multicast_port=config.can.udp_multicast_port)
 
 
-def open_diag(config: Config, bus: PythonCanBus) -> IsoTpDiagClient | KernelIsoTpDiagClient:
-    """The ISO-TP transport for polling: the kernel's on SocketCAN, the user-space stack on the bus otherwise."""
+def open_diag(config: Config, bus: Bus) -> IsoTpDiagClient | KernelIsoTpDiagClient | Elm327:
+    """The ISO-TP transport for polling: the dongle's own on an ELM327, the kernel's on SocketCAN, the
+    user-space stack on the bus otherwise."""
+    if isinstance(bus, Elm327):
+        return bus
     return open_diag_client(config.can.interface, config.can.channel, bus.send)
 
 
