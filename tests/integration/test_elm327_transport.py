@@ -246,3 +246,64 @@ def test_the_daemon_reads_a_car_through_the_dongle_and_publishes_its_passport(ri
     assert passports, (rig.tmp / "daemon.log").read_text()[-3000:]
     assert passports[0]["ext"]["bms_soh_pct"] == 91.0
     assert passports[0]["doc"]["StateOfCharge"]["StateOfChargeValue"] == 53.0
+
+
+@contextmanager
+def null_modem() -> Iterator[tuple[str, str]]:
+    """Two pseudo-terminals joined like a null-modem cable (what socat's pty,pty does): the emulated adapter
+    opens one end, the gateway the other."""
+    import os
+    import select
+    import threading
+    import tty
+
+    ends = [os.openpty() for _ in range(2)]
+    for _, slave in ends:
+        tty.setraw(slave)
+    stop = threading.Event()
+
+    def relay() -> None:
+        masters = {ends[0][0]: ends[1][0], ends[1][0]: ends[0][0]}
+        while not stop.is_set():
+            ready, _, _ = select.select(list(masters), [], [], 0.05)
+            for fd in ready:
+                try:
+                    os.write(masters[fd], os.read(fd, 4096))
+                except OSError:
+                    pass
+
+    thread = threading.Thread(target=relay, daemon=True)
+    thread.start()
+    try:
+        yield os.ttyname(ends[0][1]), os.ttyname(ends[1][1])
+    finally:
+        stop.set()
+        thread.join(2)
+        for master, slave in ends:
+            os.close(master)
+            os.close(slave)
+
+
+def test_inspect_through_an_slcan_adapter_canable_with_python_cans_slcan_interface(tmp_path: Path) -> None:
+    # the emulator plays a CANable with SLCAN firmware on a serial line; the gateway uses python-can's slcan
+    profile, _ = KONA
+    bms = kona_bms()
+    subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp_path / "key.pem")], check=True,
+                   capture_output=True)
+    with null_modem() as (adapter_end, gateway_end), Elm(slcan_port=adapter_end) as emu:
+        emu.ObdMessage = copy.deepcopy(ObdMessage)
+        emu.ObdMessage["bgw"] = scenario(profile, bms)
+        emu.set_sorted_obd_msg("bgw")
+        config = tmp_path / "g.toml"
+        config.write_text(f'[device]\nid = "gw-bay-slcan"\nkey_file = "{tmp_path / "key.pem"}"\n'
+                          f'state_dir = "{tmp_path / "state"}"\n[can]\ninterface = "slcan"\n'
+                          f'channel = "{gateway_end}"\nbitrate = 500000\n[vehicle]\nprofile = "kia-eniro-64"\n'
+                          '[mqtt]\nport = 1\n')
+        t0 = time.monotonic()
+        out = subprocess.run([sys.executable, "-m", "gateway", "inspect", "--config", str(config), "--out",
+                              str(tmp_path / "out"), "--wait", "1"], capture_output=True, text=True, timeout=60)
+        wall = time.monotonic() - t0
+    assert out.returncode == 0, out.stderr
+    print(f"\ninspect through an emulated SLCAN adapter: {wall:.1f} s")
+    assert wall < 15.0
+    assert "[2/2] bms-did-0105-soh: ok" in out.stderr
