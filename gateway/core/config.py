@@ -213,7 +213,8 @@ SCHEMA: dict[str, dict[str, tuple[Any, _Check, str, str]]] = {
                       "chain position, counters; created if missing"),
     },
     "can": {
-        "interface": ("socketcan", _str(), "", "python-can interface name, or elm327 (an OBD dongle: docs/transport.md)"),
+        "interface": ("socketcan", _str(), "",
+                      "python-can interface name, or elm327 (an OBD dongle: docs/transport.md)"),
         "channel": ("can0", _str(), "", "python-can channel (can0, a multicast group, ...); for elm327 a tty, "
                                         "tty@baud or socket://host:port"),
         "bitrate": (500000, _num(10_000, 8_000_000, integer=True), "bit/s",

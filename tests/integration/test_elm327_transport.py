@@ -13,7 +13,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import contextmanager, suppress
 from itertools import pairwise
 from pathlib import Path
 
@@ -267,10 +267,8 @@ def null_modem() -> Iterator[tuple[str, str]]:
         while not stop.is_set():
             ready, _, _ = select.select(list(masters), [], [], 0.05)
             for fd in ready:
-                try:
+                with suppress(OSError):  # an end closed at the finish
                     os.write(masters[fd], os.read(fd, 4096))
-                except OSError:
-                    pass
 
     thread = threading.Thread(target=relay, daemon=True)
     thread.start()
