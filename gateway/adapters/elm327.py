@@ -84,6 +84,7 @@ class Elm327:
         self._protocol = _PROTOCOLS[bitrate]
         self._broadcast = sorted(broadcast_ids)
         self._monitor_s, self._reconnect_s, self._command_timeout_s = monitor_s, reconnect_s, command_timeout_s
+        self._backoff_s = reconnect_s  # doubles while the dongle stays away, up to a minute
         self._link: serial.SerialBase | None = None
         self._buffer = bytearray()
         self._frames: deque[Frame] = deque()
@@ -105,10 +106,12 @@ class Elm327:
         self._buffer.clear()
         self._header = self._filter = ""
         try:
-            self._write(b" \r")  # ends a monitor or a half-typed line that a previous run left behind
-            self._read_until_prompt(1.0, quiet=True)
-            banner = self._command("ATZ", timeout_s=3.0)
-            self.version = next((line for line in banner if "ELM327" in line or "STN" in line), "")
+            for _ in range(2):  # a monitor or a half-typed line a previous run left can spoil the first ATZ
+                self._settle()
+                banner = self._command("ATZ", timeout_s=3.0)
+                self.version = next((line for line in banner if "ELM327" in line or "STN" in line), "")
+                if self.version:
+                    break
             if not self.version:
                 raise BusError(f"can: {self._url} answers ATZ with {banner!r}, not as an ELM327")
             for cmd in ("ATE0", "ATL0", "ATS1", "ATH1", "ATCAF1", "ATAT1", f"ATSP{self._protocol}", "ATST FA"):
@@ -118,9 +121,23 @@ class Elm327:
         except BusError:
             self._close_link()
             raise
-        self._down_since = None
+        self._down_since, self._backoff_s = None, self._reconnect_s
         log.info("ELM327 %s at %s: protocol %s, %d broadcast ids monitored in turn", self.version, self._url,
                  self._protocol, len(self._broadcast))
+
+    def _settle(self) -> None:
+        """Stop whatever the dongle is doing and drop what it printed: one space ends a monitor (the dongle
+        discards the character that stops it); idle, it waits in the line, where the dongle ignores spaces.
+        Never a bare CR: that repeats the dongle's last command (ATMA, or a request to the car)."""
+        self._write(b" ")
+        quiet_since, deadline = time.monotonic(), time.monotonic() + 2.0
+        while time.monotonic() - quiet_since < 0.3 and time.monotonic() < deadline:
+            before = len(self._buffer)
+            self._pump()
+            if len(self._buffer) != before:
+                quiet_since = time.monotonic()
+            time.sleep(0.01)
+        self._buffer.clear()
 
     def _close_link(self) -> None:
         if self._link is not None:
@@ -130,21 +147,23 @@ class Elm327:
 
     def _dropped(self, exc: Exception) -> None:
         if self._down_since is None:
-            log.warning("ELM327 at %s: the link dropped (%s); reopening every %.0f s", self._url, exc,
+            log.warning("ELM327 at %s: the link dropped (%s); reopening it, first after %.0f s", self._url, exc,
                         self._reconnect_s)
             self._down_since = time.monotonic()
         self._close_link()
 
     def _reconnect(self) -> bool:
-        """True when the link is up; retries a dropped one every ``reconnect_s``."""
+        """True when the link is up. A dropped one is reopened after ``reconnect_s``, then after twice that
+        each time it fails, up to a minute: each attempt (open, reset) holds the main loop for seconds."""
         if self._link is not None:
             return True
-        if self._down_since is not None and time.monotonic() - self._down_since < self._reconnect_s:
+        if self._down_since is not None and time.monotonic() - self._down_since < self._backoff_s:
             return False
         try:
             self._open()
         except (BusError, ConfigError) as exc:
             self._down_since = time.monotonic()
+            self._backoff_s = min(60.0, self._backoff_s * 2)
             log.debug("ELM327 at %s: still down (%s)", self._url, exc)
             return False
         log.info("ELM327 at %s: link back", self._url)
@@ -170,13 +189,12 @@ class Elm327:
             return
         self._buffer += data
 
-    def _read_until_prompt(self, timeout_s: float, *, quiet: bool = False) -> list[str] | None:
-        """The lines before the next ``>`` prompt, or None after ``timeout_s`` (blocks; setup only)."""
+    def _read_until_prompt(self, timeout_s: float) -> list[str] | None:
+        """The lines before the next ``>`` prompt, or None after ``timeout_s`` (blocks: set-up, header changes,
+        the end of a monitor)."""
         deadline = time.monotonic() + timeout_s
         while _PROMPT not in self._buffer:
             if time.monotonic() > deadline or self._link is None:
-                if quiet:
-                    self._buffer.clear()
                 return None
             self._pump()
             time.sleep(0.005)
@@ -361,11 +379,21 @@ def _reassemble(request_id: int, response_id: int, frames: list[Frame]) -> tuple
         rxfn=rxfn, txfn=lambda msg: None,
         address=isotp.Address(isotp.AddressingMode.Normal_11bits, txid=request_id, rxid=response_id),
         error_handler=errors.append, params={"listen_mode": True, "rx_consecutive_frame_timeout": 5000})
+    messages: list[bytes] = []
     while rx:
         stack.process()
+        while stack.available():
+            message = stack.recv()
+            if message is not None:
+                messages.append(bytes(message))
     if errors:
         return ("error", _KINDS.get(type(errors[0]), "isotp_error"), f"0x{response_id:03X}: {errors[0]}")
-    if not stack.available():
-        return ("error", "isotp_incomplete", f"0x{response_id:03X}: the reply stopped short of its length")
-    reply = stack.recv()
-    return ("ok", bytes(reply)) if reply is not None else ("error", "isotp_error", "no message")
+    pending = [m for m in messages if len(m) >= 3 and m[0] == 0x7F and m[2] == 0x78]
+    replies = [m for m in messages if m not in pending]  # "response pending" comes before the real one
+    if len(replies) > 1:
+        return ("error", "adapter", f"0x{response_id:03X}: {len(replies)} replies to one request")
+    if replies:
+        return ("ok", replies[0])
+    if pending:
+        return ("timeout", f"no reply on 0x{response_id:03X} after {len(pending)} 'response pending'")
+    return ("error", "isotp_incomplete", f"0x{response_id:03X}: the reply stopped short of its length")

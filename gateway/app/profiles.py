@@ -6,7 +6,7 @@ keeps them equal), so the documentation cannot drift from the profile files.
 
 from __future__ import annotations
 
-from ..core.profile import Profile
+from ..core.profile import DOCUMENTATION_ONLY, Profile
 
 __all__ = ["SIGNALS", "markdown", "summary", "transport"]
 
@@ -36,7 +36,7 @@ def _cell(profile: Profile, fields: tuple[str, ...]) -> str:
     given = [f for f in fields if f in sources]
     if not given:
         return "—"
-    checked = any(profile.validation_of(f) != profile.validation_of("") for f in given)
+    checked = any(profile.validation_of(f) != DOCUMENTATION_ONLY for f in given)
     return "capture" if checked else "doc"
 
 

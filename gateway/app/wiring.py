@@ -9,7 +9,7 @@ import logging
 import os
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -19,6 +19,7 @@ from .. import __version__
 from ..adapters.can_bus import PythonCanBus
 from ..adapters.elm327 import Elm327
 from ..adapters.files import (
+    BUILTIN_PROFILES,
     certificate_languages,
     check_json_file,
     load_dbc,
@@ -125,6 +126,8 @@ def load_profile(name_or_path: str) -> tuple[Profile, list[Any]]:
         profile = parse_profile(data)
     except ConfigError as exc:  # every problem at once: the document's and the missing files'
         raise ConfigError([*exc.problems, *missing]) from None
+    if name_or_path not in BUILTIN_PROFILES:  # its claims are its author's: none of ours travel with it
+        profile = replace(profile, builtin=False, captures=())
     return profile, load_dbc(profile.name, profile.dbc, dbc_dirs)
 
 

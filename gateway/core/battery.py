@@ -128,11 +128,16 @@ class BatteryTracker:
         self.values[name] = value
         self.times[name] = ts
         for d in self.profile.derive:
-            if name in (d.numerator, d.denominator) and d.numerator in self.values and self.values.get(d.denominator):
-                derived = round(d.scale * self.values[d.numerator] / self.values[d.denominator], 2)
-                spec = FIELDS[d.field]
-                if spec.lo <= derived <= spec.hi:  # e.g. a new pack's full energy a little above its BOL energy:
-                    self._store(ts, d.field, derived)  # no SoH of 101 %, the last plausible one stays
+            if name not in (d.numerator, d.denominator):
+                continue
+            num, den = self.fresh(d.numerator, ts), self.fresh(d.denominator, ts)  # both measured lately
+            if num is None or not den:
+                continue
+            derived, spec = round(d.scale * num / den, 2), FIELDS[d.field]
+            if spec.hi < derived <= spec.hi * 1.05:  # a new pack's full energy a little above its BOL energy
+                derived = spec.hi
+            if spec.lo <= derived <= spec.hi:  # anything further out is no value: the last plausible one stays
+                self._store(ts, d.field, derived)
         if name == "pack_a":
             self._integrate(ts, value)
             self.soh.cells_series = self.cells_series()

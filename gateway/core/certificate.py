@@ -55,7 +55,9 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
                             "signal": signals.get("hx_pct", ""), "validation": profile.validation_of("hx_pct"),
                             "note": "a battery ECU health figure of the Leaf; not SOH and not SOCE"}
     if "bms_soh_pct" in m:
-        prov["m.bms_soh_pct"] = {"src": "bms-reported", "method": "bms-soh", "unit": "%", "sw": sw,
+        derived = any(d.field == "bms_soh_pct" for d in profile.derive)
+        prov["m.bms_soh_pct"] = {"src": "calculated" if derived else "bms-reported", "method": "bms-soh", "unit": "%",
+                                 "sw": sw,
                                  "signal": signals.get("bms_soh_pct", ""),
                                  "validation": profile.validation_of("bms_soh_pct")}
     doc = None
@@ -67,7 +69,7 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
     identity = {"vehicle": profile_title, "generation": tracker.generation or None,
                 "part_number": tracker.texts.get("part_number"), "vin_hash": tracker.texts.get("vin_hash"),
                 "rated_energy_kwh": pack.energy_kwh, "rated_capacity_ah": pack.capacity_ah,
-                "rated_source": pack_source, "profile": profile.name,
+                "rated_source": pack_source, "profile": profile.name, "builtin_profile": profile.builtin,
                 "checked_against": list(dict.fromkeys(c.name for c in profile.captures))}
     history = outlook["forecast"]["rate_factor"].get("history") if outlook else None
     if history:

@@ -242,7 +242,8 @@ def render_certificate(payload: dict[str, Any], *, language: Language, key_id_he
     identity_rows = "".join([
         _row(t["vehicle"], _e(ident["vehicle"])),
         _row(t["profile"], f'<code>{_e(ident["profile"])}</code>',  # older certificates name no profile
-             t["validation_checked"].format(captures=", ".join(ident["checked_against"]))
+             t["validation_user"] if not ident.get("builtin_profile", True)
+             else t["validation_checked"].format(captures=", ".join(ident["checked_against"]))
              if ident["checked_against"] else t["validation_docs"]) if "profile" in ident else "",
         _row(t["serial"], _e(payload.get("bat") or t["missing"])),
         _row(t["part"], _e(ident.get("part_number") or t["missing"])),

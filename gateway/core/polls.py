@@ -188,7 +188,9 @@ def _parse_layout(lay: Any, key: str, problems: list[str]) -> Layout | None:
     fields = [_parse_field(f, f"{key}.fields[{k}]", problems) for k, f in enumerate(lay.get("fields", []))]
     length = _int(lay.get("length"), f"{key}.length", problems, 1, 4095)
     for k, fld in enumerate(fields):
-        end = fld.at + (fld.count - 1) * fld.stride + fld.size if fld is not None else 0
+        end = 0 if fld is None else max(fld.at + (fld.count - 1) * fld.stride + fld.size,
+                                        0 if fld.guard_at is None else
+                                        fld.guard_at + (fld.count - 1) * fld.stride + fld.guard_size)
         if end > length:
             problems.append(f"{key}.fields[{k}]: bytes up to {end - 1} are outside the {length}-byte payload")
     at_least = lay.get("at_least", False)

@@ -17,9 +17,11 @@ from ..model import FIELDS
 from .forecast import CHEMISTRIES
 from .polls import ARRAY_FIELDS, PollSpec, parse_polls
 
-__all__ = ["DOCUMENTATION_ONLY", "CaptureCheck", "Derived", "PackVariant", "Profile", "SignalMap", "parse_profile"]
+__all__ = ["DOCUMENTATION_ONLY", "USER_PROFILE", "CaptureCheck", "Derived", "PackVariant", "Profile", "SignalMap",
+           "parse_profile"]
 
 DOCUMENTATION_ONLY = "from documentation only"
+USER_PROFILE = "a user's profile file, not checked by the project"
 
 # "complete" may name a field or a group: "temperature" (any pack temperature), "rated_pack" (the car's own
 # data tell which of the profile's packs it carries: BatteryTracker.pack_evidence)
@@ -106,15 +108,20 @@ class Profile:
     derive: tuple[Derived, ...] = ()
     sources: tuple[str, ...] = ()  # where the profile's facts come from
     captures: tuple[CaptureCheck, ...] = ()  # real captures its decoding is checked against
+    builtin: bool = True  # False: loaded from a user's file, whose claims are not ours to pass on
 
     def validation_of(self, field: str) -> str:
         """How sure the profile is of ``field``: the real capture that checks it, or documentation only."""
+        if not self.builtin:
+            return USER_PROFILE
         names = [c.name for c in self.captures if any(f == field for f, _ in c.expect)]
         return f"checked against real capture {', '.join(names)}" if names else DOCUMENTATION_ONLY
 
     @property
     def validation(self) -> str:
         """The profile's status as a whole: checked against real captures (naming them), or documentation only."""
+        if not self.builtin:
+            return USER_PROFILE
         if not self.captures:
             return DOCUMENTATION_ONLY
         return f"checked against real capture {', '.join(dict.fromkeys(c.name for c in self.captures))}"
@@ -126,13 +133,16 @@ class Profile:
 
     @property
     def poll_pace_s(self) -> float:
-        """For a car read only by polls (its replies are its only frames): its quickest poll interval while
-        awake; 0 for a car that broadcasts. Its silence means "off" after 3 of them, and its current is
-        integrated over gaps up to 1.5 of them."""
+        """For a car read only by polls (its replies are its only frames): the longest time between two
+        replies while it is on, in the slowest state it can be in (``driving`` only when the profile reads
+        the main relay); 0 for a car that broadcasts. Its silence means "off" after 4 of them (one lost
+        reply is no key-off), and its current is integrated over gaps up to 1.5 of them."""
         if self.signals:
             return 0.0
-        awake = [s for p in self.polls for state, s in p.every_s.items() if state != "off"]
-        return min(awake) if awake else 0.0
+        relay = "main_relay" in self.field_sources()
+        states = ("awake", "charging", "driving") if relay else ("awake", "charging")
+        quickest = [min((p.every_s[s] for p in self.polls if s in p.every_s), default=0.0) for s in states]
+        return max(quickest)
 
     @property
     def response_ids(self) -> frozenset[int]:
@@ -274,6 +284,10 @@ def _parse_derive(raw: list[Any], problems: list[str]) -> tuple[Derived, ...]:
                             "other than field) and a non-zero scale")
             continue
         out.append(Derived(d["field"], ratio[0], ratio[1], float(scale)))
+    derived = {d.field for d in out}
+    for i, d in enumerate(out):  # one level only: no field derived from a derived one, so no cycle
+        if {d.numerator, d.denominator} & derived:
+            problems.append(f"derive[{i}]: {d.field} from a derived field; derive from what the BMS sends")
     return tuple(out)
 
 
@@ -298,6 +312,8 @@ def _parse_validation(raw: Any, problems: list[str]) -> tuple[tuple[str, ...], t
             continue
         bad = [k for k, v in expect.items() if k not in FIELDS or isinstance(v, bool) or not isinstance(v, int | float)]
         problems.extend(f"{key}.expect.{k}: expected a canonical field = number" for k in bad)
+        zero = [k for k, v in expect.items() if k not in bad and v == 0]  # 0 checks neither a sign nor a scale
+        problems.extend(f"{key}.expect.{k}: 0 checks nothing (no sign, no scale); leave the field out" for k in zero)
         captures.append(CaptureCheck(file, tuple((str(k), float(v)) for k, v in expect.items())))
     return tuple(sources), tuple(captures)
 

@@ -100,10 +100,11 @@ class DiagService:
         self.counts[kind] += 1
         if message:
             self.failures[kind] += 1
+        # a failure is retried after retry_s, but a probe of a car that is off waits its own interval
+        delay = interval if state == "off" else min(self.retry_s, interval)
         if message and (spec.name, kind) not in self._logged:
             self._logged.add((spec.name, kind))
-            log.warning("%s (retrying in %.0f s; further %s errors of this poll are counted)", message,
-                        min(self.retry_s, interval), kind)
-        self._next[spec.name] = now + min(self.retry_s, interval)
+            log.warning("%s (retrying in %.0f s; further %s errors of this poll are counted)", message, delay, kind)
+        self._next[spec.name] = now + delay
         return kind
 

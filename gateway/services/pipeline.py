@@ -50,7 +50,7 @@ class Pipeline:
         """
         self._decoder, self._tracker, self._signer = decoder, tracker, signer
         self._device_id, self._sw, self._policy = device_id, sw, policy
-        self._silence_s = max(policy.silence_s, 3 * decoder.profile.poll_pace_s)  # a car read only by polls
+        self._silence_s = max(policy.silence_s, 4 * decoder.profile.poll_pace_s)  # a car read only by polls
         self.counts: Counter[str] = Counter()
         self._sink = sink
         self._chain = chain

@@ -154,6 +154,9 @@ class ProfileBms:
         for f in layout.fields:
             if f.kind == "number" and f.name in values:
                 _put(payload, f, f.at, values[f.name])
+            elif f.kind == "bitcount" and f.name in values:  # the lowest bits under the mask, as many as the value
+                bits = [1 << b for b in range(8) if f.mask >> b & 1][:round(values[f.name])]
+                payload[f.at] |= sum(bits)
             elif f.kind == "text":
                 payload[f.at:f.at + f.size] = texts[f.name].encode()[:f.size].ljust(f.size, b" ")
             elif f.kind == "array":

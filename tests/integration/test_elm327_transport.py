@@ -34,6 +34,15 @@ from tests.rig import Rig, Subscriber, count, signed, start_daemon, stop_daemon
 KONA = load_profile("kia-eniro-64")
 
 
+@pytest.fixture(autouse=True)
+def quiet_emulator(tmp_path_factory: pytest.TempPathFactory, monkeypatch: pytest.MonkeyPatch) -> None:
+    """The emulator configures logging from its elm.yaml: a file elm.log in the working directory, and every
+    logger of this process disabled. Point it at a configuration that changes nothing."""
+    config = tmp_path_factory.mktemp("elm") / "logging.yaml"
+    config.write_text("version: 1\ndisable_existing_loggers: false\n")
+    monkeypatch.setenv("ELM_LOG_CFG", str(config))
+
+
 def kona_bms() -> ProfileBms:
     profile, databases = KONA
     return ProfileBms(profile, databases, SimPack(rated_kwh=64.0, rated_ah=180.0, soh_pct=91, soc_pct=53.0,
@@ -305,3 +314,23 @@ def test_inspect_through_an_slcan_adapter_canable_with_python_cans_slcan_interfa
     print(f"\ninspect through an emulated SLCAN adapter: {wall:.1f} s")
     assert wall < 15.0
     assert "[2/2] bms-did-0105-soh: ok" in out.stderr
+
+
+def test_response_pending_then_the_reply_is_the_reply_and_two_replies_are_an_error() -> None:
+    profile, _ = KONA
+    bms = kona_bms()
+    soh = next(p for p in profile.polls if p.name == "bms-did-0105-soh")
+    real = lines_of(soh, soh.positive_header + bms._payload(soh))
+    pending = HD("7EC") + SZ("03") + DT("7F 22 78")
+    for answer, want in ((pending + real, "ok"), (real + real, "adapter")):
+        with emulator(scenario(profile, bms, **{soh.name: answer}), port=free_port()) as channel:
+            elm = Elm327(channel, bitrate=500000)
+            try:
+                outcome = ask(elm, soh)
+            finally:
+                elm.close()
+        assert outcome[0] == ("ok" if want == "ok" else "error"), outcome
+        if want == "ok":
+            assert decode_reply(soh, outcome[1])  # type: ignore[arg-type]
+        else:
+            assert outcome[1] == "adapter" and "2 replies" in str(outcome[2])

@@ -22,5 +22,6 @@ def test_the_documented_table_is_the_one_the_profiles_give() -> None:
 def test_a_signal_checked_by_a_capture_says_capture_and_one_not_given_says_so() -> None:
     rows = {line.split(" | ")[0].strip("| `"): line.split(" | ") for line in
             markdown([load_profile(n)[0] for n in ("kia-eniro-64", "kia-soul-ev-27")]).splitlines()[2:]}
-    assert rows["kia-eniro-64"][3:10] == ["capture"] * 6 + ["—"]
+    # SoC, pack V, pack I (0 A on the bench: no check), temperature, cells, BMS SoH, capacity
+    assert rows["kia-eniro-64"][3:10] == ["capture", "capture", "doc", "capture", "capture", "capture", "—"]
     assert rows["kia-soul-ev-27"][8] == "—" and rows["kia-soul-ev-27"][-1] == "documentation only |"

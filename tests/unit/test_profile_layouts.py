@@ -30,14 +30,15 @@ def decode(profile: str, poll: str, reply: bytes) -> dict[str, float]:
 def test_ioniq_28_reads_soc_voltage_current_temperatures_and_the_bms_soh() -> None:
     v = decode("hyundai-ioniq-28", "bms-21-01", IONIQ_2101)
     assert v == {"soc_pct": 57.5, "chg_limit_kw": 98.0, "dis_limit_kw": 98.0, "pack_a": -1.1, "pack_v": 354.7,
-                 "temp_c_max": 18.0, "temp_c_min": 17.0, "cell_v_max": 3.68, "cell_v_min": 3.68}
+                 "temp_c_max": 18.0, "temp_c_min": 17.0, "cell_v_max": 3.68, "cell_v_min": 3.68,
+                 "main_relay": 1.0}  # status 0x03: relay closed, in a car being driven (1.1 A out)
     assert decode("hyundai-ioniq-28", "bms-21-05-soh", IONIQ_2105) == {"bms_soh_pct": 100.0, "dash_soc_pct": 59.5}
 
 
 def test_soul_ev_reads_the_same_layout_and_no_soh_from_its_deterioration_bytes() -> None:
     v = decode("kia-soul-ev-27", "bms-21-01", SOUL_2101)
     assert (v["soc_pct"], v["pack_v"], v["pack_a"], v["temp_c_max"], v["temp_c_min"]) == (10.5, 329.3, -3.0, 14.0, 13.0)
-    assert v["cell_v_max"] == v["cell_v_min"] == 3.42
+    assert v["cell_v_max"] == v["cell_v_min"] == 3.42 and v["main_relay"] == 1.0  # status 0xA3
     assert decode("kia-soul-ev-27", "bms-21-05", SOUL_2105) == {"dash_soc_pct": 9.5}  # 42 bytes (2015)
     assert decode("kia-soul-ev-27", "bms-21-05", SOUL_2105 + b"\x00") == {"dash_soc_pct": 9.5}  # 43 (2018)
 
