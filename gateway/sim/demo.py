@@ -51,7 +51,7 @@ class SimCar:
     title: str
 
 
-def sim_car(profile: Profile, databases: list[Any], *, soh_pct: int, soc_pct: float, hx_pct: float = 82.6) -> SimCar:
+def sim_car(profile: Profile, databases: list[Any], *, soh_pct: int, soc_pct: float, hx_pct: float = 85.0) -> SimCar:
     """The car of ``profile``: a Leaf's own simulator (written from leaf_formulas.md) for the Leaf profiles,
     else ``ProfileBms`` over the profile's default pack."""
     generation = LEAF_GENERATIONS.get(profile.name)
@@ -148,7 +148,7 @@ def run_demo(*, profile: Profile, databases: list[Any], profile_ref: str = "leaf
             print(f"demo: started mosquitto on 127.0.0.1:{mqtt_port}", file=out)
         can_port = random.randint(40000, 49999)  # two demos at once do not hear each other's car
         config = _config(tmp, mqtt_port=mqtt_port, can_port=can_port, profile=profile_ref)
-        car = sim_car(profile, databases, soh_pct=85, soc_pct=72.0)
+        car = sim_car(profile, databases, soh_pct=85, soc_pct=72.0, hx_pct=82.6)
         try:
             return _run(tmp, config, key.public_key(), mqtt_port, can_port, duration_s, car)
         finally:
