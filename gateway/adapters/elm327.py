@@ -106,8 +106,8 @@ class Elm327:
         self._buffer.clear()
         self._header = self._filter = ""
         try:
-            for _ in range(2):  # a monitor or a half-typed line a previous run left can spoil the first ATZ
-                self._settle()
+            self._settle()
+            for _ in range(2):  # the settling character, or a half-typed line a previous run left, spoils one ATZ
                 banner = self._command("ATZ", timeout_s=3.0)
                 self.version = next((line for line in banner if "ELM327" in line or "STN" in line), "")
                 if self.version:
@@ -126,10 +126,11 @@ class Elm327:
                  self._protocol, len(self._broadcast))
 
     def _settle(self) -> None:
-        """Stop whatever the dongle is doing and drop what it printed: one space ends a monitor (the dongle
-        discards the character that stops it); idle, it waits in the line, where the dongle ignores spaces.
-        Never a bare CR: that repeats the dongle's last command (ATMA, or a request to the car)."""
-        self._write(b" ")
+        """Stop whatever the dongle is doing and drop what it printed: one character ends a monitor (the
+        dongle discards the character that stops it); an idle dongle keeps it in its line, so that the first
+        ATZ becomes an unknown command ('?') and the second one resets. Never a bare CR: that repeats the
+        dongle's last command (ATMA, or a request to the car)."""
+        self._write(b"X")
         quiet_since, deadline = time.monotonic(), time.monotonic() + 2.0
         while time.monotonic() - quiet_since < 0.3 and time.monotonic() < deadline:
             before = len(self._buffer)

@@ -196,10 +196,10 @@ def test_a_car_read_only_by_polls_is_found_on_by_a_seldom_probe_and_then_polled(
         rig.run(2.0)
         # THEN the probe (22 01 01, allowed in "off") found it on, and the SOH poll followed at once
         assert bms.requests[:2] == [bytes([0x22, 0x01, 0x01]), bytes([0x22, 0x01, 0x05])]
-        assert parts.pipe.vehicle_state() == "awake" and not parts.tracker.missing()
+        assert parts.pipe.vehicle_state() == "driving" and not parts.tracker.missing()  # the relay bit of 0x0101
         assert parts.tracker.values["bms_soh_pct"] == 91.0
-        # and a car read only by polls is not called off between two of them (3 x its quickest interval)
-        assert profile.poll_pace_s == 2.0 and parts.tracker.max_gap_s == 3.0
+        # a car read only by polls: its pace is the slowest state's quickest poll (awake, charging: 5 s)
+        assert profile.poll_pace_s == 5.0 and parts.tracker.max_gap_s == 7.5
     finally:
         stop.set()
         ecu.join(5)
