@@ -185,7 +185,8 @@ def _forecast_html(payload: dict[str, Any], t: Language) -> str:
         factor=name, value=value, pp=("+" if f["effect_pp"] >= 0 else "") + t.num(f["effect_pp"]))))
         for f in fc["factors"] for name, value in [_factor(f, u, t)])
     own = u["days_observed"] >= MIN_DAYS
-    basis = t["usage_own"] if own else t["usage_reference"].format(days=t.num(MIN_DAYS, None))
+    basis = t["usage_own"] if own else t["usage_imported"] if u.get("source") == "imported-log" \
+        else t["usage_reference"].format(days=t.num(MIN_DAYS, None))
     usage = t["usage"].format(temp=t.num(u["temp_c"], None), soc=t.num(u["soc_mean_pct"], None),
                               cycles=t.num(u["full_cycles_per_day"], None), basis=basis)
     chem = t.strings.get(f"chem_{fc['chemistry']}", fc["chemistry"])

@@ -85,6 +85,7 @@ class Usage:
     dod_per_day: float
     fast_share: float
     days: float
+    source: str = ""  # "imported-log": temperature and SoC from another tool's log (``outlook``)
 
 
 REFERENCE = Usage(temp_c=20.0, soc_mean=0.6, dod_per_day=0.3, fast_share=0.0, days=0.0)  # the factors' baseline
@@ -172,7 +173,12 @@ def forecast(prior: Prior, chemistry: str, usage: Usage, *, soh_pct: float, soh_
                                      "fast_charge_share": round(usage.fast_share, 3),
                                      "days_observed": round(usage.days, 1),
                                      "basis": "this vehicle's counters" if usage.days >= MIN_DAYS else
-                                              f"reference vehicle (less than {MIN_DAYS:g} days of counters)"},
+                                              "temperature and SoC of an imported log where warmer or fuller "
+                                              "than the reference vehicle's; cycling of the reference vehicle"
+                                              if usage.source == "imported-log" else
+                                              f"reference vehicle (less than {MIN_DAYS:g} days of counters)",
+                                     "source": usage.source or ("counters" if usage.days >= MIN_DAYS
+                                                                else "reference")},
                            "rate_factor": {"median": round(math.exp(mu), 3), "sigma_ln": round(sigma, 3),
                                            "from_history": applied},
                            "horizons": {}}

@@ -6,12 +6,13 @@ Pure: the tracker and the prior in, plain maps out.
 
 from __future__ import annotations
 
+from dataclasses import replace
 from typing import Any
 
 from ..model import SOC_BINS_PCT, TEMP_BINS_C
 from .battery import MAX_PLAUSIBLE_SOH_PCT, BatteryTracker
 from .config import WarrantyConfig
-from .forecast import Prior, forecast, usage_from_counters, warranty
+from .forecast import MIN_DAYS, Prior, forecast, usage_from_counters, warranty
 
 __all__ = ["build_outlook", "present_soh"]
 
@@ -48,6 +49,10 @@ def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule
     usage = usage_from_counters(c, rated_ah=rated, soc_edges=SOC_BINS_PCT, temp_edges=TEMP_BINS_C,
                                 days=(now - c.since_ts) / 86400.0 if c.since_ts else 0.0)
     vin = tracker.texts.get("vin_hash")  # imported logs count only for the car read now
+    logged = tracker.soh.imported_usage(vin) if usage.days < MIN_DAYS else None
+    if logged is not None:  # a log stands in for the missing counters, and may only make the outlook worse
+        usage = replace(usage, temp_c=max(usage.temp_c, logged[0]), soc_mean=max(usage.soc_mean, logged[1] / 100),
+                        source="imported-log")
     sources = tracker.soh.history_sources(vin)
     outlook = forecast(prior, chemistry, usage, soh_pct=soh, soh_sigma_pct=sigma,
                        history=tracker.soh.history(rated, vin), extra_horizons=(rule.horizon_years,),

@@ -388,6 +388,20 @@ class SohEstimator:
         hist = self._merged(vin_hash)
         return [((t - hist[0][0]) / 86400.0, 100.0 * cap / rated_ah) for t, cap, _ in hist]
 
+    def imported_usage(self, vin_hash: str | None) -> tuple[float, float] | None:
+        """(mean pack temperature degC, mean SoC %) of the imported logs of the vehicle read now (the rows'
+        weighted means), or None: no log, a log of another vehicle, or values out of their range."""
+        logs = self.state.get("imported", {}).get("logs", [])
+        if vin_hash is None or not logs or any(log.get("vin_hash") != vin_hash for log in logs):
+            return None
+        means = []
+        for key, lo, hi in (("temp_mean_c", -40.0, 85.0), ("soc_mean_pct", 0.0, 100.0)):
+            pairs = [(log[key], log.get("rows")) for log in logs if log.get(key) is not None]
+            if not pairs or not all(_finite(v) and lo <= v <= hi and isinstance(n, int) and n > 0 for v, n in pairs):
+                return None
+            means.append(sum(v * n for v, n in pairs) / sum(n for _, n in pairs))
+        return means[0], means[1]
+
     def history_sources(self, vin_hash: str | None = None) -> dict[str, Any]:
         """Where ``history`` comes from, for the forecast's provenance: how many points this device
         measured, how many came from imported logs (their source, rows and dates; never the file name,

@@ -118,3 +118,13 @@ def test_a_language_file_that_lacks_a_key_or_a_placeholder_is_refused_naming_it(
 def test_an_unknown_language_names_the_choices() -> None:
     with pytest.raises(ConfigError, match="language 'xx': choose de, en, ja"):
         load_language("xx")
+
+
+def test_usage_from_an_imported_log_is_named_as_such_in_every_language() -> None:
+    doc = payload()
+    doc["forecast"]["usage"] = {**doc["forecast"]["usage"], "days_observed": 0.0, "source": "imported-log"}
+    for lang, words in (("en", "an imported log's temperature and SoC"), ("ja", "取り込んだログの温度とSoC"),
+                        ("de", "Temperatur und SoC eines importierten Protokolls")):
+        text = visible(render_certificate(doc, language=load_language(lang), key_id_hex="ab", digest_hex="cd",
+                                          qr_text="BP1:X"))
+        assert words in text

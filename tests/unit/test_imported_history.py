@@ -90,3 +90,39 @@ def test_a_history_imported_before_the_first_drive_survives_the_next_start() -> 
     import_rows(state, [row(T0, 70.0)], source="leafspy", file="a.csv", vin_hash="ab")
     est = SohEstimator(rated_ah=79.0, state=state)
     assert est.rejected["state-reset"] == 0 and est.history_sources("ab")["imported-log"] == 1 and "x" in est.state
+
+
+def test_a_logs_temperature_and_soc_stand_in_for_missing_counters_only_to_make_the_outlook_worse() -> None:
+    from gateway.app.wiring import load_prior, load_profile
+    from gateway.core.battery import BatteryTracker
+    from gateway.core.config import parse_config
+    from gateway.core.outlook import build_outlook
+
+    rule = parse_config({}, sections=("warranty",)).warranty
+    profile, _ = load_profile("leaf-aze0")
+
+    def outlook(temp: float, soc: float, vin: str = "ab") -> dict[str, object]:
+        tracker = BatteryTracker(profile)
+        tracker.texts["vin_hash"] = vin
+        tracker.update(T0, [("bms_soh_pct", 85.0), ("capacity_ah", 67.0)])  # minutes of own counters
+        hot = [LogRow(t=T0 - d * DAY, capacity_ah=70.0, soh_pct=None, hx_pct=None, soc_pct=soc, temp_c=temp,
+                      vin="V") for d in range(30)]
+        import_rows(tracker.soh.state, hot, source="leafspy", file="a.csv", vin_hash="ab")
+        result = build_outlook(tracker, prior=load_prior(), chemistry=profile.chemistry, rule=rule, now=T0 + 60)
+        assert result is not None
+        return result["forecast"]["usage"]  # type: ignore[no-any-return]
+
+    warm = outlook(31.0, 85.0)
+    assert warm["source"] == "imported-log" and warm["temp_c"] == 31.0 and warm["soc_mean_pct"] == 85.0
+    cool = outlook(5.0, 30.0)  # a cooler, emptier log buys nothing: the reference vehicle's values stand
+    assert cool["source"] == "imported-log" and cool["temp_c"] == 20.0 and cool["soc_mean_pct"] == 60.0
+    other = outlook(31.0, 85.0, vin="cd")  # another car's log: the reference vehicle
+    assert other["source"] == "reference" and other["temp_c"] == 20.0
+
+
+def test_imported_usage_is_refused_when_its_values_are_out_of_range() -> None:
+    est = SohEstimator(rated_ah=79.0)
+    import_rows(est.state, [row(T0, 70.0)], source="leafspy", file="a.csv", vin_hash="ab")
+    assert est.imported_usage("ab") == (15.0, 60.0) and est.imported_usage("cd") is None
+    est.state["imported"]["logs"][0]["temp_mean_c"] = 400.0  # a doctored state file
+    assert est.imported_usage("ab") is None
