@@ -137,11 +137,12 @@ class ProfileBms:
         if not self.profile.signals:  # no broadcast drives the pack model: the time since the first request does
             self._t0 = self.clock() if self._t0 is None else self._t0
             self._advance(self.clock() - self._t0)
-        frames = segment(spec.positive_header + self._payload(spec), address=ext[1] if ext else None)
+        frames = segment(spec.positive_header + self.reply_payload(spec), address=ext[1] if ext else None)
         self._pending, self._pending_id = frames[1:], spec.response_id
         return [(spec.response_id, frames[0])]
 
-    def _payload(self, spec: PollSpec) -> bytes:
+    def reply_payload(self, spec: PollSpec) -> bytes:
+        """The payload of the reply to ``spec`` now (after its positive-response header), by its first layout."""
         layout = spec.layouts[0]
         payload = bytearray(layout.length)
         if layout.filler is not None:

@@ -63,7 +63,7 @@ def scenario(profile: Profile, bms: ProfileBms, **override: str) -> dict[str, di
     return {spec.name: {"Request": "^" + spec.request.hex().upper() + ELM_FOOTER, "Descr": spec.name,
                         "Header": f"{spec.request_id:03X}",
                         "Response": override.get(spec.name) or lines_of(spec, spec.positive_header
-                                                                         + bms._payload(spec))}
+                                                                         + bms.reply_payload(spec))}
             for spec in profile.polls}
 
 
@@ -320,7 +320,7 @@ def test_response_pending_then_the_reply_is_the_reply_and_two_replies_are_an_err
     profile, _ = KONA
     bms = kona_bms()
     soh = next(p for p in profile.polls if p.name == "bms-did-0105-soh")
-    real = lines_of(soh, soh.positive_header + bms._payload(soh))
+    real = lines_of(soh, soh.positive_header + bms.reply_payload(soh))
     pending = HD("7EC") + SZ("03") + DT("7F 22 78")
     for answer, want in ((pending + real, "ok"), (real + real, "adapter")):
         with emulator(scenario(profile, bms, **{soh.name: answer}), port=free_port()) as channel:

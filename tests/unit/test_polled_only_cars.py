@@ -17,7 +17,7 @@ KONA = load_profile("kia-eniro-64")
 
 def reply(bms: ProfileBms, name: str) -> bytes:
     spec = next(p for p in KONA[0].polls if p.name == name)
-    return spec.positive_header + bms._payload(spec)
+    return spec.positive_header + bms.reply_payload(spec)
 
 
 def test_the_current_of_a_car_read_by_polls_is_counted_at_its_poll_pace() -> None:
