@@ -171,7 +171,9 @@ class _Daemon:
             pipeline.on_frame(frame)
         else:
             pipeline.tick(now)
-        diag.step(now, schedule=diag.specs != ())
+        finished = diag.step(now, schedule=diag.specs != ())
+        if finished is not None and finished[1] == "ok":  # a reply is the battery ECU talking (all a car
+            self.watchdog.last_frame = time.monotonic()  # read by polls says, and the kernel's ISO-TP hides)
         self.forwarder.step(now)
         self.commands.take(self.publisher, pipeline)
         if self.notices is not None:
