@@ -24,7 +24,7 @@ def transport(profile: Profile) -> str:
     if profile.signals:
         ways.append("broadcast")
     if profile.polls:
-        kinds = {"29-bit" if max(p.request_id, p.response_id) > 0x7FF else "11-bit" for p in profile.polls}
+        kinds = {"29-bit" if p.ids_29bit else "11-bit" for p in profile.polls}
         if any(p.ext_address for p in profile.polls):
             kinds.add("extended addressing")
         ways.append(f"polls ({', '.join(sorted(kinds))})")

@@ -207,7 +207,7 @@ def open_bus(config: Config, profile: Profile) -> Bus:
         ConfigError: the profile needs what the ELM327 transport does not offer (29-bit ids, extended addressing).
     """
     if config.can.interface == "elm327":
-        wide = [p.name for p in profile.polls if p.ext_address or max(p.request_id, p.response_id) > 0x7FF]
+        wide = [p.name for p in profile.polls if p.ext_address or p.ids_29bit]
         if wide:
             raise ConfigError(f"can.interface: elm327 polls with 11-bit ids only; profile {profile.name} needs "
                               f"29-bit ids or extended addressing for {', '.join(wide)} (use a CAN interface)")

@@ -55,10 +55,8 @@ def build_certificate(tracker: BatteryTracker, *, now: float, device_id: str, ch
                             "signal": signals.get("hx_pct", ""), "validation": profile.validation_of("hx_pct"),
                             "note": "a battery ECU health figure of the Leaf; not SOH and not SOCE"}
     if "bms_soh_pct" in m:
-        derived = any(d.field == "bms_soh_pct" for d in profile.derive)
-        prov["m.bms_soh_pct"] = {"src": "calculated" if derived else "bms-reported", "method": "bms-soh", "unit": "%",
-                                 "sw": sw,
-                                 "signal": signals.get("bms_soh_pct", ""),
+        prov["m.bms_soh_pct"] = {"src": "calculated" if profile.derives("bms_soh_pct") else "bms-reported",
+                                 "method": "bms-soh", "unit": "%", "sw": sw, "signal": signals.get("bms_soh_pct", ""),
                                  "validation": profile.validation_of("bms_soh_pct")}
     doc = None
     passport_prov: dict[str, Any] = {}

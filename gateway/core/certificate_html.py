@@ -223,6 +223,15 @@ def _warranty_html(payload: dict[str, Any], t: Language) -> str:
             f'<ul class="note">{items}</ul>')
 
 
+def _profile_status(ident: dict[str, Any], t: Language) -> str:
+    """How sure the vehicle profile is, in the page's language."""
+    if not ident.get("builtin_profile", True):
+        return t["validation_user"]
+    if ident["checked_against"]:
+        return t["validation_checked"].format(captures=", ".join(ident["checked_against"]))
+    return t["validation_docs"]
+
+
 def render_certificate(payload: dict[str, Any], *, language: Language, key_id_hex: str, digest_hex: str,
                        qr_text: str) -> str:
     """The HTML page for a certificate payload in ``language``; ``qr_text`` is the signed claim
@@ -242,10 +251,8 @@ def render_certificate(payload: dict[str, Any], *, language: Language, key_id_he
     source = t.strings.get(f"source_{ident['rated_source']}", ident["rated_source"])
     identity_rows = "".join([
         _row(t["vehicle"], _e(ident["vehicle"])),
-        _row(t["profile"], f'<code>{_e(ident["profile"])}</code>',  # older certificates name no profile
-             t["validation_user"] if not ident.get("builtin_profile", True)
-             else t["validation_checked"].format(captures=", ".join(ident["checked_against"]))
-             if ident["checked_against"] else t["validation_docs"]) if "profile" in ident else "",
+        _row(t["profile"], f'<code>{_e(ident["profile"])}</code>', _profile_status(ident, t))
+        if "profile" in ident else "",  # older certificates name no profile
         _row(t["serial"], _e(payload.get("bat") or t["missing"])),
         _row(t["part"], _e(ident.get("part_number") or t["missing"])),
         _row(t["generation"], _e((ident.get("generation") or t["missing"]).upper())),

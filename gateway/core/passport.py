@@ -146,7 +146,7 @@ def build_passport(tracker: BatteryTracker, *, now: float, device_id: str, chain
     def bms(field: str, method: str, unit: str, **extra: Any) -> dict[str, Any]:
         """Provenance of a value the BMS reported (or the profile derives from two it reported): its signal,
         and how sure the profile is of it."""
-        src = "calculated" if any(d.field == field for d in profile.derive) else "bms-reported"
+        src = "calculated" if profile.derives(field) else "bms-reported"
         return _src(signals.get(field, ""), method, unit, src=src, validation=profile.validation_of(field), **extra)
 
     stamp = rfc3339(now)

@@ -110,6 +110,11 @@ class PollSpec:
     def positive_header(self) -> bytes:
         return bytes([self.request[0] + 0x40]) + self.request[1:]
 
+    @property
+    def ids_29bit(self) -> bool:
+        """Its ids need 29 bits (an id above 0x7FF)."""
+        return max(self.request_id, self.response_id) > 0x7FF
+
 
 @dataclass
 class DiagValues:

@@ -110,6 +110,10 @@ class Profile:
     captures: tuple[CaptureCheck, ...] = ()  # real captures its decoding is checked against
     builtin: bool = True  # False: loaded from a user's file, whose claims are not ours to pass on
 
+    def derives(self, field: str) -> bool:
+        """``field`` is computed from two the BMS sends (``[[derive]]``), not reported by it."""
+        return any(d.field == field for d in self.derive)
+
     def validation_of(self, field: str) -> str:
         """How sure the profile is of ``field``: the real capture that checks it, or documentation only."""
         if not self.builtin:
