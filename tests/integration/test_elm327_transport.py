@@ -74,17 +74,21 @@ def free_port() -> int:
 
 
 @contextmanager
-def emulator(entries: dict[str, dict[str, str]], *, port: int | None = None, monitor: list[str] | None = None
-             ) -> Iterator[str]:
+def emulator(entries: dict[str, dict[str, str]], *, port: int | None = None, monitor: list[str] | None = None,
+             slcan_port: str | None = None) -> Iterator[str]:
     """A running emulator with ``entries``; yields the channel: ``socket://...`` with ``port``, else its pty.
-    ``monitor``: the lines AT MA prints."""
-    kwargs = {"net_port": port} if port else {}
+    ``monitor``: the lines AT MA prints. ``slcan_port``: it plays an SLCAN adapter on that serial line instead
+    (yields that line's name)."""
+    kwargs = {"net_port": port} if port else {"slcan_port": slcan_port} if slcan_port else {}
     with Elm(**kwargs) as emu:
         emu.ObdMessage = copy.deepcopy(ObdMessage)  # the module's table is shared: change a copy
         emu.ObdMessage["bgw"] = entries
         if monitor is not None:
             emu.ObdMessage["AT"]["AT_MA"]["Response"] = "".join(ST(line) for line in monitor)
         emu.set_sorted_obd_msg("bgw")
+        if slcan_port:
+            yield slcan_port
+            return
         deadline = time.monotonic() + 10
         while True:  # the emulator's thread opens its port
             name = emu.get_port_name() if not port else None
@@ -99,6 +103,20 @@ def emulator(entries: dict[str, dict[str, str]], *, port: int | None = None, mon
             assert time.monotonic() < deadline, "the emulator did not start"
             time.sleep(0.05)
         yield f"socket://127.0.0.1:{port}" if port else str(emu.get_pty())
+
+
+def inspect_through(tmp: Path, can: str, profile: str = "kia-eniro-64"
+                    ) -> tuple[subprocess.CompletedProcess[str], float]:
+    """``battery-gateway inspect`` with the ``[can]`` lines ``can``: its outcome and its wall time."""
+    subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp / "key.pem")], check=True,
+                   capture_output=True)
+    config = tmp / "g.toml"
+    config.write_text(f'[device]\nid = "gw-bay"\nkey_file = "{tmp / "key.pem"}"\nstate_dir = "{tmp / "state"}"\n'
+                      f'[can]\n{can}\n[vehicle]\nprofile = "{profile}"\n[mqtt]\nport = 1\n')
+    t0 = time.monotonic()
+    out = subprocess.run([sys.executable, "-m", "gateway", "inspect", "--config", str(config), "--out",
+                          str(tmp / "out"), "--wait", "1"], capture_output=True, text=True, timeout=60)
+    return out, time.monotonic() - t0
 
 
 def ask(elm: Elm327, spec: PollSpec) -> tuple[object, ...]:
@@ -204,18 +222,8 @@ def test_broadcast_frames_are_monitored_one_id_at_a_time() -> None:
 
 def test_inspect_through_the_dongle_within_15_s(tmp_path: Path) -> None:
     profile, _ = KONA
-    bms = kona_bms()
-    subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp_path / "key.pem")], check=True,
-                   capture_output=True)
-    with emulator(scenario(profile, bms), port=free_port()) as channel:
-        config = tmp_path / "g.toml"
-        config.write_text(f'[device]\nid = "gw-bay-elm"\nkey_file = "{tmp_path / "key.pem"}"\n'
-                          f'state_dir = "{tmp_path / "state"}"\n[can]\ninterface = "elm327"\nchannel = "{channel}"\n'
-                          '[vehicle]\nprofile = "kia-eniro-64"\n[mqtt]\nport = 1\n')
-        t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "gateway", "inspect", "--config", str(config), "--out",
-                              str(tmp_path / "out"), "--wait", "1"], capture_output=True, text=True, timeout=60)
-        wall = time.monotonic() - t0
+    with emulator(scenario(profile, kona_bms()), port=free_port()) as channel:
+        out, wall = inspect_through(tmp_path, f'interface = "elm327"\nchannel = "{channel}"')
     assert out.returncode == 0, out.stderr
     print(f"\ninspect through the ELM327 emulator (TCP): {wall:.1f} s")
     assert wall < 15.0
@@ -224,14 +232,7 @@ def test_inspect_through_the_dongle_within_15_s(tmp_path: Path) -> None:
 
 
 def test_a_profile_the_dongle_cannot_poll_is_refused_naming_the_polls(tmp_path: Path) -> None:
-    subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp_path / "key.pem")], check=True,
-                   capture_output=True)
-    config = tmp_path / "g.toml"
-    config.write_text(f'[device]\nid = "gw-bay-elm"\nkey_file = "{tmp_path / "key.pem"}"\n'
-                      f'state_dir = "{tmp_path / "state"}"\n[can]\ninterface = "elm327"\nchannel = "/dev/null"\n'
-                      '[vehicle]\nprofile = "vw-meb"\n[mqtt]\nport = 1\n')
-    out = subprocess.run([sys.executable, "-m", "gateway", "inspect", "--config", str(config), "--out",
-                          str(tmp_path / "out"), "--wait", "1"], capture_output=True, text=True, timeout=60)
+    out, _ = inspect_through(tmp_path, 'interface = "elm327"\nchannel = "/dev/null"', profile="vw-meb")
     assert out.returncode != 0
     assert "elm327 polls with 11-bit ids only; profile vw-meb needs 29-bit ids" in out.stderr
     assert len(out.stderr.strip().splitlines()) == 1
@@ -294,22 +295,9 @@ def null_modem() -> Iterator[tuple[str, str]]:
 def test_inspect_through_an_slcan_adapter_canable_with_python_cans_slcan_interface(tmp_path: Path) -> None:
     # the emulator plays a CANable with SLCAN firmware on a serial line; the gateway uses python-can's slcan
     profile, _ = KONA
-    bms = kona_bms()
-    subprocess.run([sys.executable, "-m", "gateway", "keygen", "--key", str(tmp_path / "key.pem")], check=True,
-                   capture_output=True)
-    with null_modem() as (adapter_end, gateway_end), Elm(slcan_port=adapter_end) as emu:
-        emu.ObdMessage = copy.deepcopy(ObdMessage)
-        emu.ObdMessage["bgw"] = scenario(profile, bms)
-        emu.set_sorted_obd_msg("bgw")
-        config = tmp_path / "g.toml"
-        config.write_text(f'[device]\nid = "gw-bay-slcan"\nkey_file = "{tmp_path / "key.pem"}"\n'
-                          f'state_dir = "{tmp_path / "state"}"\n[can]\ninterface = "slcan"\n'
-                          f'channel = "{gateway_end}"\nbitrate = 500000\n[vehicle]\nprofile = "kia-eniro-64"\n'
-                          '[mqtt]\nport = 1\n')
-        t0 = time.monotonic()
-        out = subprocess.run([sys.executable, "-m", "gateway", "inspect", "--config", str(config), "--out",
-                              str(tmp_path / "out"), "--wait", "1"], capture_output=True, text=True, timeout=60)
-        wall = time.monotonic() - t0
+    with null_modem() as (adapter_end, gateway_end), \
+            emulator(scenario(profile, kona_bms()), slcan_port=adapter_end):
+        out, wall = inspect_through(tmp_path, f'interface = "slcan"\nchannel = "{gateway_end}"\nbitrate = 500000')
     assert out.returncode == 0, out.stderr
     print(f"\ninspect through an emulated SLCAN adapter: {wall:.1f} s")
     assert wall < 15.0
