@@ -173,8 +173,9 @@ def forecast(prior: Prior, chemistry: str, usage: Usage, *, soh_pct: float, soh_
                                      "fast_charge_share": round(usage.fast_share, 3),
                                      "days_observed": round(usage.days, 1),
                                      "basis": "this vehicle's counters" if usage.days >= MIN_DAYS else
-                                              "temperature and SoC of an imported log where warmer or fuller "
-                                              "than the reference vehicle's; cycling of the reference vehicle"
+                                              "temperature and SoC of an imported log where the prior says they "
+                                              "age the pack faster than the reference vehicle's; cycling of the "
+                                              "reference vehicle"
                                               if usage.source == "imported-log" else
                                               f"reference vehicle (less than {MIN_DAYS:g} days of counters)",
                                      "source": usage.source or ("counters" if usage.days >= MIN_DAYS

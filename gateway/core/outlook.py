@@ -12,7 +12,7 @@ from typing import Any
 from ..model import SOC_BINS_PCT, TEMP_BINS_C
 from .battery import MAX_PLAUSIBLE_SOH_PCT, BatteryTracker
 from .config import WarrantyConfig
-from .forecast import MIN_DAYS, Prior, forecast, usage_from_counters, warranty
+from .forecast import MIN_DAYS, Prior, Usage, forecast, usage_from_counters, warranty
 
 __all__ = ["build_outlook", "present_soh"]
 
@@ -37,6 +37,15 @@ def present_soh(tracker: BatteryTracker) -> tuple[float, float, str, str] | None
     return None
 
 
+def _worse(prior: Prior, chemistry: str, usage: Usage, tried: Usage) -> Usage:
+    """``tried`` where the prior's curve says it leaves the pack less capacity at its last year, else ``usage``
+    (neither a warmer nor a fuller pack ages faster in every table)."""
+    def end(u: Usage) -> float:
+        return prior.curve(chemistry, temp_c=u.temp_c, soc_mean=u.soc_mean, dod_per_day=u.dod_per_day)[-1]
+
+    return tried if end(tried) < end(usage) else usage
+
+
 def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule: WarrantyConfig,
                   now: float) -> dict[str, Any] | None:
     """``{"forecast": ..., "warranty": ...}``, or None when no present SoH is known."""
@@ -51,8 +60,9 @@ def build_outlook(tracker: BatteryTracker, *, prior: Prior, chemistry: str, rule
     vin = tracker.texts.get("vin_hash")  # imported logs count only for the car read now
     logged = tracker.soh.imported_usage(vin) if usage.days < MIN_DAYS else None
     if logged is not None:  # a log stands in for the missing counters, and may only make the outlook worse
-        usage = replace(usage, temp_c=max(usage.temp_c, logged[0]), soc_mean=max(usage.soc_mean, logged[1] / 100),
-                        source="imported-log")
+        usage = replace(usage, source="imported-log")
+        usage = _worse(prior, chemistry, usage, replace(usage, temp_c=logged[0]))
+        usage = _worse(prior, chemistry, usage, replace(usage, soc_mean=logged[1] / 100))
     sources = tracker.soh.history_sources(vin)
     outlook = forecast(prior, chemistry, usage, soh_pct=soh, soh_sigma_pct=sigma,
                        history=tracker.soh.history(rated, vin), extra_horizons=(rule.horizon_years,),

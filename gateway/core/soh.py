@@ -397,7 +397,8 @@ class SohEstimator:
         means = []
         for key, lo, hi in (("temp_mean_c", -40.0, 85.0), ("soc_mean_pct", 0.0, 100.0)):
             pairs = [(log[key], log.get("rows")) for log in logs if log.get(key) is not None]
-            if not pairs or not all(_finite(v) and lo <= v <= hi and isinstance(n, int) and n > 0 for v, n in pairs):
+            if not pairs or not all(_finite(v) and lo <= v <= hi and type(n) is int and 0 < n <= 10**9
+                                    for v, n in pairs):  # a doctored state: no bool rows, no overflow
                 return None
             means.append(sum(v * n for v, n in pairs) / sum(n for _, n in pairs))
         return means[0], means[1]

@@ -112,10 +112,20 @@ def test_a_logs_temperature_and_soc_stand_in_for_missing_counters_only_to_make_t
         assert result is not None
         return result["forecast"]["usage"]  # type: ignore[no-any-return]
 
+    prior = load_prior()
+
+    def end(temp: float, soc: float) -> float:  # capacity the prior leaves at its last year
+        return prior.curve(profile.chemistry, temp_c=temp, soc_mean=soc / 100, dod_per_day=0.3)[-1]
+
     warm = outlook(31.0, 85.0)
-    assert warm["source"] == "imported-log" and warm["temp_c"] == 31.0 and warm["soc_mean_pct"] == 85.0
-    cool = outlook(5.0, 30.0)  # a cooler, emptier log buys nothing: the reference vehicle's values stand
-    assert cool["source"] == "imported-log" and cool["temp_c"] == 20.0 and cool["soc_mean_pct"] == 60.0
+    assert warm["source"] == "imported-log" and warm["temp_c"] == 31.0  # hotter ages faster in every table
+    # a fuller log is taken only where this chemistry's table says fuller ages faster
+    assert warm["soc_mean_pct"] == (85.0 if end(31.0, 85.0) < end(31.0, 60.0) else 60.0)
+    cool = outlook(5.0, 30.0)  # a cooler log buys nothing: the reference vehicle's temperature stands
+    assert cool["source"] == "imported-log" and cool["temp_c"] == 20.0
+    for temp, soc in ((31.0, 85.0), (5.0, 30.0), (31.0, 10.0), (20.0, 95.0)):  # never a kinder outlook
+        used = outlook(temp, soc)
+        assert end(used["temp_c"], used["soc_mean_pct"]) <= end(20.0, 60.0)
     other = outlook(31.0, 85.0, vin="cd")  # another car's log: the reference vehicle
     assert other["source"] == "reference" and other["temp_c"] == 20.0
 
@@ -124,5 +134,9 @@ def test_imported_usage_is_refused_when_its_values_are_out_of_range() -> None:
     est = SohEstimator(rated_ah=79.0)
     import_rows(est.state, [row(T0, 70.0)], source="leafspy", file="a.csv", vin_hash="ab")
     assert est.imported_usage("ab") == (15.0, 60.0) and est.imported_usage("cd") is None
-    est.state["imported"]["logs"][0]["temp_mean_c"] = 400.0  # a doctored state file
-    assert est.imported_usage("ab") is None
+    log = est.state["imported"]["logs"][0]
+    for key, value in (("temp_mean_c", 400.0), ("rows", True), ("rows", 10**307), ("rows", 10**400)):
+        saved = log[key]
+        log[key] = value  # a doctored state file: no value, never an overflow or an infinity
+        assert est.imported_usage("ab") is None, (key, value)
+        log[key] = saved
